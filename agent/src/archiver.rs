@@ -1,0 +1,926 @@
+//! The backup pipeline. Stages run on their own threads and talk through
+//! bounded channels, so a slow stage throttles the ones before it and memory
+//! stays flat however large the source is:
+//!
+//! ```text
+//! walker ──FileJob──▶ file workers (read, chunk, hash, dedup) ──BlobJob──▶ blob workers
+//!   │ (DFS events, in order)                                                (compress, pad, encrypt)
+//!   ▼                                                                             │ SealedBlob
+//! tree builder (waits for file results in order, saves tree blobs) ──BlobJob──▶  ▼
+//!                                                             packer ──pack──▶ uploaders ──▶ backend
+//! ```
+//!
+//! The walker never waits for file contents: it only decides, per file, whether
+//! the parent snapshot's content can be reused (metadata unchanged) or the file
+//! must be read. The tree builder assembles directories in depth-first order.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::ErrorKind;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use globset::{Glob, GlobSet, GlobSetBuilder};
+
+use crate::backend::FileKind;
+use crate::blob::{encode_blob, BlobType};
+use crate::constants::INDEX_FLUSH_BLOBS;
+use crate::error::{Error, Result};
+use crate::id::Id;
+use crate::index::IndexFile;
+use crate::pack::{FinishedPack, PackWriter};
+use crate::repository::{hostname, username, Repository};
+use crate::snapshot::{Snapshot, Summary};
+use crate::tree::{Node, NodeType, RawName, Tree};
+
+/// How to decide that a file is unchanged since the parent snapshot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ChangeDetection {
+    /// Size, mtime, ctime and inode must all match (restic's default).
+    #[default]
+    Strict,
+    /// Ignore ctime (size, mtime and inode must match).
+    IgnoreCtime,
+    /// Trust path, size and mtime only: for sources mounted from volume
+    /// snapshots or clones, where every inode and ctime changes between runs.
+    IgnoreInode,
+}
+
+/// Which snapshot to use as the parent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ParentChoice {
+    /// The latest snapshot with the same host and paths.
+    #[default]
+    Latest,
+    /// No parent: read every file.
+    None,
+    /// This snapshot.
+    Snapshot(Id),
+}
+
+/// What to back up and how.
+#[derive(Clone, Debug, Default)]
+pub struct BackupOptions {
+    /// Source paths (files or directories).
+    pub paths: Vec<PathBuf>,
+    /// Tags for the snapshot.
+    pub tags: Vec<String>,
+    /// Host name to record (default: this machine's).
+    pub hostname: Option<String>,
+    /// Glob patterns to exclude. Patterns without `/` match names anywhere;
+    /// patterns with `/` match whole absolute paths.
+    pub excludes: Vec<String>,
+    /// Parent snapshot selection.
+    pub parent: ParentChoice,
+    /// Unchanged-file detection.
+    pub change_detection: ChangeDetection,
+    /// Worker threads per CPU-bound stage (0 = number of CPUs).
+    pub threads: usize,
+}
+
+/// A source entry that could not be backed up.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SourceError {
+    /// The path.
+    pub path: PathBuf,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// Result of a backup.
+#[derive(Debug)]
+pub struct BackupResult {
+    /// ID of the snapshot written.
+    pub snapshot_id: Id,
+    /// The snapshot.
+    pub snapshot: Snapshot,
+    /// Entries skipped because they could not be read.
+    pub errors: Vec<SourceError>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FileOutcome {
+    New,
+    Changed,
+    Unmodified,
+}
+
+struct FileJob {
+    path: PathBuf,
+    reply: Sender<std::result::Result<FileRead, SourceError>>,
+}
+
+struct FileRead {
+    content: Vec<Id>,
+    size: u64,
+}
+
+struct BlobJob {
+    blob_type: BlobType,
+    id: Id,
+    data: Vec<u8>,
+}
+
+struct SealedBlob {
+    blob_type: BlobType,
+    id: Id,
+    encoded: Vec<u8>,
+    raw_len: u32,
+}
+
+enum Event {
+    EnterDir {
+        node: Option<Node>,
+        parent_subtree: Option<Id>,
+    },
+    Entry(Node),
+    File {
+        node: Node,
+        outcome: FileOutcome,
+        reply: Option<Receiver<std::result::Result<FileRead, SourceError>>>,
+    },
+    LeaveDir,
+}
+
+#[derive(Default)]
+struct Counters {
+    files_new: AtomicU64,
+    files_changed: AtomicU64,
+    files_unmodified: AtomicU64,
+    dirs_new: AtomicU64,
+    dirs_changed: AtomicU64,
+    dirs_unmodified: AtomicU64,
+    data_blobs_added: AtomicU64,
+    tree_blobs_added: AtomicU64,
+    bytes_added: AtomicU64,
+    bytes_stored: AtomicU64,
+    bytes_read: AtomicU64,
+    total_files: AtomicU64,
+    total_bytes: AtomicU64,
+}
+
+fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// State shared by all stages of one backup.
+struct Shared<'r> {
+    repo: &'r Repository,
+    /// Blobs queued or written by this run (not yet in the repository index).
+    pending: Mutex<HashSet<(BlobType, Id)>>,
+    counters: Counters,
+    failed: AtomicBool,
+    fatal: Mutex<Option<Error>>,
+    source_errors: Mutex<Vec<SourceError>>,
+    new_index: Mutex<IndexFile>,
+    index_files: Mutex<Vec<Id>>,
+}
+
+impl Shared<'_> {
+    /// Whether the blob must be stored (not in the repository, not queued yet).
+    fn claim(&self, t: BlobType, id: Id) -> bool {
+        if self.repo.index().contains(t, &id) {
+            return false;
+        }
+        self.pending
+            .lock()
+            .map(|mut p| p.insert((t, id)))
+            .unwrap_or(false)
+    }
+
+    fn fail(&self, e: Error) {
+        if let Ok(mut f) = self.fatal.lock() {
+            f.get_or_insert(e);
+        }
+        self.failed.store(true, Ordering::SeqCst);
+    }
+
+    fn failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    fn source_error(&self, path: &Path, message: String) {
+        tracing::warn!(path = %path.display(), "{message}");
+        if let Ok(mut v) = self.source_errors.lock() {
+            v.push(SourceError {
+                path: path.to_path_buf(),
+                message,
+            });
+        }
+    }
+
+    /// Write the index of uploaded packs if enough is pending, or always when `force`.
+    fn flush_index(&self, force: bool) -> Result<()> {
+        let file = {
+            let Ok(mut idx) = self.new_index.lock() else {
+                return Err(Error::Internal("index lock poisoned".into()));
+            };
+            if idx.packs.is_empty() || (!force && idx.blob_count() < INDEX_FLUSH_BLOBS) {
+                return Ok(());
+            }
+            std::mem::take(&mut *idx)
+        };
+        let id = self.repo.save_json(FileKind::Index, &file)?;
+        if let Ok(mut v) = self.index_files.lock() {
+            v.push(id);
+        }
+        Ok(())
+    }
+}
+
+/// Excludes compiled from glob patterns.
+struct Excludes {
+    names: GlobSet,
+    paths: GlobSet,
+}
+
+impl Excludes {
+    fn new(patterns: &[String]) -> Result<Excludes> {
+        let mut names = GlobSetBuilder::new();
+        let mut paths = GlobSetBuilder::new();
+        for p in patterns {
+            let glob = Glob::new(p)
+                .map_err(|e| Error::InvalidInput(format!("bad exclude pattern {p:?}: {e}")))?;
+            if p.contains('/') {
+                paths.add(glob);
+            } else {
+                names.add(glob);
+            }
+        }
+        let build = |b: GlobSetBuilder| {
+            b.build()
+                .map_err(|e| Error::InvalidInput(format!("bad exclude pattern: {e}")))
+        };
+        Ok(Excludes {
+            names: build(names)?,
+            paths: build(paths)?,
+        })
+    }
+
+    fn excluded(&self, path: &Path) -> bool {
+        path.file_name().is_some_and(|n| self.names.is_match(n)) || self.paths.is_match(path)
+    }
+}
+
+/// Make a path absolute and remove `.`/`..` components without touching symlinks.
+fn normalize(p: &Path) -> Result<PathBuf> {
+    let abs = std::path::absolute(p).map_err(|e| Error::io("resolve path", p, e))?;
+    let mut out = PathBuf::from("/");
+    for c in abs.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => {
+                out.pop();
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+fn time_ns(secs: i64, nsec: i64) -> i64 {
+    secs.saturating_mul(1_000_000_000).saturating_add(nsec)
+}
+
+/// A tree node for `path` from its metadata (no content).
+fn node_from_metadata(name: RawName, meta: &fs::Metadata) -> Node {
+    let ft = meta.file_type();
+    let node_type = if ft.is_dir() {
+        NodeType::Dir
+    } else if ft.is_symlink() {
+        NodeType::Symlink
+    } else if ft.is_fifo() {
+        NodeType::Fifo
+    } else if ft.is_char_device() {
+        NodeType::Chardev
+    } else if ft.is_block_device() {
+        NodeType::Blockdev
+    } else if ft.is_socket() {
+        NodeType::Socket
+    } else {
+        NodeType::File
+    };
+    Node {
+        name,
+        node_type,
+        mode: meta.mode(),
+        uid: meta.uid(),
+        gid: meta.gid(),
+        mtime_ns: time_ns(meta.mtime(), meta.mtime_nsec()),
+        ctime_ns: time_ns(meta.ctime(), meta.ctime_nsec()),
+        inode: meta.ino(),
+        device_id: meta.dev(),
+        links: meta.nlink(),
+        size: if node_type == NodeType::File {
+            meta.len()
+        } else {
+            0
+        },
+        content: Vec::new(),
+        subtree: None,
+        target: None,
+        rdev: if matches!(node_type, NodeType::Chardev | NodeType::Blockdev) {
+            meta.rdev()
+        } else {
+            0
+        },
+    }
+}
+
+fn unchanged(node: &Node, old: &Node, mode: ChangeDetection) -> bool {
+    old.node_type == NodeType::File
+        && old.size == node.size
+        && old.mtime_ns == node.mtime_ns
+        && match mode {
+            ChangeDetection::Strict => old.inode == node.inode && old.ctime_ns == node.ctime_ns,
+            ChangeDetection::IgnoreCtime => old.inode == node.inode,
+            ChangeDetection::IgnoreInode => true,
+        }
+}
+
+/// The set of source paths as a tree of path components; leaves are backed up whole.
+#[derive(Default)]
+struct PathTree {
+    children: BTreeMap<Vec<u8>, PathTree>,
+    leaf: bool,
+}
+
+impl PathTree {
+    fn insert(&mut self, path: &Path) {
+        let mut t = self;
+        for c in path.components() {
+            if let Component::Normal(n) = c {
+                if t.leaf {
+                    return; // an ancestor is already backed up whole
+                }
+                t = t.children.entry(RawName::from_os(n).0).or_default();
+            }
+        }
+        t.leaf = true;
+        t.children.clear();
+    }
+}
+
+struct Walker<'s, 'r> {
+    shared: &'s Shared<'r>,
+    excludes: Excludes,
+    detection: ChangeDetection,
+    events: Sender<Event>,
+    files: Sender<FileJob>,
+}
+
+impl Walker<'_, '_> {
+    fn send(&self, e: Event) -> Result<()> {
+        self.events
+            .send(e)
+            .map_err(|_| Error::Internal("tree builder stopped".into()))
+    }
+
+    fn parent_tree(&self, subtree: Option<Id>) -> Option<Tree> {
+        let id = subtree?;
+        match self.shared.repo.load_tree(&id) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!("parent tree {id} unreadable, reading files again: {e}");
+                None
+            }
+        }
+    }
+
+    /// Emit the virtual directories above the source paths, then the sources.
+    fn walk_virtual(&self, tree: &PathTree, path: &Path, parent: Option<&Tree>) -> Result<()> {
+        for (name, child) in &tree.children {
+            let child_path = path.join(RawName(name.clone()).to_os());
+            let old = parent.and_then(|t| t.find(name));
+            if child.leaf {
+                self.walk_path(&child_path, RawName(name.clone()), old)?;
+                continue;
+            }
+            let meta = match fs::metadata(&child_path) {
+                Ok(m) => m,
+                Err(e) => {
+                    self.shared
+                        .source_error(&child_path, format!("cannot stat: {e}"));
+                    continue;
+                }
+            };
+            let node = node_from_metadata(RawName(name.clone()), &meta);
+            let old_subtree = old.and_then(|n| n.subtree);
+            self.send(Event::EnterDir {
+                node: Some(node),
+                parent_subtree: old_subtree,
+            })?;
+            let old_tree = self.parent_tree(old_subtree);
+            self.walk_virtual(child, &child_path, old_tree.as_ref())?;
+            self.send(Event::LeaveDir)?;
+        }
+        Ok(())
+    }
+
+    fn walk_path(&self, path: &Path, name: RawName, old: Option<&Node>) -> Result<()> {
+        if self.shared.failed() {
+            return Err(Error::Internal("backup aborted".into()));
+        }
+        let meta = match fs::symlink_metadata(path) {
+            Ok(m) => m,
+            Err(e) => {
+                self.shared.source_error(path, format!("cannot stat: {e}"));
+                return Ok(());
+            }
+        };
+        let mut node = node_from_metadata(name, &meta);
+        match node.node_type {
+            NodeType::File => {
+                if let Some(old) = old.filter(|o| unchanged(&node, o, self.detection)) {
+                    let index = self.shared.repo.index();
+                    if old
+                        .content
+                        .iter()
+                        .all(|id| index.contains(BlobType::Data, id))
+                    {
+                        node.content = old.content.clone();
+                        return self.send(Event::File {
+                            node,
+                            outcome: FileOutcome::Unmodified,
+                            reply: None,
+                        });
+                    }
+                }
+                let outcome = if old.is_some() {
+                    FileOutcome::Changed
+                } else {
+                    FileOutcome::New
+                };
+                let (tx, rx) = bounded(1);
+                self.files
+                    .send(FileJob {
+                        path: path.to_path_buf(),
+                        reply: tx,
+                    })
+                    .map_err(|_| Error::Internal("file workers stopped".into()))?;
+                self.send(Event::File {
+                    node,
+                    outcome,
+                    reply: Some(rx),
+                })
+            }
+            NodeType::Dir => {
+                let mut entries = match fs::read_dir(path) {
+                    Ok(rd) => rd
+                        .filter_map(|e| match e {
+                            Ok(e) => Some(e.file_name()),
+                            Err(err) => {
+                                self.shared
+                                    .source_error(path, format!("cannot list: {err}"));
+                                None
+                            }
+                        })
+                        .collect::<Vec<_>>(),
+                    Err(e) => {
+                        self.shared
+                            .source_error(path, format!("cannot list directory: {e}"));
+                        return Ok(());
+                    }
+                };
+                entries.sort_by(|a, b| RawName::from_os(a).cmp(&RawName::from_os(b)));
+                let old_subtree = old
+                    .filter(|o| o.node_type == NodeType::Dir)
+                    .and_then(|o| o.subtree);
+                self.send(Event::EnterDir {
+                    node: Some(node),
+                    parent_subtree: old_subtree,
+                })?;
+                let old_tree = self.parent_tree(old_subtree);
+                for name in entries {
+                    let child = path.join(&name);
+                    if self.excludes.excluded(&child) {
+                        continue;
+                    }
+                    let raw = RawName::from_os(&name);
+                    let old_child = old_tree.as_ref().and_then(|t| t.find(&raw.0));
+                    self.walk_path(&child, raw, old_child)?;
+                }
+                self.send(Event::LeaveDir)
+            }
+            NodeType::Symlink => {
+                match fs::read_link(path) {
+                    Ok(t) => node.target = Some(RawName::from_os(t.as_os_str())),
+                    Err(e) => {
+                        self.shared
+                            .source_error(path, format!("cannot read link: {e}"));
+                        return Ok(());
+                    }
+                }
+                self.send(Event::Entry(node))
+            }
+            _ => self.send(Event::Entry(node)),
+        }
+    }
+}
+
+fn open_source(path: &Path) -> std::io::Result<File> {
+    // O_NOATIME keeps backups from dirtying atimes; only the owner (or root) may use it.
+    match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOATIME)
+        .open(path)
+    {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => File::open(path),
+        other => other,
+    }
+}
+
+fn read_file(
+    shared: &Shared<'_>,
+    chunker: &crate::chunker::Chunker,
+    blobs: &Sender<BlobJob>,
+    path: &Path,
+) -> std::result::Result<FileRead, SourceError> {
+    let src_err = |message: String| SourceError {
+        path: path.to_path_buf(),
+        message,
+    };
+    let file = open_source(path).map_err(|e| src_err(format!("cannot open: {e}")))?;
+    let key = shared.repo.key();
+    let mut content = Vec::new();
+    let mut pipeline_closed = false;
+    let size = chunker
+        .chunk_stream::<_, std::io::Error>(file, |chunk| {
+            let id = key.blob_id(chunk);
+            if shared.claim(BlobType::Data, id) {
+                let job = BlobJob {
+                    blob_type: BlobType::Data,
+                    id,
+                    data: chunk.to_vec(),
+                };
+                if blobs.send(job).is_err() {
+                    pipeline_closed = true;
+                    return Err(std::io::Error::new(
+                        ErrorKind::BrokenPipe,
+                        "pipeline stopped",
+                    ));
+                }
+            }
+            content.push(id);
+            Ok(())
+        })
+        .map_err(|e| {
+            src_err(if pipeline_closed {
+                "backup aborted".into()
+            } else {
+                format!("read error: {e}")
+            })
+        })?;
+    add(&shared.counters.bytes_read, size);
+    Ok(FileRead { content, size })
+}
+
+/// Assemble trees from the walker's events (in depth-first order) and store them.
+fn build_trees(shared: &Shared<'_>, events: Receiver<Event>, blobs: Sender<BlobJob>) -> Result<Id> {
+    struct Open {
+        node: Option<Node>,
+        parent_subtree: Option<Id>,
+        nodes: Vec<Node>,
+    }
+    let key = shared.repo.key();
+    let c = &shared.counters;
+    let mut stack: Vec<Open> = Vec::new();
+    for ev in events {
+        match ev {
+            Event::EnterDir {
+                node,
+                parent_subtree,
+            } => {
+                stack.push(Open {
+                    node,
+                    parent_subtree,
+                    nodes: Vec::new(),
+                });
+            }
+            Event::Entry(node) => {
+                if let Some(top) = stack.last_mut() {
+                    top.nodes.push(node);
+                }
+            }
+            Event::File {
+                mut node,
+                outcome,
+                reply,
+            } => {
+                if let Some(rx) = reply {
+                    match rx.recv() {
+                        Ok(Ok(read)) => {
+                            node.content = read.content;
+                            node.size = read.size;
+                        }
+                        Ok(Err(e)) => {
+                            shared.source_error(&e.path, e.message);
+                            continue;
+                        }
+                        Err(_) => return Err(Error::Internal("file worker stopped".into())),
+                    }
+                }
+                match outcome {
+                    FileOutcome::New => add(&c.files_new, 1),
+                    FileOutcome::Changed => add(&c.files_changed, 1),
+                    FileOutcome::Unmodified => add(&c.files_unmodified, 1),
+                }
+                add(&c.total_files, 1);
+                add(&c.total_bytes, node.size);
+                if let Some(top) = stack.last_mut() {
+                    top.nodes.push(node);
+                }
+            }
+            Event::LeaveDir => {
+                let Some(open) = stack.pop() else {
+                    return Err(Error::Internal("unbalanced directory events".into()));
+                };
+                let id = save_tree(shared, key, &blobs, open.nodes, open.parent_subtree)?;
+                let mut node = open
+                    .node
+                    .ok_or_else(|| Error::Internal("root directory closed".into()))?;
+                node.subtree = Some(id);
+                if let Some(top) = stack.last_mut() {
+                    top.nodes.push(node);
+                }
+            }
+        }
+    }
+    match (stack.pop(), stack.is_empty()) {
+        (Some(root), true) if root.node.is_none() => {
+            save_tree(shared, key, &blobs, root.nodes, root.parent_subtree)
+        }
+        _ => Err(Error::Internal("unbalanced directory events".into())),
+    }
+}
+
+fn save_tree(
+    shared: &Shared<'_>,
+    key: &crate::crypto::MasterKey,
+    blobs: &Sender<BlobJob>,
+    mut nodes: Vec<Node>,
+    parent_subtree: Option<Id>,
+) -> Result<Id> {
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    let bytes = Tree { nodes }.to_bytes();
+    let id = key.blob_id(&bytes);
+    let c = &shared.counters;
+    match parent_subtree {
+        None => add(&c.dirs_new, 1),
+        Some(p) if p == id => add(&c.dirs_unmodified, 1),
+        Some(_) => add(&c.dirs_changed, 1),
+    }
+    if shared.claim(BlobType::Tree, id) {
+        blobs
+            .send(BlobJob {
+                blob_type: BlobType::Tree,
+                id,
+                data: bytes,
+            })
+            .map_err(|_| Error::Internal("blob workers stopped".into()))?;
+    }
+    Ok(id)
+}
+
+fn pack_blobs(shared: &Shared<'_>, sealed: Receiver<SealedBlob>, packs: Sender<FinishedPack>) {
+    let key = shared.repo.key();
+    let target = shared.repo.config().pack_size;
+    let mut data = PackWriter::new();
+    let mut trees = PackWriter::new();
+    let c = &shared.counters;
+    for b in sealed {
+        match b.blob_type {
+            BlobType::Data => add(&c.data_blobs_added, 1),
+            BlobType::Tree => add(&c.tree_blobs_added, 1),
+        }
+        add(&c.bytes_added, u64::from(b.raw_len));
+        let w = if b.blob_type == BlobType::Data {
+            &mut data
+        } else {
+            &mut trees
+        };
+        w.add(b.blob_type, b.id, &b.encoded, b.raw_len);
+        if w.size() >= target {
+            let full = std::mem::take(w);
+            if packs.send(full.finish(key)).is_err() {
+                return;
+            }
+        }
+    }
+    for w in [data, trees] {
+        if !w.is_empty() && packs.send(w.finish(key)).is_err() {
+            return;
+        }
+    }
+}
+
+fn upload_packs(shared: &Shared<'_>, packs: Receiver<FinishedPack>) {
+    for p in packs {
+        if shared.failed() {
+            continue; // drain so that upstream stages can finish
+        }
+        if let Err(e) = shared
+            .repo
+            .backend()
+            .write(FileKind::Pack, &p.id.to_hex(), &p.bytes)
+        {
+            shared.fail(e);
+            continue;
+        }
+        add(&shared.counters.bytes_stored, p.bytes.len() as u64);
+        if let Ok(mut idx) = shared.new_index.lock() {
+            idx.add_pack(p.id, &p.blobs);
+        }
+        if let Err(e) = shared.flush_index(false) {
+            shared.fail(e);
+        }
+    }
+}
+
+/// Run a backup and write its snapshot.
+///
+/// The repository index must be loaded ([`Repository::load_index`]).
+///
+/// # Errors
+/// Invalid options; storage errors (the snapshot is then not written, and
+/// what was uploaded stays unreferenced until a later backup reuses it or
+/// prune removes it). Unreadable source entries are not errors: they are
+/// reported in [`BackupResult::errors`].
+pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupResult> {
+    let started = Instant::now();
+    let time = chrono::Local::now().fixed_offset();
+    if opts.paths.is_empty() {
+        return Err(Error::InvalidInput(
+            "nothing to back up: give at least one path".into(),
+        ));
+    }
+    let mut paths = Vec::new();
+    let mut path_tree = PathTree::default();
+    for p in &opts.paths {
+        let abs = normalize(p)?;
+        fs::symlink_metadata(&abs).map_err(|e| Error::io("cannot back up", &abs, e))?;
+        path_tree.insert(&abs);
+        paths.push(abs.to_string_lossy().into_owned());
+    }
+    paths.sort();
+    paths.dedup();
+    let host = opts.hostname.clone().unwrap_or_else(hostname);
+
+    let parent = match &opts.parent {
+        ParentChoice::None => None,
+        ParentChoice::Snapshot(id) => {
+            Some((*id, repo.load_json::<Snapshot>(FileKind::Snapshot, id)?))
+        }
+        ParentChoice::Latest => repo
+            .snapshots()?
+            .into_iter()
+            .rev()
+            .find(|(_, s)| s.same_source(&host, &paths)),
+    };
+    if let Some((id, _)) = &parent {
+        tracing::info!("using parent snapshot {}", id.short());
+    }
+
+    let threads = if opts.threads == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    } else {
+        opts.threads
+    };
+    let shared = Shared {
+        repo,
+        pending: Mutex::new(HashSet::new()),
+        counters: Counters::default(),
+        failed: AtomicBool::new(false),
+        fatal: Mutex::new(None),
+        source_errors: Mutex::new(Vec::new()),
+        new_index: Mutex::new(IndexFile::default()),
+        index_files: Mutex::new(Vec::new()),
+    };
+    let excludes = Excludes::new(&opts.excludes)?;
+    let chunker = repo.chunker();
+    let level = repo.config().zstd_level;
+
+    let root = std::thread::scope(|s| -> Result<Id> {
+        let (file_tx, file_rx) = bounded::<FileJob>(threads * 4);
+        let (blob_tx, blob_rx) = bounded::<BlobJob>(threads * 2);
+        let (sealed_tx, sealed_rx) = bounded::<SealedBlob>(threads * 2);
+        let (pack_tx, pack_rx) = bounded::<FinishedPack>(1);
+        let (event_tx, event_rx) = bounded::<Event>(8192);
+        let shared = &shared;
+
+        for _ in 0..threads {
+            let (rx, tx, chunker) = (file_rx.clone(), blob_tx.clone(), chunker.clone());
+            s.spawn(move || {
+                for job in rx {
+                    let result = read_file(shared, &chunker, &tx, &job.path);
+                    let _ = job.reply.send(result);
+                }
+            });
+            let (rx, tx) = (blob_rx.clone(), sealed_tx.clone());
+            s.spawn(move || {
+                let key = shared.repo.key();
+                for job in rx {
+                    let encoded = encode_blob(key, job.blob_type, &job.id, &job.data, level);
+                    let sealed = SealedBlob {
+                        blob_type: job.blob_type,
+                        id: job.id,
+                        encoded,
+                        raw_len: job.data.len() as u32,
+                    };
+                    if tx.send(sealed).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop((file_rx, blob_rx, sealed_tx));
+        s.spawn(move || pack_blobs(shared, sealed_rx, pack_tx));
+        for _ in 0..2 {
+            let rx = pack_rx.clone();
+            s.spawn(move || upload_packs(shared, rx));
+        }
+        drop(pack_rx);
+        let builder = s.spawn(move || build_trees(shared, event_rx, blob_tx));
+
+        let walked = (|| -> Result<()> {
+            let walker = Walker {
+                shared,
+                excludes,
+                detection: opts.change_detection,
+                events: event_tx,
+                files: file_tx,
+            };
+            let parent_root = parent.as_ref().map(|(_, snap)| snap.tree);
+            walker.send(Event::EnterDir {
+                node: None,
+                parent_subtree: parent_root,
+            })?;
+            let parent_tree = walker.parent_tree(parent_root);
+            walker.walk_virtual(&path_tree, Path::new("/"), parent_tree.as_ref())
+            // the walker (and with it the event and file senders) is dropped here
+        })();
+        let built = builder
+            .join()
+            .map_err(|_| Error::Internal("tree builder panicked".into()))?;
+        // Record the builder's error first: it explains why the walker stopped.
+        let built = built.map_err(|e| {
+            shared.fail(e);
+            Error::Internal("backup failed".into())
+        });
+        if let Err(e) = walked {
+            shared.fail(e);
+        }
+        built
+    });
+    // All stages have finished here (the scope joined them).
+    if let Some(e) = shared.fatal.lock().ok().and_then(|mut f| f.take()) {
+        return Err(e);
+    }
+    let root = root?;
+    shared.flush_index(true)?;
+
+    let c = &shared.counters;
+    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let errors = shared.source_errors.into_inner().unwrap_or_default();
+    let summary = Summary {
+        files_new: get(&c.files_new),
+        files_changed: get(&c.files_changed),
+        files_unmodified: get(&c.files_unmodified),
+        dirs_new: get(&c.dirs_new),
+        dirs_changed: get(&c.dirs_changed),
+        dirs_unmodified: get(&c.dirs_unmodified),
+        data_blobs_added: get(&c.data_blobs_added),
+        tree_blobs_added: get(&c.tree_blobs_added),
+        bytes_added: get(&c.bytes_added),
+        bytes_stored: get(&c.bytes_stored),
+        bytes_read: get(&c.bytes_read),
+        total_files: get(&c.total_files),
+        total_bytes: get(&c.total_bytes),
+        errors: errors.len() as u64,
+        duration_seconds: 0.0,
+    };
+    let mut snapshot = Snapshot {
+        time,
+        hostname: host,
+        username: username(),
+        paths,
+        tags: opts.tags.clone(),
+        tree: root,
+        parent: parent.map(|(id, _)| id),
+        program_version: format!("cairn {}", env!("CARGO_PKG_VERSION")),
+        summary,
+    };
+    snapshot.summary.duration_seconds = started.elapsed().as_secs_f64();
+    let snapshot_id = repo.save_json(FileKind::Snapshot, &snapshot)?;
+    Ok(BackupResult {
+        snapshot_id,
+        snapshot,
+        errors,
+    })
+}

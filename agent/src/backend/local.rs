@@ -1,0 +1,196 @@
+//! A repository in a local directory (or any mounted filesystem, such as a PVC).
+//! Files are written to a temporary name, flushed to disk, then hard-linked
+//! into place, so a crash never leaves a partial file under a real name and
+//! an existing file is never replaced.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use super::{Backend, FileInfo, FileKind};
+use crate::error::{Error, Result};
+
+/// Backend for a directory on a local filesystem.
+pub struct LocalBackend {
+    root: PathBuf,
+}
+
+impl LocalBackend {
+    /// A backend rooted at `root` (which need not exist until `create`).
+    pub fn new(root: impl Into<PathBuf>) -> LocalBackend {
+        LocalBackend { root: root.into() }
+    }
+
+    fn path(&self, kind: FileKind, name: &str) -> PathBuf {
+        self.root.join(kind.path(name))
+    }
+
+    fn err(&self, op: &'static str, kind: FileKind, name: &str, e: std::io::Error) -> Error {
+        if e.kind() == ErrorKind::NotFound && op != "write" {
+            return Error::NotFound(format!(
+                "{} {name} ({})",
+                kind.name(),
+                self.path(kind, name).display()
+            ));
+        }
+        Error::Backend {
+            op,
+            key: self.path(kind, name).display().to_string(),
+            message: e.to_string(),
+            source: Some(e),
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl Backend for LocalBackend {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn create(&self) -> Result<()> {
+        if self.root.join("config").exists() {
+            return Err(Error::RepositoryExists(self.location()));
+        }
+        if let Ok(mut entries) = fs::read_dir(&self.root) {
+            if entries.next().is_some() {
+                return Err(Error::InvalidInput(format!(
+                    "{} exists and is not empty; choose an empty or new directory",
+                    self.location()
+                )));
+            }
+        }
+        for d in ["keys", "snapshots", "index", "data"] {
+            let p = self.root.join(d);
+            fs::create_dir_all(&p).map_err(|e| Error::io("create directory", p, e))?;
+        }
+        Ok(())
+    }
+
+    fn exists(&self, kind: FileKind, name: &str) -> Result<bool> {
+        match fs::metadata(self.path(kind, name)) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(self.err("stat", kind, name, e)),
+        }
+    }
+
+    fn read(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
+        fs::read(self.path(kind, name)).map_err(|e| self.err("read", kind, name, e))
+    }
+
+    fn read_range(&self, kind: FileKind, name: &str, offset: u64, length: u32) -> Result<Vec<u8>> {
+        let mut f =
+            File::open(self.path(kind, name)).map_err(|e| self.err("open", kind, name, e))?;
+        f.seek(SeekFrom::Start(offset))
+            .map_err(|e| self.err("seek", kind, name, e))?;
+        let mut buf = vec![0u8; length as usize];
+        match f.read_exact(&mut buf) {
+            Ok(()) => Ok(buf),
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => Err(Error::corrupt(
+                format!("{} {name}", kind.name()),
+                format!("truncated: cannot read {length} bytes at offset {offset}"),
+            )),
+            Err(e) => Err(self.err("read", kind, name, e)),
+        }
+    }
+
+    fn write(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
+        let target = self.path(kind, name);
+        let dir = target.parent().unwrap_or(&self.root).to_path_buf();
+        if !dir.is_dir() {
+            if !self.root.join("config").exists() && kind != FileKind::Config {
+                return Err(Error::RepositoryNotFound(self.location()));
+            }
+            fs::create_dir_all(&dir).map_err(|e| self.err("write", kind, name, e))?;
+        }
+        let mut rnd = [0u8; 8];
+        crate::crypto::fill_random(&mut rnd);
+        let tmp = dir.join(format!(
+            ".tmp-{}-{}",
+            hex::encode(rnd),
+            name.get(..16).unwrap_or(name)
+        ));
+        let result = (|| -> std::io::Result<()> {
+            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            f.write_all(data)?;
+            f.sync_all()?;
+            drop(f);
+            fs::hard_link(&tmp, &target)?;
+            sync_dir(&dir)
+        })();
+        let _ = fs::remove_file(&tmp);
+        result.map_err(|e| {
+            if e.kind() == ErrorKind::AlreadyExists {
+                Error::Backend {
+                    op: "write",
+                    key: target.display().to_string(),
+                    message: "file already exists (repository files are never overwritten)".into(),
+                    source: Some(e),
+                }
+            } else {
+                self.err("write", kind, name, e)
+            }
+        })
+    }
+
+    fn list(&self, kind: FileKind) -> Result<Vec<FileInfo>> {
+        let top = match kind {
+            FileKind::Config => {
+                let size = fs::metadata(self.path(kind, "")).map(|m| m.len()).ok();
+                return Ok(size
+                    .map(|size| FileInfo {
+                        name: "config".into(),
+                        size,
+                    })
+                    .into_iter()
+                    .collect());
+            }
+            FileKind::Key => "keys",
+            FileKind::Snapshot => "snapshots",
+            FileKind::Index => "index",
+            FileKind::Pack => "data",
+        };
+        let mut out = Vec::new();
+        let mut dirs = vec![self.root.join(top)];
+        while let Some(dir) = dirs.pop() {
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == ErrorKind::NotFound && !self.root.join("config").exists() => {
+                    return Err(Error::RepositoryNotFound(self.location()))
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io("list", dir, e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|e| Error::io("list", &dir, e))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with(".tmp-") {
+                    continue;
+                }
+                let meta = entry
+                    .metadata()
+                    .map_err(|e| Error::io("stat", entry.path(), e))?;
+                if meta.is_dir() {
+                    if kind == FileKind::Pack {
+                        dirs.push(entry.path());
+                    }
+                } else {
+                    out.push(FileInfo {
+                        name,
+                        size: meta.len(),
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn remove(&self, kind: FileKind, name: &str) -> Result<()> {
+        fs::remove_file(self.path(kind, name)).map_err(|e| self.err("remove", kind, name, e))
+    }
+}

@@ -1,0 +1,126 @@
+//! Storage: one trait that every backend implements, so commands never know
+//! where the repository lives. Backends store opaque, write-once files.
+
+mod local;
+
+pub use local::LocalBackend;
+
+use crate::error::{Error, Result};
+
+/// The kinds of file a repository holds; each kind lives under its own prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FileKind {
+    /// The single `config` file.
+    Config,
+    /// Key files (`keys/`).
+    Key,
+    /// Snapshot files (`snapshots/`).
+    Snapshot,
+    /// Index files (`index/`).
+    Index,
+    /// Pack files (`data/XX/`).
+    Pack,
+}
+
+impl FileKind {
+    /// Human name, used in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            FileKind::Config => "config",
+            FileKind::Key => "key",
+            FileKind::Snapshot => "snapshot",
+            FileKind::Index => "index",
+            FileKind::Pack => "pack",
+        }
+    }
+
+    /// The object's path relative to the repository root.
+    pub fn path(self, name: &str) -> String {
+        match self {
+            FileKind::Config => "config".to_string(),
+            FileKind::Key => format!("keys/{name}"),
+            FileKind::Snapshot => format!("snapshots/{name}"),
+            FileKind::Index => format!("index/{name}"),
+            FileKind::Pack => format!("data/{}/{name}", name.get(..2).unwrap_or("00")),
+        }
+    }
+}
+
+/// A listed file: its name (without prefix) and size in bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileInfo {
+    /// Name within its kind.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// Storage for a repository. Files are written once and never modified;
+/// they are only ever created whole or deleted.
+pub trait Backend: Send + Sync {
+    /// Where the repository is, for messages (never contains credentials).
+    fn location(&self) -> String;
+
+    /// Prepare an empty location for a new repository.
+    ///
+    /// # Errors
+    /// [`Error::RepositoryExists`] if a repository is already there.
+    fn create(&self) -> Result<()>;
+
+    /// Whether the file exists.
+    ///
+    /// # Errors
+    /// Storage errors.
+    fn exists(&self, kind: FileKind, name: &str) -> Result<bool>;
+
+    /// Read a whole file.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if it does not exist; storage errors.
+    fn read(&self, kind: FileKind, name: &str) -> Result<Vec<u8>>;
+
+    /// Read `length` bytes at `offset`.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; [`Error::Corrupt`] if the file is shorter than the range.
+    fn read_range(&self, kind: FileKind, name: &str, offset: u64, length: u32) -> Result<Vec<u8>>;
+
+    /// Store a new file atomically: readers see all of it or nothing.
+    ///
+    /// # Errors
+    /// Storage errors, including a full disk; an existing file of that name.
+    fn write(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()>;
+
+    /// List all files of a kind.
+    ///
+    /// # Errors
+    /// Storage errors.
+    fn list(&self, kind: FileKind) -> Result<Vec<FileInfo>>;
+
+    /// Delete a file.
+    ///
+    /// # Errors
+    /// Storage errors.
+    fn remove(&self, kind: FileKind, name: &str) -> Result<()>;
+}
+
+/// Open the backend a repository location names: a local path, or (later) `s3:`.
+///
+/// # Errors
+/// [`Error::InvalidInput`] for an empty or unsupported location.
+pub fn open(location: &str) -> Result<Box<dyn Backend>> {
+    if location.is_empty() {
+        return Err(Error::InvalidInput(
+            "no repository given: use --repo or set CAIRN_REPOSITORY".into(),
+        ));
+    }
+    if let Some(rest) = location.strip_prefix("local:") {
+        return Ok(Box::new(LocalBackend::new(rest)));
+    }
+    if location.starts_with("s3:") {
+        return Err(Error::InvalidInput(format!(
+            "{location}: the S3 backend is not built into this version of cairn"
+        )));
+    }
+    Ok(Box::new(LocalBackend::new(location)))
+}

@@ -1,0 +1,730 @@
+//! `cairn`: the command-line interface. Parses arguments, asks for passwords,
+//! calls the engine and prints results (text, or JSON with `--json`).
+//!
+//! Exit codes: 0 success, 1 fatal error, 3 snapshot written but some source
+//! files could not be read.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use cairn::archiver::{self, BackupOptions, ChangeDetection, ParentChoice};
+use cairn::backend::{self, FileKind};
+use cairn::blob::BlobType;
+use cairn::diff::diff_trees;
+use cairn::pack;
+use cairn::repository::{KdfCost, Repository};
+use cairn::restore::{self, RestoreOptions};
+use cairn::snapshot::Snapshot;
+use cairn::tree::{Node, NodeType};
+use cairn::{Error, Id};
+
+#[derive(Parser)]
+#[command(
+    name = "cairn",
+    version,
+    about = "Deduplicating, encrypted, compressed backups",
+    max_term_width = 100
+)]
+struct Cli {
+    /// Repository location: a local path (S3 support: see the README).
+    #[arg(
+        short = 'r',
+        long,
+        env = "CAIRN_REPOSITORY",
+        global = true,
+        default_value = ""
+    )]
+    repo: String,
+
+    /// Read the repository password from this file (first line).
+    #[arg(long, env = "CAIRN_PASSWORD_FILE", global = true)]
+    password_file: Option<PathBuf>,
+
+    /// Print machine-readable JSON on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+
+    /// More log output on stderr (repeat for debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a new repository.
+    Init(InitArgs),
+    /// Back up files and directories into a new snapshot.
+    Backup(BackupArgs),
+    /// List snapshots.
+    Snapshots(SnapshotsArgs),
+    /// List the contents of a snapshot.
+    Ls(LsArgs),
+    /// Show what changed between two snapshots.
+    Diff {
+        /// First snapshot (ID prefix or `latest`).
+        first: String,
+        /// Second snapshot.
+        second: String,
+    },
+    /// Restore a snapshot (or `SNAPSHOT:PATH`, a part of it) into a directory.
+    Restore(RestoreArgs),
+    /// Show repository statistics (sizes, deduplication).
+    Stats {
+        /// Snapshots to count (default: all).
+        snapshots: Vec<String>,
+    },
+    /// Print a raw repository object (for debugging).
+    Cat {
+        /// config, key, snapshot, index, pack (header), tree or blob.
+        kind: String,
+        /// Object ID (prefix allowed for snapshots and keys).
+        id: Option<String>,
+    },
+    /// Manage the repository's keys (passwords).
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+}
+
+#[derive(Args)]
+struct KdfArgs {
+    /// Argon2id memory cost in KiB for the new key (default 65536).
+    #[arg(long, default_value_t = cairn::constants::KDF_MEMORY_KIB)]
+    kdf_memory_kib: u32,
+    /// Argon2id iterations for the new key (default 3).
+    #[arg(long, default_value_t = cairn::constants::KDF_ITERATIONS)]
+    kdf_iterations: u32,
+}
+
+impl KdfArgs {
+    fn cost(&self) -> KdfCost {
+        KdfCost {
+            memory_kib: self.kdf_memory_kib,
+            iterations: self.kdf_iterations,
+        }
+    }
+}
+
+#[derive(Args)]
+struct InitArgs {
+    #[command(flatten)]
+    kdf: KdfArgs,
+}
+
+#[derive(Args)]
+struct BackupArgs {
+    /// Files and directories to back up.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Add a tag to the snapshot (repeatable).
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+    /// Host name to record (default: this machine's).
+    #[arg(long)]
+    host: Option<String>,
+    /// Exclude paths matching a glob (repeatable). Without `/` it matches names anywhere.
+    #[arg(long = "exclude")]
+    excludes: Vec<String>,
+    /// Use this snapshot as the parent instead of the latest one of the same host and paths.
+    #[arg(long, conflicts_with = "force")]
+    parent: Option<String>,
+    /// Read every file, ignoring the parent snapshot.
+    #[arg(long)]
+    force: bool,
+    /// Treat files as unchanged when path, size and mtime match, whatever their
+    /// inode and ctime (for volume snapshots and clones, where both always change).
+    #[arg(long)]
+    ignore_inode: bool,
+    /// Ignore ctime changes when looking for changed files.
+    #[arg(long)]
+    ignore_ctime: bool,
+    /// Worker threads per stage (default: number of CPUs).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+#[derive(Args)]
+struct SnapshotsArgs {
+    /// Only snapshots of this host.
+    #[arg(long)]
+    host: Option<String>,
+    /// Only snapshots with this tag (repeatable: all must match).
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+    /// Only snapshots containing this path.
+    #[arg(long)]
+    path: Option<String>,
+}
+
+#[derive(Args)]
+struct LsArgs {
+    /// Snapshot (ID prefix or `latest`).
+    snapshot: String,
+    /// Directory inside the snapshot to list.
+    path: Option<String>,
+    /// Show mode, owner, size and time.
+    #[arg(short, long)]
+    long: bool,
+}
+
+#[derive(Args)]
+struct RestoreArgs {
+    /// Snapshot (ID prefix or `latest`), optionally `:PATH` to restore only that path's contents.
+    snapshot: String,
+    /// Directory to restore into.
+    #[arg(long, short = 't')]
+    target: PathBuf,
+    /// Restore only paths matching this glob (repeatable), e.g. `/data/db/**`.
+    #[arg(long = "include")]
+    includes: Vec<String>,
+    /// Do not restore file ownership (default: restore it when running as root).
+    #[arg(long)]
+    no_owner: bool,
+    /// Worker threads (default: number of CPUs).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// List keys.
+    List,
+    /// Add a key (a new password) for the repository.
+    Add {
+        /// Read the new password from this file.
+        #[arg(long, env = "CAIRN_NEW_PASSWORD_FILE")]
+        new_password_file: Option<PathBuf>,
+        #[command(flatten)]
+        kdf: KdfArgs,
+    },
+    /// Remove a key (not the one in use, not the last one).
+    Remove {
+        /// Key ID (prefix allowed).
+        id: String,
+    },
+    /// Change the password of the key in use.
+    Passwd {
+        /// Read the new password from this file.
+        #[arg(long, env = "CAIRN_NEW_PASSWORD_FILE")]
+        new_password_file: Option<PathBuf>,
+        #[command(flatten)]
+        kdf: KdfArgs,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = std::env::var("CAIRN_LOG").unwrap_or_else(|_| {
+        match cli.verbose {
+            0 => "warn",
+            1 => "info",
+            _ => "debug",
+        }
+        .to_string()
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("cairn: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn read_password_file(path: &PathBuf) -> Result<Vec<u8>> {
+    let text =
+        std::fs::read(path).with_context(|| format!("reading password file {}", path.display()))?;
+    let line = text.split(|&b| b == b'\n').next().unwrap_or_default();
+    Ok(line.strip_suffix(b"\r").unwrap_or(line).to_vec())
+}
+
+/// The password from --password-file / CAIRN_PASSWORD_FILE, CAIRN_PASSWORD, or a prompt.
+fn password(cli: &Cli, confirm: bool) -> Result<Vec<u8>> {
+    if let Some(p) = &cli.password_file {
+        return read_password_file(p);
+    }
+    if let Some(p) = std::env::var_os("CAIRN_PASSWORD") {
+        return Ok(p.into_encoded_bytes());
+    }
+    prompt("repository password", confirm)
+}
+
+fn new_password(file: &Option<PathBuf>) -> Result<Vec<u8>> {
+    if let Some(p) = file {
+        return read_password_file(p);
+    }
+    if let Some(p) = std::env::var_os("CAIRN_NEW_PASSWORD") {
+        return Ok(p.into_encoded_bytes());
+    }
+    prompt("new password", true)
+}
+
+fn prompt(what: &str, confirm: bool) -> Result<Vec<u8>> {
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::NoPassword.into());
+    }
+    let p = rpassword::prompt_password(format!("enter {what}: "))?;
+    if confirm && rpassword::prompt_password(format!("enter {what} again: "))? != p {
+        bail!("passwords do not match");
+    }
+    if p.is_empty() {
+        bail!("empty password");
+    }
+    Ok(p.into_bytes())
+}
+
+fn open_repo(cli: &Cli) -> Result<Repository> {
+    let backend = backend::open(&cli.repo)?;
+    let pw = password(cli, false)?;
+    Ok(Repository::open(backend, &pw)?)
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, v)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.2} {}", UNITS[u])
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match &cli.command {
+        Command::Init(args) => {
+            let backend = backend::open(&cli.repo)?;
+            let pw = password(&cli, true)?;
+            let repo = Repository::init(backend, &pw, args.kdf.cost())?;
+            if cli.json {
+                print_json(
+                    &json!({"id": repo.config().id, "location": repo.backend().location()}),
+                )?;
+            } else {
+                println!(
+                    "created repository {} at {}",
+                    repo.config().id.short(),
+                    repo.backend().location()
+                );
+                println!("keep the password safe: without it the data cannot be recovered");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Backup(args) => cmd_backup(&cli, args),
+        Command::Snapshots(args) => cmd_snapshots(&cli, args),
+        Command::Ls(args) => cmd_ls(&cli, args),
+        Command::Diff { first, second } => {
+            let repo = loaded(&cli)?;
+            let (ia, a) = repo.find_snapshot(first)?;
+            let (ib, b) = repo.find_snapshot(second)?;
+            let mut out = Vec::new();
+            diff_trees(&repo, &a.tree, &b.tree, std::path::Path::new("/"), &mut out)?;
+            if cli.json {
+                print_json(&json!({"first": ia, "second": ib, "changes": out}))?;
+            } else {
+                println!("comparing snapshot {} to {}:", ia.short(), ib.short());
+                for d in &out {
+                    println!("{}    {}", d.change.code(), d.path.display());
+                }
+                let count = |c| out.iter().filter(|d| d.change == c).count();
+                use cairn::diff::Change;
+                println!(
+                    "\n{} added, {} removed, {} modified, {} metadata only",
+                    count(Change::Added),
+                    count(Change::Removed),
+                    count(Change::Modified),
+                    count(Change::Metadata)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Restore(args) => cmd_restore(&cli, args),
+        Command::Stats { snapshots } => {
+            let repo = loaded(&cli)?;
+            let ids = snapshots
+                .iter()
+                .map(|s| repo.find_snapshot(s).map(|(id, _)| id))
+                .collect::<Result<Vec<Id>, Error>>()?;
+            let s = cairn::stats::stats(&repo, &ids)?;
+            if cli.json {
+                print_json(&s)?;
+            } else {
+                println!("snapshots:              {}", s.snapshots);
+                println!("files (all snapshots):  {}", s.total_files);
+                println!("size (all snapshots):   {}", human_bytes(s.total_size));
+                println!(
+                    "unique data:            {} in {} blobs",
+                    human_bytes(s.unique_size),
+                    s.unique_blobs
+                );
+                println!(
+                    "stored in packs:        {} in {} packs",
+                    human_bytes(s.stored_size),
+                    s.packs
+                );
+                println!("indexed blobs:          {}", s.indexed_blobs);
+                println!("ratio (size / stored):  {:.2}x", s.ratio);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cat { kind, id } => cmd_cat(&cli, kind, id.as_deref()),
+        Command::Key { command } => cmd_key(&cli, command),
+    }
+}
+
+fn loaded(cli: &Cli) -> Result<Repository> {
+    let mut repo = open_repo(cli)?;
+    repo.load_index()?;
+    Ok(repo)
+}
+
+fn cmd_backup(cli: &Cli, args: &BackupArgs) -> Result<ExitCode> {
+    let repo = loaded(cli)?;
+    let parent = match (&args.parent, args.force) {
+        (_, true) => ParentChoice::None,
+        (Some(p), _) => ParentChoice::Snapshot(repo.find_snapshot(p)?.0),
+        (None, false) => ParentChoice::Latest,
+    };
+    let change_detection = if args.ignore_inode {
+        ChangeDetection::IgnoreInode
+    } else if args.ignore_ctime {
+        ChangeDetection::IgnoreCtime
+    } else {
+        ChangeDetection::Strict
+    };
+    let opts = BackupOptions {
+        paths: args.paths.clone(),
+        tags: args.tags.clone(),
+        hostname: args.host.clone(),
+        excludes: args.excludes.clone(),
+        parent,
+        change_detection,
+        threads: args.threads,
+    };
+    let result = archiver::backup(&repo, &opts)?;
+    for e in &result.errors {
+        eprintln!("cairn: warning: {}: {}", e.path.display(), e.message);
+    }
+    let s = &result.snapshot.summary;
+    if cli.json {
+        print_json(&json!({
+            "snapshot_id": result.snapshot_id,
+            "parent": result.snapshot.parent,
+            "summary": s,
+            "errors": result.errors,
+        }))?;
+    } else {
+        if let Some(p) = result.snapshot.parent {
+            println!("using parent snapshot {}", p.short());
+        }
+        println!(
+            "Files:       {:>8} new, {:>8} changed, {:>8} unmodified",
+            s.files_new, s.files_changed, s.files_unmodified
+        );
+        println!(
+            "Dirs:        {:>8} new, {:>8} changed, {:>8} unmodified",
+            s.dirs_new, s.dirs_changed, s.dirs_unmodified
+        );
+        println!(
+            "Read {} of {} in {} files; added {} to the repository ({} stored)",
+            human_bytes(s.bytes_read),
+            human_bytes(s.total_bytes),
+            s.total_files,
+            human_bytes(s.bytes_added),
+            human_bytes(s.bytes_stored)
+        );
+        println!("Duration:    {:.2} s", s.duration_seconds);
+        println!("snapshot {} saved", result.snapshot_id.short());
+    }
+    if result.errors.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "cairn: {} source entries could not be read; the snapshot was saved without them",
+            result.errors.len()
+        );
+        Ok(ExitCode::from(3))
+    }
+}
+
+fn snapshot_json(id: &Id, s: &Snapshot) -> serde_json::Value {
+    let mut v = serde_json::to_value(s).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("id".into(), json!(id));
+        o.insert("short_id".into(), json!(id.short()));
+    }
+    v
+}
+
+fn cmd_snapshots(cli: &Cli, args: &SnapshotsArgs) -> Result<ExitCode> {
+    let repo = open_repo(cli)?;
+    let snaps: Vec<(Id, Snapshot)> = repo
+        .snapshots()?
+        .into_iter()
+        .filter(|(_, s)| args.host.as_ref().is_none_or(|h| &s.hostname == h))
+        .filter(|(_, s)| args.tags.iter().all(|t| s.tags.contains(t)))
+        .filter(|(_, s)| args.path.as_ref().is_none_or(|p| s.paths.contains(p)))
+        .collect();
+    if cli.json {
+        print_json(
+            &snaps
+                .iter()
+                .map(|(id, s)| snapshot_json(id, s))
+                .collect::<Vec<_>>(),
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<8}  {:<19}  {:<16}  {:<12}  {:>10}  Paths",
+        "ID", "Time", "Host", "Tags", "Size"
+    );
+    for (id, s) in &snaps {
+        println!(
+            "{:<8}  {:<19}  {:<16}  {:<12}  {:>10}  {}",
+            id.short(),
+            s.time.format("%Y-%m-%d %H:%M:%S"),
+            s.hostname,
+            s.tags.join(","),
+            human_bytes(s.summary.total_bytes),
+            s.paths.join(" ")
+        );
+    }
+    println!("{} snapshots", snaps.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn mode_string(node: &Node) -> String {
+    let t = match node.node_type {
+        NodeType::Dir => 'd',
+        NodeType::Symlink => 'l',
+        NodeType::Fifo => 'p',
+        NodeType::Chardev => 'c',
+        NodeType::Blockdev => 'b',
+        NodeType::Socket => 's',
+        NodeType::File => '-',
+    };
+    let mut s = String::from(t);
+    for shift in [6, 3, 0] {
+        let bits = (node.mode >> shift) & 7;
+        s.push(if bits & 4 != 0 { 'r' } else { '-' });
+        s.push(if bits & 2 != 0 { 'w' } else { '-' });
+        s.push(if bits & 1 != 0 { 'x' } else { '-' });
+    }
+    s
+}
+
+fn cmd_ls(cli: &Cli, args: &LsArgs) -> Result<ExitCode> {
+    let repo = loaded(cli)?;
+    let (_, snap) = repo.find_snapshot(&args.snapshot)?;
+    let (tree, base) = cairn::ls::tree_at(&repo, &snap.tree, args.path.as_deref().unwrap_or("/"))?;
+    let mut entries = Vec::new();
+    let mut out = std::io::stdout().lock();
+    cairn::ls::walk(&repo, &tree, &base, &mut |path, node| {
+        if cli.json {
+            entries.push(json!({
+                "path": path.to_string_lossy(),
+                "type": node.node_type,
+                "mode": node.mode,
+                "uid": node.uid,
+                "gid": node.gid,
+                "size": node.size,
+                "mtime_ns": node.mtime_ns,
+            }));
+        } else if args.long {
+            let t =
+                chrono::DateTime::from_timestamp_nanos(node.mtime_ns).with_timezone(&chrono::Local);
+            let _ = writeln!(
+                out,
+                "{} {:>6} {:>6} {:>12} {} {}",
+                mode_string(node),
+                node.uid,
+                node.gid,
+                node.size,
+                t.format("%Y-%m-%d %H:%M:%S"),
+                path.display()
+            );
+        } else {
+            let _ = writeln!(out, "{}", path.display());
+        }
+        Ok(())
+    })?;
+    if cli.json {
+        print_json(&entries)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_restore(cli: &Cli, args: &RestoreArgs) -> Result<ExitCode> {
+    let repo = loaded(cli)?;
+    let (spec, subpath) = match args.snapshot.split_once(':') {
+        Some((s, p)) => (s, Some(p.to_string())),
+        None => (args.snapshot.as_str(), None),
+    };
+    let (id, snap) = repo.find_snapshot(spec)?;
+    let opts = RestoreOptions {
+        target: args.target.clone(),
+        subpath,
+        includes: args.includes.clone(),
+        owner: if args.no_owner { Some(false) } else { None },
+        threads: args.threads,
+    };
+    let started = std::time::Instant::now();
+    let summary = restore::restore(&repo, &snap.tree, &opts)?;
+    let secs = started.elapsed().as_secs_f64();
+    for e in &summary.errors {
+        eprintln!("cairn: error: {}: {}", e.path.display(), e.message);
+    }
+    if cli.json {
+        print_json(&json!({"snapshot_id": id, "summary": summary, "duration_seconds": secs}))?;
+    } else {
+        println!(
+            "restored snapshot {} to {}: {} files, {} directories, {} other entries, {} in {:.2} s",
+            id.short(),
+            args.target.display(),
+            summary.files,
+            summary.dirs,
+            summary.others,
+            human_bytes(summary.bytes),
+            secs
+        );
+    }
+    if summary.errors.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "cairn: restore incomplete: {} entries failed",
+            summary.errors.len()
+        );
+        Ok(ExitCode::from(1))
+    }
+}
+
+fn cmd_cat(cli: &Cli, kind: &str, id: Option<&str>) -> Result<ExitCode> {
+    let need_id = || id.ok_or_else(|| anyhow!("`cairn cat {kind}` needs an ID"));
+    let mut repo = open_repo(cli)?;
+    let bytes = match kind {
+        "config" => repo.cat_file(FileKind::Config, "")?,
+        "key" => repo.cat_file(FileKind::Key, &repo.resolve_key(need_id()?)?)?,
+        "snapshot" => {
+            let sid = repo.find_snapshot(need_id()?)?.0;
+            repo.cat_file(FileKind::Snapshot, &sid.to_hex())?
+        }
+        "index" => {
+            let iid = repo.resolve(FileKind::Index, need_id()?)?;
+            repo.cat_file(FileKind::Index, &iid.to_hex())?
+        }
+        "pack" => {
+            let pid = repo.resolve(FileKind::Pack, need_id()?)?;
+            let data = repo.backend().read(FileKind::Pack, &pid.to_hex())?;
+            let header = pack::read_header(repo.key(), &pid, &data)?;
+            let entries: Vec<_> = header
+                .iter()
+                .map(|b| json!({"type": b.blob_type, "id": b.id, "offset": b.offset, "length": b.length, "raw_length": b.raw_length}))
+                .collect();
+            serde_json::to_vec_pretty(&entries)?
+        }
+        "tree" | "blob" => {
+            repo.load_index()?;
+            let bid: Id = need_id()?.parse()?;
+            if kind == "tree" {
+                let tree = repo.load_tree(&bid)?;
+                serde_json::to_vec_pretty(&tree)?
+            } else {
+                repo.read_blob(BlobType::Data, &bid)?
+            }
+        }
+        other => {
+            bail!("unknown object kind {other:?} (config, key, snapshot, index, pack, tree, blob)")
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    out.write_all(&bytes)?;
+    if kind != "blob" {
+        writeln!(out)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_key(cli: &Cli, command: &KeyCommand) -> Result<ExitCode> {
+    let mut repo = open_repo(cli)?;
+    match command {
+        KeyCommand::List => {
+            let keys = repo.list_keys()?;
+            if cli.json {
+                print_json(&keys)?;
+            } else {
+                println!(" {:<8}  {:<12}  {:<16}  Created", "ID", "User", "Host");
+                for k in keys {
+                    println!(
+                        "{}{:<8}  {:<12}  {:<16}  {}",
+                        if k.current { "*" } else { " " },
+                        &k.id[..8.min(k.id.len())],
+                        k.username,
+                        k.hostname,
+                        k.created.format("%Y-%m-%d %H:%M:%S")
+                    );
+                }
+            }
+        }
+        KeyCommand::Add {
+            new_password_file,
+            kdf,
+        } => {
+            let pw = new_password(new_password_file)?;
+            let name = repo.add_key(&pw, kdf.cost())?;
+            if cli.json {
+                print_json(&json!({"id": name}))?;
+            } else {
+                println!("added key {}", &name[..8]);
+            }
+        }
+        KeyCommand::Remove { id } => {
+            let name = repo.resolve_key(id)?;
+            repo.remove_key(&name)?;
+            if !cli.json {
+                println!("removed key {}", &name[..8.min(name.len())]);
+            } else {
+                print_json(&json!({"removed": name}))?;
+            }
+        }
+        KeyCommand::Passwd {
+            new_password_file,
+            kdf,
+        } => {
+            let pw = new_password(new_password_file)?;
+            let name = repo.change_password(&pw, kdf.cost())?;
+            if cli.json {
+                print_json(&json!({"id": name}))?;
+            } else {
+                println!("password changed (new key {})", &name[..8]);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

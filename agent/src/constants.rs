@@ -1,0 +1,44 @@
+//! Format constants of repository version 1. Changing any of these changes the
+//! on-disk format; see `docs/FORMAT.md`.
+
+/// Repository format version written by this build and the newest it reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// FastCDC minimum chunk size (bytes).
+pub const CHUNK_MIN: usize = 256 * 1024;
+/// FastCDC average (target) chunk size (bytes).
+pub const CHUNK_AVG: usize = 1024 * 1024;
+/// FastCDC maximum chunk size (bytes).
+pub const CHUNK_MAX: usize = 4 * 1024 * 1024;
+/// FastCDC normalisation level (2020 paper, "NC level").
+pub const CHUNK_NORMALIZATION: u8 = 1;
+
+/// Target size of a pack file; a pack is closed once it reaches this size.
+pub const PACK_TARGET_SIZE: usize = 16 * 1024 * 1024;
+
+/// Default zstd level for blobs and metadata.
+pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+
+/// Blob sizes are padded to a multiple of `max(PAD_MIN, next_pow2(len) / PAD_DIVISOR)`
+/// so that stored sizes do not reveal exact chunk lengths.
+pub const PAD_DIVISOR: u64 = 256;
+/// Smallest padding granule (bytes).
+pub const PAD_MIN: u64 = 64;
+
+/// XChaCha20-Poly1305 nonce length.
+pub const NONCE_LEN: usize = 24;
+/// Poly1305 tag length.
+pub const TAG_LEN: usize = 16;
+
+/// Default Argon2id memory cost (KiB) for new key files.
+pub const KDF_MEMORY_KIB: u32 = 64 * 1024;
+/// Default Argon2id iterations for new key files.
+pub const KDF_ITERATIONS: u32 = 3;
+/// Default Argon2id parallelism for new key files.
+pub const KDF_PARALLELISM: u32 = 1;
+/// Lowest Argon2id memory cost accepted when creating a key (KiB).
+pub const KDF_MIN_MEMORY_KIB: u32 = 1024;
+
+/// An index file is written once this many new blobs are pending, so that a
+/// crash loses little indexing work and index files stay small.
+pub const INDEX_FLUSH_BLOBS: usize = 100_000;

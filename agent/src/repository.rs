@@ -1,0 +1,554 @@
+//! The repository: a backend plus the master key and config. Owns reading and
+//! writing typed files (config, keys, index, snapshots), loading the index,
+//! and reading blobs. Commands are built on top of this one type.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, FixedOffset, Local};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{Backend, FileKind};
+use crate::blob::{decode_blob, BlobType};
+use crate::chunker::{Chunker, ChunkerParams};
+use crate::constants::*;
+use crate::crypto::{aad, open_with, seal_with, KdfParams, MasterKey};
+use crate::error::{Error, Result};
+use crate::id::Id;
+use crate::index::{Index, IndexFile};
+use crate::snapshot::Snapshot;
+use crate::tree::Tree;
+
+/// Repository settings, fixed at `init` and stored encrypted in `config`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Config {
+    /// Format version.
+    pub version: u32,
+    /// Random repository ID.
+    pub id: Id,
+    /// Chunk size parameters.
+    pub chunker: ChunkerParams,
+    /// zstd level for new blobs (0 disables compression).
+    pub zstd_level: i32,
+    /// Target pack size in bytes.
+    pub pack_size: usize,
+    /// Blob padding divisor (see `docs/FORMAT.md`).
+    pub pad_divisor: u64,
+}
+
+/// Argon2id cost settings for a new key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KdfCost {
+    /// Memory in KiB.
+    pub memory_kib: u32,
+    /// Iterations.
+    pub iterations: u32,
+}
+
+impl Default for KdfCost {
+    fn default() -> Self {
+        KdfCost {
+            memory_kib: KDF_MEMORY_KIB,
+            iterations: KDF_ITERATIONS,
+        }
+    }
+}
+
+/// Contents of a key file (stored as plain JSON; the master key inside is encrypted).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KeyFile {
+    /// Key file format version.
+    pub version: u32,
+    /// When the key was added.
+    pub created: DateTime<FixedOffset>,
+    /// Host that added it.
+    pub hostname: String,
+    /// User that added it.
+    pub username: String,
+    /// Password derivation parameters.
+    pub kdf: KdfParams,
+    /// The master key, sealed with the password-derived key (hex).
+    #[serde(with = "hex::serde")]
+    pub master: Vec<u8>,
+}
+
+/// A key as listed by `cairn key list`.
+#[derive(Clone, Debug, Serialize)]
+pub struct KeyInfo {
+    /// Key file name.
+    pub id: String,
+    /// Whether this is the key the repository was opened with.
+    pub current: bool,
+    /// When it was added.
+    pub created: DateTime<FixedOffset>,
+    /// Host that added it.
+    pub hostname: String,
+    /// User that added it.
+    pub username: String,
+}
+
+/// An open repository.
+pub struct Repository {
+    backend: Box<dyn Backend>,
+    key: MasterKey,
+    key_name: String,
+    config: Config,
+    index: Index,
+    index_loaded: bool,
+}
+
+const METADATA_RAW: u8 = 0;
+const METADATA_ZSTD: u8 = 1;
+
+/// Compress and encrypt a metadata file: `seal(aad, flag || payload)`.
+fn encode_metadata(key: &MasterKey, domain: &[u8], json: &[u8]) -> Vec<u8> {
+    let mut plain = Vec::with_capacity(json.len() / 3 + 16);
+    match zstd::bulk::compress(json, DEFAULT_ZSTD_LEVEL) {
+        Ok(c) if c.len() < json.len() => {
+            plain.push(METADATA_ZSTD);
+            plain.extend_from_slice(&c);
+        }
+        _ => {
+            plain.push(METADATA_RAW);
+            plain.extend_from_slice(json);
+        }
+    }
+    key.seal(domain, &plain)
+}
+
+fn decode_metadata(key: &MasterKey, domain: &[u8], stored: &[u8], object: &str) -> Result<Vec<u8>> {
+    let plain = key.open(domain, stored, object)?;
+    match plain.split_first() {
+        Some((&METADATA_RAW, rest)) => Ok(rest.to_vec()),
+        Some((&METADATA_ZSTD, rest)) => {
+            zstd::stream::decode_all(rest).map_err(|e| Error::corrupt(object, format!("zstd: {e}")))
+        }
+        _ => Err(Error::corrupt(object, "unknown encoding")),
+    }
+}
+
+/// Host name of this machine.
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "unknown".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// Name of the user running cairn.
+pub fn username() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| {
+            // SAFETY: geteuid has no preconditions.
+            format!("uid {}", unsafe { libc::geteuid() })
+        })
+}
+
+fn now() -> DateTime<FixedOffset> {
+    Local::now().fixed_offset()
+}
+
+fn new_key_file(master: &MasterKey, password: &[u8], cost: KdfCost) -> Result<Vec<u8>> {
+    if cost.memory_kib < KDF_MIN_MEMORY_KIB || cost.iterations == 0 {
+        return Err(Error::InvalidInput(format!(
+            "key derivation cost too low (at least {KDF_MIN_MEMORY_KIB} KiB and 1 iteration)"
+        )));
+    }
+    let kdf = KdfParams::new(cost.memory_kib, cost.iterations, KDF_PARALLELISM);
+    let kek = kdf.derive(password)?;
+    let master_json = serde_json::to_vec(master).map_err(|e| Error::Internal(e.to_string()))?;
+    let file = KeyFile {
+        version: 1,
+        created: now(),
+        hostname: hostname(),
+        username: username(),
+        kdf,
+        master: seal_with(&kek, aad::KEY, &master_json),
+    };
+    serde_json::to_vec_pretty(&file).map_err(|e| Error::Internal(e.to_string()))
+}
+
+fn parse_key_file(name: &str, bytes: &[u8]) -> Result<KeyFile> {
+    serde_json::from_slice(bytes).map_err(|e| Error::corrupt(format!("key {name}"), e.to_string()))
+}
+
+impl Repository {
+    /// Create a new repository in an empty location.
+    ///
+    /// # Errors
+    /// [`Error::RepositoryExists`]; storage errors; invalid KDF cost.
+    pub fn init(backend: Box<dyn Backend>, password: &[u8], cost: KdfCost) -> Result<Repository> {
+        if backend.exists(FileKind::Config, "")? {
+            return Err(Error::RepositoryExists(backend.location()));
+        }
+        let key = MasterKey::generate();
+        let key_bytes = new_key_file(&key, password, cost)?;
+        backend.create()?;
+        let key_name = Id::of_stored(&key_bytes).to_hex();
+        backend.write(FileKind::Key, &key_name, &key_bytes)?;
+        let config = Config {
+            version: FORMAT_VERSION,
+            id: Id::random(),
+            chunker: ChunkerParams {
+                min: CHUNK_MIN,
+                avg: CHUNK_AVG,
+                max: CHUNK_MAX,
+                normalization: CHUNK_NORMALIZATION,
+            },
+            zstd_level: DEFAULT_ZSTD_LEVEL,
+            pack_size: PACK_TARGET_SIZE,
+            pad_divisor: PAD_DIVISOR,
+        };
+        let json = serde_json::to_vec(&config).map_err(|e| Error::Internal(e.to_string()))?;
+        // The config is written last: a location without it is not a repository.
+        backend.write(
+            FileKind::Config,
+            "",
+            &encode_metadata(&key, aad::CONFIG, &json),
+        )?;
+        Ok(Repository {
+            backend,
+            key,
+            key_name,
+            config,
+            index: Index::new(),
+            index_loaded: false,
+        })
+    }
+
+    /// Open an existing repository with a password.
+    ///
+    /// # Errors
+    /// [`Error::RepositoryNotFound`], [`Error::WrongPassword`], corrupt config or keys.
+    pub fn open(backend: Box<dyn Backend>, password: &[u8]) -> Result<Repository> {
+        let config_bytes = match backend.read(FileKind::Config, "") {
+            Ok(b) => b,
+            Err(Error::NotFound(_)) => return Err(Error::RepositoryNotFound(backend.location())),
+            Err(e) => return Err(e),
+        };
+        let keys = backend.list(FileKind::Key)?;
+        if keys.is_empty() {
+            return Err(Error::corrupt("repository", "it has no key files"));
+        }
+        for k in &keys {
+            let bytes = backend.read(FileKind::Key, &k.name)?;
+            let file = parse_key_file(&k.name, &bytes)?;
+            let kek = file.kdf.derive(password)?;
+            let Some(master_json) = open_with(&kek, aad::KEY, &file.master) else {
+                continue;
+            };
+            let key: MasterKey = serde_json::from_slice(&master_json)
+                .map_err(|e| Error::corrupt(format!("key {}", k.name), e.to_string()))?;
+            let json = decode_metadata(&key, aad::CONFIG, &config_bytes, "config")?;
+            let config: Config = serde_json::from_slice(&json)
+                .map_err(|e| Error::corrupt("config", e.to_string()))?;
+            if config.version != FORMAT_VERSION {
+                return Err(Error::UnsupportedVersion {
+                    found: config.version,
+                    supported: FORMAT_VERSION,
+                });
+            }
+            config
+                .chunker
+                .validate()
+                .map_err(|e| Error::corrupt("config", e))?;
+            return Ok(Repository {
+                backend,
+                key,
+                key_name: k.name.clone(),
+                config,
+                index: Index::new(),
+                index_loaded: false,
+            });
+        }
+        Err(Error::WrongPassword)
+    }
+
+    /// The storage backend.
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
+    /// The master key.
+    pub fn key(&self) -> &MasterKey {
+        &self.key
+    }
+
+    /// The repository config.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// A chunker keyed for this repository.
+    pub fn chunker(&self) -> Chunker {
+        Chunker::new(self.key.chunker_key(), self.config.chunker)
+    }
+
+    // ---- typed files ----
+
+    fn domain(kind: FileKind) -> &'static [u8] {
+        match kind {
+            FileKind::Snapshot => aad::SNAPSHOT,
+            FileKind::Index => aad::INDEX,
+            _ => aad::CONFIG,
+        }
+    }
+
+    /// Encrypt and store a JSON file (snapshot or index); returns its ID.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn save_json<T: Serialize>(&self, kind: FileKind, value: &T) -> Result<Id> {
+        let json = serde_json::to_vec(value).map_err(|e| Error::Internal(e.to_string()))?;
+        let stored = encode_metadata(&self.key, Self::domain(kind), &json);
+        let id = Id::of_stored(&stored);
+        self.backend.write(kind, &id.to_hex(), &stored)?;
+        Ok(id)
+    }
+
+    /// Load and decrypt a JSON file (snapshot or index), verifying its name.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; [`Error::Corrupt`] naming the file.
+    pub fn load_json<T: DeserializeOwned>(&self, kind: FileKind, id: &Id) -> Result<T> {
+        let object = format!("{} {id}", kind.name());
+        let stored = self.backend.read(kind, &id.to_hex())?;
+        if Id::of_stored(&stored) != *id {
+            return Err(Error::corrupt(
+                object,
+                "content does not match its name (modified or truncated)",
+            ));
+        }
+        let json = decode_metadata(&self.key, Self::domain(kind), &stored, &object)?;
+        serde_json::from_slice(&json).map_err(|e| Error::corrupt(object, e.to_string()))
+    }
+
+    /// Decrypted raw JSON of a file, for `cairn cat`.
+    ///
+    /// # Errors
+    /// As [`Repository::load_json`].
+    pub fn cat_file(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
+        match kind {
+            FileKind::Config => {
+                let stored = self.backend.read(kind, "")?;
+                decode_metadata(&self.key, aad::CONFIG, &stored, "config")
+            }
+            FileKind::Key => self.backend.read(kind, name),
+            FileKind::Snapshot | FileKind::Index => {
+                let id: Id = name.parse()?;
+                let v: serde_json::Value = self.load_json(kind, &id)?;
+                serde_json::to_vec_pretty(&v).map_err(|e| Error::Internal(e.to_string()))
+            }
+            FileKind::Pack => Err(Error::InvalidInput(
+                "use `cairn cat pack ID` for pack headers".into(),
+            )),
+        }
+    }
+
+    /// Resolve a unique ID prefix among the files of `kind`.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::AmbiguousId`].
+    pub fn resolve(&self, kind: FileKind, prefix: &str) -> Result<Id> {
+        if prefix.len() == 64 {
+            return prefix.parse();
+        }
+        let mut found = None;
+        for f in self.backend.list(kind)? {
+            if f.name.starts_with(prefix) {
+                if found.is_some() {
+                    return Err(Error::AmbiguousId(prefix.to_string()));
+                }
+                found = Some(f.name);
+            }
+        }
+        match found {
+            Some(name) => name.parse(),
+            None => Err(Error::NotFound(format!("{} {prefix}", kind.name()))),
+        }
+    }
+
+    // ---- snapshots ----
+
+    /// All snapshots, oldest first.
+    ///
+    /// # Errors
+    /// Storage errors; corrupt snapshot files.
+    pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
+        let mut out = Vec::new();
+        for f in self.backend.list(FileKind::Snapshot)? {
+            let id: Id = f.name.parse().map_err(|_| {
+                Error::corrupt(format!("snapshot {}", f.name), "file name is not an ID")
+            })?;
+            out.push((id, self.load_json::<Snapshot>(FileKind::Snapshot, &id)?));
+        }
+        out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        Ok(out)
+    }
+
+    /// Find a snapshot by ID prefix, or `latest`.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::AmbiguousId`], corrupt snapshot.
+    pub fn find_snapshot(&self, spec: &str) -> Result<(Id, Snapshot)> {
+        if spec == "latest" {
+            return self.snapshots()?.pop().ok_or_else(|| {
+                Error::NotFound("snapshot \"latest\" (the repository has no snapshots)".into())
+            });
+        }
+        let id = self.resolve(FileKind::Snapshot, spec)?;
+        Ok((id, self.load_json(FileKind::Snapshot, &id)?))
+    }
+
+    // ---- index and blobs ----
+
+    /// Load every index file into memory (once).
+    ///
+    /// # Errors
+    /// Storage errors; corrupt index files.
+    pub fn load_index(&mut self) -> Result<()> {
+        if self.index_loaded {
+            return Ok(());
+        }
+        let mut index = Index::new();
+        for f in self.backend.list(FileKind::Index)? {
+            let id: Id = f.name.parse().map_err(|_| {
+                Error::corrupt(format!("index {}", f.name), "file name is not an ID")
+            })?;
+            let file: IndexFile = self.load_json(FileKind::Index, &id)?;
+            index.add_file(&file);
+        }
+        index.finish();
+        self.index = index;
+        self.index_loaded = true;
+        Ok(())
+    }
+
+    /// The loaded index (empty until [`Repository::load_index`]).
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    /// Read, decrypt and verify a blob.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if not indexed; [`Error::Corrupt`] naming the blob and pack.
+    pub fn read_blob(&self, t: BlobType, id: &Id) -> Result<Vec<u8>> {
+        let loc = self
+            .index
+            .lookup(t, id)
+            .ok_or_else(|| Error::NotFound(format!("{t} blob {id} (not in the index)")))?;
+        let stored = self.backend.read_range(
+            FileKind::Pack,
+            &loc.pack.to_hex(),
+            u64::from(loc.offset),
+            loc.length,
+        )?;
+        decode_blob(&self.key, t, id, &stored, loc.raw_length).map_err(|e| match e {
+            Error::Corrupt { object, reason } => Error::Corrupt {
+                object: format!("{object} in pack {}", loc.pack),
+                reason,
+            },
+            other => other,
+        })
+    }
+
+    /// Read and parse a tree blob.
+    ///
+    /// # Errors
+    /// As [`Repository::read_blob`], plus unparsable trees.
+    pub fn load_tree(&self, id: &Id) -> Result<Tree> {
+        let bytes = self.read_blob(BlobType::Tree, id)?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Error::corrupt(format!("tree {id}"), e.to_string()))
+    }
+
+    // ---- keys ----
+
+    /// Add a key file for another password; returns its name.
+    ///
+    /// # Errors
+    /// Storage errors; KDF cost too low.
+    pub fn add_key(&self, password: &[u8], cost: KdfCost) -> Result<String> {
+        let bytes = new_key_file(&self.key, password, cost)?;
+        let name = Id::of_stored(&bytes).to_hex();
+        self.backend.write(FileKind::Key, &name, &bytes)?;
+        Ok(name)
+    }
+
+    /// List key files.
+    ///
+    /// # Errors
+    /// Storage errors; unparsable key files.
+    pub fn list_keys(&self) -> Result<Vec<KeyInfo>> {
+        let mut out = Vec::new();
+        for f in self.backend.list(FileKind::Key)? {
+            let file = parse_key_file(&f.name, &self.backend.read(FileKind::Key, &f.name)?)?;
+            out.push(KeyInfo {
+                current: f.name == self.key_name,
+                id: f.name,
+                created: file.created,
+                hostname: file.hostname,
+                username: file.username,
+            });
+        }
+        out.sort_by_key(|k| k.created);
+        Ok(out)
+    }
+
+    /// Resolve a key name prefix.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::AmbiguousId`].
+    pub fn resolve_key(&self, prefix: &str) -> Result<String> {
+        let matches: BTreeSet<String> = self
+            .backend
+            .list(FileKind::Key)?
+            .into_iter()
+            .map(|f| f.name)
+            .filter(|n| n.starts_with(prefix))
+            .collect();
+        match matches.len() {
+            0 => Err(Error::NotFound(format!("key {prefix}"))),
+            1 => Ok(matches.into_iter().next().unwrap_or_default()),
+            _ => Err(Error::AmbiguousId(prefix.to_string())),
+        }
+    }
+
+    /// Remove a key file. Refuses the key in use and the last key.
+    ///
+    /// # Errors
+    /// [`Error::Refused`]; storage errors.
+    pub fn remove_key(&self, name: &str) -> Result<()> {
+        if name == self.key_name {
+            return Err(Error::Refused(
+                "refusing to remove the key this repository was opened with (open it with another key)".into(),
+            ));
+        }
+        if self.backend.list(FileKind::Key)?.len() <= 1 {
+            return Err(Error::Refused("refusing to remove the last key".into()));
+        }
+        self.backend.remove(FileKind::Key, name)
+    }
+
+    /// Replace the current key's password: add a new key, then remove the old one.
+    ///
+    /// # Errors
+    /// Storage errors; KDF cost too low.
+    pub fn change_password(&mut self, new_password: &[u8], cost: KdfCost) -> Result<String> {
+        let new_name = self.add_key(new_password, cost)?;
+        let old = std::mem::replace(&mut self.key_name, new_name.clone());
+        self.backend.remove(FileKind::Key, &old)?;
+        Ok(new_name)
+    }
+
+    /// Name of the key file in use.
+    pub fn key_name(&self) -> &str {
+        &self.key_name
+    }
+}
