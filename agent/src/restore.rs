@@ -98,17 +98,14 @@ fn set_owner(path: &Path, node: &Node) -> Result<()> {
     std::os::unix::fs::lchown(path, Some(node.uid), Some(node.gid)).map_err(io_err("chown", path))
 }
 
-fn set_mtime(path: &Path, node: &Node, symlink: bool) -> Result<()> {
+/// Set atime and mtime by path without following or opening it (utimensat
+/// with AT_SYMLINK_NOFOLLOW): opening a restored FIFO would block.
+fn set_mtime(path: &Path, node: &Node) -> Result<()> {
     let t = FileTime::from_unix_time(
         node.mtime_ns.div_euclid(1_000_000_000),
         node.mtime_ns.rem_euclid(1_000_000_000) as u32,
     );
-    if symlink {
-        filetime::set_symlink_file_times(path, t, t)
-    } else {
-        filetime::set_file_times(path, t, t)
-    }
-    .map_err(io_err("set times", path))
+    filetime::set_symlink_file_times(path, t, t).map_err(io_err("set times", path))
 }
 
 /// Ownership, permissions and times, in that order (chown clears set-id bits).
@@ -121,7 +118,7 @@ fn apply_metadata(ctx: &Ctx<'_>, path: &Path, node: &Node) -> Result<()> {
         fs::set_permissions(path, fs::Permissions::from_mode(node.mode & 0o7777))
             .map_err(io_err("chmod", path))?;
     }
-    set_mtime(path, node, symlink)
+    set_mtime(path, node)
 }
 
 fn remove_existing(path: &Path) -> Result<()> {
@@ -204,7 +201,11 @@ fn restore_other(ctx: &Ctx<'_>, path: &Path, node: &Node) -> Result<()> {
         }
         NodeType::Fifo | NodeType::Chardev | NodeType::Blockdev => make_special(path, node)?,
         NodeType::Socket => return Ok(()), // a socket is recreated by its server, not by restore
-        NodeType::File | NodeType::Dir => unreachable!("handled by the caller"),
+        NodeType::File | NodeType::Dir => {
+            return Err(Error::Internal(
+                "files and directories are restored elsewhere".into(),
+            ))
+        }
     }
     ctx.others.fetch_add(1, Ordering::Relaxed);
     apply_metadata(ctx, path, node)

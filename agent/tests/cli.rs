@@ -1,0 +1,682 @@
+//! End-to-end tests of the `cairn` binary on a local repository and real files.
+
+mod common;
+
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+
+use cairn::constants::{CHUNK_MAX, CHUNK_MIN};
+use common::*;
+
+fn set_mtime(p: &Path, secs: i64, nanos: u32) {
+    let t = filetime::FileTime::from_unix_time(secs, nanos);
+    filetime::set_symlink_file_times(p, t, t).expect("set mtime");
+}
+
+/// A tree with every kind of entry the format must round-trip.
+fn build_rich_tree(root: &Path) {
+    fs::create_dir_all(root.join("a/b/c")).unwrap();
+    fs::create_dir_all(root.join("empty dir")).unwrap();
+    fs::write(root.join("empty.txt"), b"").unwrap();
+    fs::write(root.join("a/hello.txt"), b"hello world\n").unwrap();
+    fs::write(root.join("a/b/c/deep.txt"), b"deep".repeat(1000)).unwrap();
+    fs::write(root.join("a/b/min.bin"), random_bytes(CHUNK_MIN, 1)).unwrap();
+    fs::write(root.join("a/b/max.bin"), random_bytes(CHUNK_MAX, 2)).unwrap();
+    fs::write(
+        root.join("a/b/max-plus-one.bin"),
+        random_bytes(CHUNK_MAX + 1, 3),
+    )
+    .unwrap();
+    fs::write(root.join("a/b/two-max.bin"), random_bytes(2 * CHUNK_MAX, 4)).unwrap();
+    // sparse-ish: data, a long run of zeros, data
+    let mut sparse = random_bytes(100_000, 5);
+    sparse.extend(std::iter::repeat_n(0u8, 12 << 20));
+    sparse.extend(random_bytes(50_000, 6));
+    fs::write(root.join("sparse.img"), &sparse).unwrap();
+    fs::write(root.join("ünïcødé ✓ name.txt"), "ünï".repeat(100)).unwrap();
+    fs::write(root.join("with\nnewline"), b"nl").unwrap();
+    fs::write(root.join("-dash and spaces "), b"x").unwrap();
+    let raw = std::ffi::OsStr::from_bytes(&[b'r', b'a', b'w', 0xff, 0xfe]);
+    fs::write(root.join(raw), b"not utf-8 name").unwrap();
+    symlink("a/hello.txt", root.join("link-to-file")).unwrap();
+    symlink("does/not/exist", root.join("dangling")).unwrap();
+    symlink("a", root.join("link-to-dir")).unwrap();
+    fs::write(root.join("a/hard1"), b"shared inode").unwrap();
+    fs::hard_link(root.join("a/hard1"), root.join("a/b/hard2")).unwrap();
+    let fifo =
+        std::ffi::CString::new(root.join("fifo").into_os_string().into_encoded_bytes()).unwrap();
+    // SAFETY: valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o640) }, 0);
+    fs::set_permissions(root.join("a/hello.txt"), fs::Permissions::from_mode(0o640)).unwrap();
+    fs::set_permissions(root.join("a/b/c"), fs::Permissions::from_mode(0o750)).unwrap();
+    fs::write(root.join("exec.sh"), b"#!/bin/sh\n").unwrap();
+    fs::set_permissions(root.join("exec.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    // distinct, sub-second mtimes everywhere (directories last)
+    let mut paths: Vec<_> = walk(root);
+    paths.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for (i, p) in paths.iter().enumerate() {
+        set_mtime(p, 1_600_000_000 + i as i64 * 1000, 123_456_789 + i as u32);
+    }
+}
+
+fn walk(root: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![root.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i].clone();
+        if fs::symlink_metadata(&p).unwrap().is_dir() {
+            for e in fs::read_dir(&p).unwrap() {
+                out.push(e.unwrap().path());
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+fn restored_path(env: &Env, target: &str, src: &Path) -> std::path::PathBuf {
+    env.path(target).join(src.strip_prefix("/").unwrap())
+}
+
+#[test]
+fn backup_and_restore_are_byte_identical_with_metadata() {
+    let env = Env::new();
+    let src = env.path("src");
+    build_rich_tree(&src);
+    env.ok(&["init"]);
+    let out = env.json(&["backup", src.to_str().unwrap(), "--tag", "first"]);
+    assert_eq!(out["errors"].as_array().unwrap().len(), 0);
+    env.ok(&[
+        "restore",
+        "latest",
+        "--target",
+        env.path("out").to_str().unwrap(),
+    ]);
+    let restored = restored_path(&env, "out", &src);
+    assert_same_tree(&src, &restored);
+    // hard links restored as links, sparse file restored with holes
+    let h1 = fs::metadata(restored.join("a/hard1")).unwrap();
+    let h2 = fs::metadata(restored.join("a/b/hard2")).unwrap();
+    assert_eq!(h1.ino(), h2.ino());
+    let sparse = fs::metadata(restored.join("sparse.img")).unwrap();
+    assert!(
+        sparse.blocks() * 512 < sparse.len() / 2,
+        "sparse file was not restored sparse"
+    );
+}
+
+#[test]
+fn restore_subpath_and_includes() {
+    let env = Env::new();
+    let src = env.path("src");
+    build_rich_tree(&src);
+    env.ok(&["init"]);
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let spec = format!("latest:{}/a", src.display());
+    env.ok(&[
+        "restore",
+        &spec,
+        "--target",
+        env.path("sub").to_str().unwrap(),
+    ]);
+    assert_same_tree(&src.join("a"), &env.path("sub"));
+
+    let pattern = format!("{}/a/b/c/**", src.display());
+    env.ok(&[
+        "restore",
+        "latest",
+        "--target",
+        env.path("inc").to_str().unwrap(),
+        "--include",
+        &pattern,
+    ]);
+    let r = restored_path(&env, "inc", &src);
+    assert_eq!(
+        fs::read(r.join("a/b/c/deep.txt")).unwrap(),
+        b"deep".repeat(1000)
+    );
+    assert!(!r.join("a/hello.txt").exists());
+    assert!(!r.join("empty.txt").exists());
+}
+
+#[test]
+fn unchanged_backup_reads_nothing_and_adds_nothing() {
+    let env = Env::new();
+    let src = env.path("src");
+    build_rich_tree(&src);
+    env.ok(&["init"]);
+    let first = env.json(&["backup", src.to_str().unwrap()]);
+    assert!(first["summary"]["bytes_read"].as_u64().unwrap() > 20 << 20);
+    let second = env.json(&["backup", src.to_str().unwrap()]);
+    let s = &second["summary"];
+    assert_eq!(s["bytes_read"], 0, "{s}");
+    assert_eq!(
+        s["files_new"].as_u64().unwrap() + s["files_changed"].as_u64().unwrap(),
+        0,
+        "{s}"
+    );
+    assert_eq!(s["files_unmodified"], first["summary"]["files_new"]);
+    assert_eq!(s["data_blobs_added"], 0);
+    assert_eq!(s["tree_blobs_added"], 0);
+    assert_eq!(s["bytes_stored"], 0);
+    assert_eq!(second["parent"], first["snapshot_id"]);
+
+    // touching one file re-reads only that file
+    fs::write(src.join("a/hello.txt"), b"hello again\n").unwrap();
+    let third = env.json(&["backup", src.to_str().unwrap()]);
+    assert_eq!(third["summary"]["files_changed"], 1);
+    assert_eq!(third["summary"]["bytes_read"], 12);
+    // --force reads everything again but stores nothing new
+    let forced = env.json(&["backup", "--force", src.to_str().unwrap()]);
+    assert!(forced["summary"]["bytes_read"].as_u64().unwrap() > 20 << 20);
+    assert_eq!(forced["summary"]["data_blobs_added"], 0);
+}
+
+#[test]
+fn insertion_in_a_large_file_adds_only_nearby_chunks() {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    let data = random_bytes(48 << 20, 42);
+    fs::write(src.join("big.bin"), &data).unwrap();
+    env.ok(&["init"]);
+    let first = env.json(&["backup", src.to_str().unwrap()]);
+    let chunks = first["summary"]["data_blobs_added"].as_u64().unwrap();
+    assert!(chunks >= 20, "{chunks} chunks for 48 MiB");
+    let mut edited = data.clone();
+    edited.splice(24 << 20..24 << 20, b"a few inserted bytes".iter().copied());
+    fs::write(src.join("big.bin"), &edited).unwrap();
+    let second = env.json(&["backup", src.to_str().unwrap()]);
+    let s = &second["summary"];
+    assert_eq!(s["files_changed"], 1);
+    assert!(s["data_blobs_added"].as_u64().unwrap() <= 2, "{s}");
+    assert!(
+        s["bytes_added"].as_u64().unwrap() <= 2 * CHUNK_MAX as u64 + 4096,
+        "{s}"
+    );
+    env.ok(&[
+        "restore",
+        "latest",
+        "--target",
+        env.path("out").to_str().unwrap(),
+    ]);
+    assert_eq!(
+        fs::read(restored_path(&env, "out", &src).join("big.bin")).unwrap(),
+        edited
+    );
+}
+
+#[test]
+fn ignore_inode_mode_trusts_size_and_mtime_for_cloned_volumes() {
+    let env = Env::new();
+    let src = env.path("vol");
+    build_rich_tree(&src);
+    fs::remove_file(src.join("fifo")).unwrap();
+    env.ok(&["init"]);
+    env.ok(&["backup", src.to_str().unwrap()]);
+    // Simulate a volume cloned from a CSI snapshot: same paths, sizes and
+    // mtimes, but new inodes and ctimes everywhere.
+    fs::rename(&src, env.path("old")).unwrap();
+    let st = Command::new("cp")
+        .args(["-a"])
+        .arg(env.path("old"))
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let strict = env.json(&["backup", "--host", "h1", src.to_str().unwrap()]);
+    assert!(strict["summary"]["bytes_read"].as_u64().unwrap() > 0);
+    let base = env.json(&["backup", "--host", "h2", src.to_str().unwrap()]);
+    fs::rename(&src, env.path("old2")).unwrap();
+    let st = Command::new("cp")
+        .args(["-a"])
+        .arg(env.path("old2"))
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let relaxed = env.json(&[
+        "backup",
+        "--host",
+        "h2",
+        "--ignore-inode",
+        src.to_str().unwrap(),
+    ]);
+    assert_eq!(relaxed["parent"], base["snapshot_id"]);
+    assert_eq!(
+        relaxed["summary"]["bytes_read"], 0,
+        "{}",
+        relaxed["summary"]
+    );
+    assert_eq!(relaxed["summary"]["files_changed"], 0);
+}
+
+fn hash_tree(root: &Path) -> Vec<(std::path::PathBuf, [u8; 32])> {
+    let mut v: Vec<_> = walk(root)
+        .into_iter()
+        .filter(|p| p.is_file())
+        .map(|p| (p.clone(), *blake3::hash(&fs::read(&p).unwrap()).as_bytes()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn wrong_password_is_a_clear_error_and_changes_nothing() {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"data").unwrap();
+    env.ok(&["init"]);
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let before = hash_tree(&env.repo());
+    for args in [
+        vec!["snapshots"],
+        vec!["backup", src.to_str().unwrap()],
+        vec![
+            "restore",
+            "latest",
+            "--target",
+            env.path("out").to_str().unwrap(),
+        ],
+        vec!["key", "add"],
+    ] {
+        let out = env
+            .cmd()
+            .env("CAIRN_PASSWORD", "not the password")
+            .env("CAIRN_NEW_PASSWORD", "x")
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_fails(&out, 1, "wrong password");
+    }
+    assert_eq!(hash_tree(&env.repo()), before);
+    assert!(!env.path("out").exists());
+}
+
+#[test]
+fn missing_and_existing_repositories() {
+    let env = Env::new();
+    let out = env.run(&["snapshots"]);
+    assert_fails(&out, 1, "no repository at");
+    env.ok(&["init"]);
+    let out = env.run(&["init"]);
+    assert_fails(&out, 1, "already exists");
+    let out = env
+        .cmd()
+        .env_remove("CAIRN_REPOSITORY")
+        .arg("snapshots")
+        .output()
+        .unwrap();
+    assert_fails(&out, 1, "no repository given");
+    let out = env
+        .cmd()
+        .env_remove("CAIRN_PASSWORD")
+        .arg("snapshots")
+        .output()
+        .unwrap();
+    assert_fails(&out, 1, "no password given");
+    let pwfile = env.path("pw");
+    fs::write(&pwfile, format!("{PASSWORD}\n")).unwrap();
+    let out = env
+        .cmd()
+        .env_remove("CAIRN_PASSWORD")
+        .arg("--password-file")
+        .arg(&pwfile)
+        .arg("snapshots")
+        .output()
+        .unwrap();
+    assert_success(&out, &["snapshots with --password-file"]);
+}
+
+fn only_file(dir: &Path) -> std::path::PathBuf {
+    let files: Vec<_> = walk(dir).into_iter().filter(|p| p.is_file()).collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    files[0].clone()
+}
+
+fn flip_byte(p: &Path, at_from_end: usize) {
+    let mut b = fs::read(p).unwrap();
+    let n = b.len();
+    b[n - at_from_end] ^= 0x55;
+    fs::write(p, b).unwrap();
+}
+
+#[test]
+fn corrupt_objects_are_named_in_errors() {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), random_bytes(3 << 20, 9)).unwrap();
+    env.ok(&["init"]);
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let target = env.path("out");
+    let t = target.to_str().unwrap();
+
+    // A flipped byte inside a data blob: restore names the blob and the pack, exits 1.
+    let data_packs: Vec<_> = walk(&env.repo().join("data"))
+        .into_iter()
+        .filter(|p| p.is_file())
+        .collect();
+    let big = data_packs
+        .iter()
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap()
+        .clone();
+    let mut b = fs::read(&big).unwrap();
+    b[100] ^= 1;
+    fs::write(&big, &b).unwrap();
+    let out = env.run(&["restore", "latest", "--target", t]);
+    assert_fails(&out, 1, "corrupt data blob");
+    assert_fails(&out, 1, &big.file_name().unwrap().to_string_lossy());
+    b[100] ^= 1;
+    fs::write(&big, &b).unwrap();
+
+    // A truncated pack.
+    fs::write(&big, &b[..b.len() / 2]).unwrap();
+    let out = env.run(&["restore", "latest", "--target", t]);
+    assert_fails(&out, 1, "truncated");
+    fs::write(&big, &b).unwrap();
+
+    // A modified index file.
+    let index = only_file(&env.repo().join("index"));
+    let saved = fs::read(&index).unwrap();
+    flip_byte(&index, 5);
+    let out = env.run(&["restore", "latest", "--target", t]);
+    assert_fails(
+        &out,
+        1,
+        &format!(
+            "corrupt index {}",
+            index.file_name().unwrap().to_string_lossy()
+        ),
+    );
+    fs::write(&index, &saved[..saved.len() - 3]).unwrap();
+    let out = env.run(&["snapshots"]);
+    assert_success(&out, &["snapshots does not need the index"]);
+    let out = env.run(&["ls", "latest"]);
+    assert_fails(&out, 1, "corrupt index");
+    fs::write(&index, &saved).unwrap();
+
+    // A modified snapshot file.
+    let snap = only_file(&env.repo().join("snapshots"));
+    flip_byte(&snap, 1);
+    let out = env.run(&["snapshots"]);
+    assert_fails(
+        &out,
+        1,
+        &format!(
+            "corrupt snapshot {}",
+            snap.file_name().unwrap().to_string_lossy()
+        ),
+    );
+
+    // A corrupt config and a damaged key file.
+    let config = env.repo().join("config");
+    flip_byte(&config, 1);
+    assert_fails(&env.run(&["snapshots"]), 1, "corrupt config");
+    let key = only_file(&env.repo().join("keys"));
+    fs::write(&key, b"{ not json").unwrap();
+    assert_fails(&env.run(&["snapshots"]), 1, "corrupt key");
+}
+
+#[test]
+fn unreadable_files_are_listed_and_exit_code_is_3() {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(src.join("secret-dir")).unwrap();
+    fs::write(src.join("ok.txt"), b"fine").unwrap();
+    fs::write(src.join("secret.txt"), b"no access").unwrap();
+    fs::write(src.join("secret-dir/inner"), b"x").unwrap();
+    fs::set_permissions(src.join("secret.txt"), fs::Permissions::from_mode(0o000)).unwrap();
+    fs::set_permissions(src.join("secret-dir"), fs::Permissions::from_mode(0o000)).unwrap();
+    env.ok(&["init"]);
+    // Root reads everything: run the backup as an unprivileged user when we are root.
+    // SAFETY: geteuid has no preconditions.
+    let as_root = unsafe { libc::geteuid() } == 0;
+    let mut cmd = if as_root {
+        for p in [env.dir.path(), &src] {
+            fs::set_permissions(p, fs::Permissions::from_mode(0o777)).unwrap();
+        }
+        let st = Command::new("chmod")
+            .args(["-R", "a+rwX"])
+            .arg(env.repo())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]);
+        c.arg(env!("CARGO_BIN_EXE_cairn"));
+        c
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_cairn"))
+    };
+    let out = cmd
+        .env("CAIRN_REPOSITORY", env.repo())
+        .env("CAIRN_PASSWORD", PASSWORD)
+        .args(["--json", "backup", src.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("secret.txt") && stderr.contains("secret-dir"),
+        "{stderr}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["summary"]["errors"], 2);
+    let listing = env.ok(&["ls", "latest"]);
+    assert!(listing.contains("ok.txt"));
+    assert!(!listing.contains("secret.txt"));
+}
+
+#[test]
+fn keys_can_be_added_changed_and_removed() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let add = env
+        .cmd()
+        .env("CAIRN_NEW_PASSWORD", "second")
+        .args([
+            "--json",
+            "key",
+            "add",
+            "--kdf-memory-kib",
+            "1024",
+            "--kdf-iterations",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert_success(&add, &["key add"]);
+    let keys = env.json(&["key", "list"]);
+    assert_eq!(keys.as_array().unwrap().len(), 2);
+    let first = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["current"] == true)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // the key in use cannot be removed; open with the second password and remove the first
+    assert_fails(&env.run(&["key", "remove", &first[..8]]), 1, "refusing");
+    let out = env
+        .cmd()
+        .env("CAIRN_PASSWORD", "second")
+        .args(["key", "remove", &first[..8]])
+        .output()
+        .unwrap();
+    assert_success(&out, &["key remove"]);
+    assert_fails(&env.run(&["snapshots"]), 1, "wrong password");
+    // change the password of the remaining key; the old one stops working
+    let out = env
+        .cmd()
+        .env("CAIRN_PASSWORD", "second")
+        .env("CAIRN_NEW_PASSWORD", "third")
+        .args([
+            "key",
+            "passwd",
+            "--kdf-memory-kib",
+            "1024",
+            "--kdf-iterations",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert_success(&out, &["key passwd"]);
+    let out = env
+        .cmd()
+        .env("CAIRN_PASSWORD", "second")
+        .arg("snapshots")
+        .output()
+        .unwrap();
+    assert_fails(&out, 1, "wrong password");
+    let out = env
+        .cmd()
+        .env("CAIRN_PASSWORD", "third")
+        .args(["--json", "key", "list"])
+        .output()
+        .unwrap();
+    assert_success(&out, &["key list"]);
+    let keys: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(keys.as_array().unwrap().len(), 1);
+    // too-weak KDF settings are refused
+    let out = env
+        .cmd()
+        .env("CAIRN_PASSWORD", "third")
+        .env("CAIRN_NEW_PASSWORD", "x")
+        .args(["key", "add", "--kdf-memory-kib", "8"])
+        .output()
+        .unwrap();
+    assert_fails(&out, 1, "key derivation cost too low");
+}
+
+#[test]
+fn snapshots_tags_hosts_excludes_ls_diff_stats_and_cat() {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(src.join("cache")).unwrap();
+    fs::write(src.join("keep.txt"), b"keep").unwrap();
+    fs::write(src.join("skip.tmp"), b"skip").unwrap();
+    fs::write(src.join("cache/blob"), b"cached").unwrap();
+    env.ok(&["init"]);
+    let cache_glob = format!("{}/cache", src.display());
+    let a = env.json(&[
+        "backup",
+        "--tag",
+        "daily",
+        "--host",
+        "db-0",
+        "--exclude",
+        "*.tmp",
+        "--exclude",
+        &cache_glob,
+        src.to_str().unwrap(),
+    ]);
+    fs::write(src.join("keep.txt"), b"kept, changed").unwrap();
+    fs::write(src.join("new.txt"), b"new").unwrap();
+    let b = env.json(&["backup", "--host", "db-1", src.to_str().unwrap()]);
+    assert!(b["parent"].is_null(), "another host must not be the parent");
+
+    let snaps = env.json(&["snapshots"]);
+    let snaps = snaps.as_array().unwrap();
+    assert_eq!(snaps.len(), 2);
+    assert_eq!(snaps[0]["id"], a["snapshot_id"]);
+    assert_eq!(snaps[0]["tags"][0], "daily");
+    assert_eq!(snaps[0]["hostname"], "db-0");
+    assert_eq!(snaps[0]["paths"][0], src.to_str().unwrap());
+    assert_eq!(
+        env.json(&["snapshots", "--tag", "daily"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        env.json(&["snapshots", "--host", "db-1"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    let short_a = &a["snapshot_id"].as_str().unwrap()[..8];
+    let listing = env.ok(&["ls", short_a]);
+    assert!(listing.contains("keep.txt"));
+    assert!(!listing.contains("skip.tmp"), "{listing}");
+    assert!(!listing.contains("cache"), "{listing}");
+
+    let diff = env.json(&["diff", short_a, "latest"]);
+    let changes: Vec<(String, String)> = diff["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["change"].as_str().unwrap().to_string(),
+                c["path"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let p = |n: &str| format!("{}/{n}", src.display());
+    assert!(
+        changes.contains(&("modified".into(), p("keep.txt"))),
+        "{changes:?}"
+    );
+    assert!(
+        changes.contains(&("added".into(), p("new.txt"))),
+        "{changes:?}"
+    );
+    assert!(
+        changes.contains(&("added".into(), p("skip.tmp"))),
+        "{changes:?}"
+    );
+    assert!(
+        changes.contains(&("added".into(), p("cache/blob"))),
+        "{changes:?}"
+    );
+
+    let stats = env.json(&["stats"]);
+    assert_eq!(stats["snapshots"], 2);
+    assert!(stats["stored_size"].as_u64().unwrap() > 0);
+
+    let config = env.json(&["cat", "config"]);
+    assert_eq!(config["version"], 1);
+    let snap = env.json(&["cat", "snapshot", short_a]);
+    let tree = env.json(&["cat", "tree", snap["tree"].as_str().unwrap()]);
+    assert!(tree["nodes"].is_array());
+    assert_fails(&env.run(&["cat", "snapshot", "ffffffffff"]), 1, "not found");
+    assert_fails(&env.run(&["cat", "bogus", "x"]), 1, "unknown object kind");
+}
+
+#[test]
+fn many_files_in_many_directories() {
+    let env = Env::new();
+    let src = env.path("src");
+    for d in 0..40 {
+        let dir = src.join(format!("d{d:02}/sub"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..50 {
+            fs::write(
+                dir.join(format!("f{f}")),
+                format!("file {d} {f}").repeat(f + 1),
+            )
+            .unwrap();
+        }
+    }
+    env.ok(&["init"]);
+    let out = env.json(&["backup", src.to_str().unwrap()]);
+    assert_eq!(out["summary"]["total_files"], 2000);
+    env.ok(&[
+        "restore",
+        "latest",
+        "--target",
+        env.path("out").to_str().unwrap(),
+    ]);
+    assert_same_tree(&src, &restored_path(&env, "out", &src));
+}

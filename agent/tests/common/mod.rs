@@ -1,0 +1,184 @@
+//! Helpers shared by the integration tests: running the real `cairn` binary,
+//! generating data, and comparing restored trees with their sources.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// A scratch area with a repository path and a source directory.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        Env {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+    pub fn repo(&self) -> PathBuf {
+        self.path("repo")
+    }
+    /// `cairn` with this env's repository and password, cheap KDF for `init`.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_cairn"));
+        c.env("CAIRN_REPOSITORY", self.repo())
+            .env("CAIRN_PASSWORD", PASSWORD)
+            .env_remove("CAIRN_PASSWORD_FILE")
+            .env_remove("CAIRN_LOG");
+        c
+    }
+    pub fn run(&self, args: &[&str]) -> Output {
+        let mut c = self.cmd();
+        if args.first() == Some(&"init") {
+            c.args(["init", "--kdf-memory-kib", "1024", "--kdf-iterations", "1"]);
+            c.args(&args[1..]);
+        } else {
+            c.args(args);
+        }
+        c.output().expect("run cairn")
+    }
+    /// Run and require exit 0; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert_success(&out, args);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+    /// Run with `--json` and parse stdout.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let s = self.ok(&a);
+        serde_json::from_str(&s).unwrap_or_else(|e| panic!("bad JSON from {args:?}: {e}\n{s}"))
+    }
+}
+
+pub fn assert_success(out: &Output, what: &[&str]) {
+    assert!(
+        out.status.success(),
+        "cairn {what:?} failed with {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Assert a clean failure: the given exit code, the message on stderr, no panic.
+pub fn assert_fails(out: &Output, code: i32, message: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "stderr: {stderr}");
+    assert!(
+        stderr.contains(message),
+        "expected {message:?} in stderr: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+}
+
+/// Deterministic pseudo-random bytes (xorshift), incompressible.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Everything a restore must reproduce about one entry.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub kind: &'static str,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime_ns: i64,
+    pub size: u64,
+    pub content_hash: Option<[u8; 32]>,
+    pub target: Option<PathBuf>,
+    /// For hard links: the first relative path seen with the same inode.
+    pub link_group: Option<PathBuf>,
+}
+
+/// Describe a tree: relative path → entry. The root directory's own metadata is included as "".
+pub fn describe(root: &Path) -> BTreeMap<PathBuf, Entry> {
+    let mut out = BTreeMap::new();
+    let mut inodes: BTreeMap<(u64, u64), PathBuf> = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let m = fs::symlink_metadata(&p).expect("stat");
+        let rel = p.strip_prefix(root).expect("prefix").to_path_buf();
+        let ft = m.file_type();
+        let kind = if ft.is_dir() {
+            "dir"
+        } else if ft.is_symlink() {
+            "symlink"
+        } else if ft.is_file() {
+            "file"
+        } else {
+            "other"
+        };
+        let mut link_group = None;
+        if ft.is_file() && m.nlink() > 1 {
+            link_group = Some(
+                inodes
+                    .entry((m.dev(), m.ino()))
+                    .or_insert_with(|| rel.clone())
+                    .clone(),
+            );
+        }
+        let e = Entry {
+            kind,
+            mode: m.mode(),
+            uid: m.uid(),
+            gid: m.gid(),
+            mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+            size: if ft.is_file() { m.len() } else { 0 },
+            content_hash: ft
+                .is_file()
+                .then(|| *blake3::hash(&fs::read(&p).expect("read")).as_bytes()),
+            target: ft
+                .is_symlink()
+                .then(|| fs::read_link(&p).expect("readlink")),
+            link_group,
+        };
+        out.insert(rel, e);
+        if ft.is_dir() {
+            let mut children: Vec<_> = fs::read_dir(&p)
+                .expect("readdir")
+                .map(|e| e.expect("entry").path())
+                .collect();
+            children.sort();
+            stack.extend(children);
+        }
+    }
+    out
+}
+
+/// Assert two trees are identical in content and metadata (the roots' own
+/// mtimes excluded when `ignore_root` is set: a restore target is created fresh).
+pub fn assert_same_tree(src: &Path, restored: &Path) {
+    let a = describe(src);
+    let b = describe(restored);
+    let ka: Vec<_> = a.keys().collect();
+    let kb: Vec<_> = b.keys().collect();
+    assert_eq!(ka, kb, "different entries");
+    for (k, ea) in &a {
+        let eb = &b[k];
+        if k.as_os_str().is_empty() {
+            continue; // the root is the restore target itself
+        }
+        assert_eq!(ea, eb, "entry {} differs", k.display());
+    }
+}
