@@ -537,6 +537,7 @@ fn open_source(path: &Path) -> std::io::Result<File> {
 fn read_file(
     shared: &Shared<'_>,
     chunker: &crate::chunker::Chunker,
+    buf: &mut Vec<u8>,
     blobs: &Sender<BlobJob>,
     path: &Path,
 ) -> std::result::Result<FileRead, SourceError> {
@@ -549,7 +550,7 @@ fn read_file(
     let mut content = Vec::new();
     let mut pipeline_closed = false;
     let size = chunker
-        .chunk_stream::<_, std::io::Error>(file, |chunk| {
+        .chunk_stream_with::<_, std::io::Error>(buf, file, |chunk| {
             let id = key.blob_id(chunk);
             if shared.claim(BlobType::Data, id) {
                 let job = BlobJob {
@@ -817,8 +818,9 @@ pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupResult> {
         for _ in 0..threads {
             let (rx, tx, chunker) = (file_rx.clone(), blob_tx.clone(), chunker.clone());
             s.spawn(move || {
+                let mut buf = Vec::new();
                 for job in rx {
-                    let result = read_file(shared, &chunker, &tx, &job.path);
+                    let result = read_file(shared, &chunker, &mut buf, &tx, &job.path);
                     let _ = job.reply.send(result);
                 }
             });

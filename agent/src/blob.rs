@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::constants::{PAD_DIVISOR, PAD_MIN};
+use crate::constants::{NONCE_LEN, PAD_DIVISOR, PAD_MIN, TAG_LEN};
 use crate::crypto::{aad, MasterKey};
 use crate::error::{Error, Result};
 use crate::id::Id;
@@ -66,11 +66,25 @@ fn blob_aad(t: BlobType, id: &Id) -> Vec<u8> {
     a
 }
 
+/// Chunks larger than this are first probed with a sample: compressing
+/// incompressible data (media, archives, encrypted files) is pure cost.
+const SAMPLE_ABOVE: usize = 128 * 1024;
+const SAMPLE_LEN: usize = 32 * 1024;
+
 /// Compress with zstd at `level` (0 = never), keeping the result only if it
-/// saves at least 1/64 of the size.
+/// saves at least 1/64 of the size. Large chunks are compressed only if a
+/// sample from their middle compresses by at least 1/32 at zstd's fastest level.
 fn compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
     if level == 0 || data.len() < 64 {
         return None;
+    }
+    if data.len() > SAMPLE_ABOVE {
+        let mid = data.len() / 2;
+        let sample = &data[mid - SAMPLE_LEN / 2..mid + SAMPLE_LEN / 2];
+        let c = zstd::bulk::compress(sample, 1).ok()?;
+        if c.len() > SAMPLE_LEN - SAMPLE_LEN / 32 {
+            return None;
+        }
     }
     let c = zstd::bulk::compress(data, level).ok()?;
     (c.len() < data.len() - data.len() / 64).then_some(c)
@@ -83,13 +97,15 @@ pub fn encode_blob(key: &MasterKey, t: BlobType, id: &Id, data: &[u8], zstd_leve
         Some(c) => (COMPRESSION_ZSTD, c.as_slice()),
         None => (COMPRESSION_NONE, data),
     };
-    let unpadded = (BLOB_PREFIX_LEN + payload.len()) as u64;
-    let mut plain = Vec::with_capacity(padded_len(unpadded) as usize);
-    plain.push(flag);
-    plain.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    plain.extend_from_slice(payload);
-    plain.resize(padded_len(unpadded) as usize, 0);
-    key.seal(&blob_aad(t, id), &plain)
+    let padded = padded_len((BLOB_PREFIX_LEN + payload.len()) as u64) as usize;
+    let mut buf = Vec::with_capacity(NONCE_LEN + padded + TAG_LEN);
+    buf.resize(NONCE_LEN, 0);
+    buf.push(flag);
+    buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    buf.extend_from_slice(payload);
+    buf.resize(NONCE_LEN + padded, 0);
+    key.seal_in_place(&blob_aad(t, id), &mut buf);
+    buf
 }
 
 /// Decode what [`encode_blob`] produced and check that the keyed hash of the

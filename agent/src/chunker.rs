@@ -111,11 +111,27 @@ impl Chunker {
     /// Read errors from `reader`, or the first error `on_chunk` returns.
     pub fn chunk_stream<R: Read, E: From<io::Error>>(
         &self,
+        reader: R,
+        on_chunk: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<u64, E> {
+        self.chunk_stream_with(&mut Vec::new(), reader, on_chunk)
+    }
+
+    /// As [`Chunker::chunk_stream`], reusing `buf` (grown to two maximum chunk
+    /// sizes on first use) so that a worker allocates its buffer once, not per file.
+    ///
+    /// # Errors
+    /// Read errors from `reader`, or the first error `on_chunk` returns.
+    pub fn chunk_stream_with<R: Read, E: From<io::Error>>(
+        &self,
+        buf: &mut Vec<u8>,
         mut reader: R,
         mut on_chunk: impl FnMut(&[u8]) -> Result<(), E>,
     ) -> Result<u64, E> {
         let max = self.params.max;
-        let mut buf = vec![0u8; 2 * max];
+        if buf.len() < 2 * max {
+            buf.resize(2 * max, 0);
+        }
         let (mut start, mut end) = (0usize, 0usize);
         let mut eof = false;
         let mut total = 0u64;

@@ -2,7 +2,7 @@
 //! with random nonces), keyed BLAKE3 blob IDs, and Argon2id password
 //! derivation. Nothing else in the engine touches a cipher or a key byte.
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use serde::{Deserialize, Serialize};
 
@@ -87,6 +87,20 @@ impl MasterKey {
     /// Encrypt with a fresh random nonce: `nonce || ciphertext || tag`.
     pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
         seal_with(&self.encrypt, aad, plaintext)
+    }
+
+    /// Encrypt in place without copying: `buf` holds [`NONCE_LEN`] placeholder
+    /// bytes followed by the plaintext; on return it holds `nonce || ciphertext || tag`.
+    pub fn seal_in_place(&self, aad: &[u8], buf: &mut Vec<u8>) {
+        let mut nonce = [0u8; NONCE_LEN];
+        fill_random(&mut nonce);
+        buf[..NONCE_LEN].copy_from_slice(&nonce);
+        let cipher = XChaCha20Poly1305::new((&self.encrypt).into());
+        let tag = cipher
+            .encrypt_in_place_detached(XNonce::from_slice(&nonce), aad, &mut buf[NONCE_LEN..])
+            // Only fails for plaintexts beyond 256 GiB, which the engine never builds.
+            .expect("XChaCha20-Poly1305 encryption of a bounded buffer");
+        buf.extend_from_slice(&tag);
     }
 
     /// Decrypt and authenticate what [`MasterKey::seal`] produced.
@@ -235,6 +249,15 @@ mod tests {
         ct[30] ^= 1;
         let err = k.open(aad::INDEX, &ct, "index 1234").unwrap_err();
         assert!(err.to_string().contains("index 1234"));
+    }
+
+    #[test]
+    fn seal_in_place_matches_open() {
+        let k = key();
+        let mut buf = vec![0u8; NONCE_LEN];
+        buf.extend_from_slice(b"in place");
+        k.seal_in_place(aad::PACK_HEADER, &mut buf);
+        assert_eq!(k.open(aad::PACK_HEADER, &buf, "x").unwrap(), b"in place");
     }
 
     #[test]

@@ -164,7 +164,6 @@ fn restore_file(ctx: &Ctx<'_>, path: &Path, node: &Node) -> Result<()> {
             ),
         ));
     }
-    f.sync_data().map_err(io_err("sync", path))?;
     drop(f);
     ctx.bytes.fetch_add(written, Ordering::Relaxed);
     apply_metadata(ctx, path, node)
@@ -361,7 +360,7 @@ pub fn restore(repo: &Repository, root: &Id, opts: &RestoreOptions) -> Result<Re
     match opts
         .subpath
         .as_deref()
-        .filter(|s| s.trim_matches('/') != "")
+        .filter(|s| !s.trim_matches('/').is_empty())
     {
         None => {
             plan_tree(&ctx, &mut plan, root, Path::new("/"), &opts.target, false)?;
