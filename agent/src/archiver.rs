@@ -20,7 +20,7 @@ use std::io::ErrorKind;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -193,7 +193,8 @@ impl Shared<'_> {
     }
 
     fn fail(&self, e: Error) {
-        if let Ok(mut f) = self.fatal.lock() {
+        {
+            let mut f = self.fatal.lock().unwrap_or_else(PoisonError::into_inner);
             f.get_or_insert(e);
         }
         self.failed.store(true, Ordering::SeqCst);
@@ -205,7 +206,11 @@ impl Shared<'_> {
 
     fn source_error(&self, path: &Path, message: String) {
         tracing::warn!(path = %path.display(), "{message}");
-        if let Ok(mut v) = self.source_errors.lock() {
+        {
+            let mut v = self
+                .source_errors
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             v.push(SourceError {
                 path: path.to_path_buf(),
                 message,
@@ -216,16 +221,21 @@ impl Shared<'_> {
     /// Write the index of uploaded packs if enough is pending, or always when `force`.
     fn flush_index(&self, force: bool) -> Result<()> {
         let file = {
-            let Ok(mut idx) = self.new_index.lock() else {
-                return Err(Error::Internal("index lock poisoned".into()));
-            };
+            let mut idx = self
+                .new_index
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             if idx.packs.is_empty() || (!force && idx.blob_count() < INDEX_FLUSH_BLOBS) {
                 return Ok(());
             }
             std::mem::take(&mut *idx)
         };
         let id = self.repo.save_json(FileKind::Index, &file)?;
-        if let Ok(mut v) = self.index_files.lock() {
+        {
+            let mut v = self
+                .index_files
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             v.push(id);
         }
         Ok(())
@@ -733,9 +743,11 @@ fn upload_packs(shared: &Shared<'_>, packs: Receiver<FinishedPack>) {
             continue;
         }
         add(&shared.counters.bytes_stored, p.bytes.len() as u64);
-        if let Ok(mut idx) = shared.new_index.lock() {
-            idx.add_pack(p.id, &p.blobs);
-        }
+        shared
+            .new_index
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .add_pack(p.id, &p.blobs);
         if let Err(e) = shared.flush_index(false) {
             shared.fail(e);
         }
@@ -881,7 +893,12 @@ pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupResult> {
         built
     });
     // All stages have finished here (the scope joined them).
-    if let Some(e) = shared.fatal.lock().ok().and_then(|mut f| f.take()) {
+    if let Some(e) = shared
+        .fatal
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take()
+    {
         return Err(e);
     }
     let root = root?;
@@ -889,7 +906,10 @@ pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupResult> {
 
     let c = &shared.counters;
     let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    let errors = shared.source_errors.into_inner().unwrap_or_default();
+    let errors = shared
+        .source_errors
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner);
     let summary = Summary {
         files_new: get(&c.files_new),
         files_changed: get(&c.files_changed),

@@ -1,15 +1,18 @@
-//! Format constants of repository version 1. Changing any of these changes the
-//! on-disk format; see `docs/FORMAT.md`.
+//! Constants. The padding rule, nonce and tag sizes are fixed by repository
+//! format version 1 (see `docs/FORMAT.md`); chunk sizes, pack size and zstd
+//! level are defaults written into each new repository's config; the KDF and
+//! index-flush values are writer settings.
 
 /// Repository format version written by this build and the newest it reads.
 pub const FORMAT_VERSION: u32 = 1;
 
 /// FastCDC minimum chunk size (bytes).
-pub const CHUNK_MIN: usize = 256 * 1024;
-/// FastCDC average (target) chunk size (bytes).
-pub const CHUNK_AVG: usize = 1024 * 1024;
+pub const CHUNK_MIN: usize = 128 * 1024;
+/// FastCDC average (target) chunk size (bytes). Chosen by measurement: see
+/// `docs/FORMAT.md` (chunk parameters) and `examples/chunk_params.rs`.
+pub const CHUNK_AVG: usize = 512 * 1024;
 /// FastCDC maximum chunk size (bytes).
-pub const CHUNK_MAX: usize = 4 * 1024 * 1024;
+pub const CHUNK_MAX: usize = 2 * 1024 * 1024;
 /// FastCDC normalisation level (2020 paper, "NC level").
 pub const CHUNK_NORMALIZATION: u8 = 1;
 

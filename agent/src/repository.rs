@@ -32,8 +32,6 @@ pub struct Config {
     pub zstd_level: i32,
     /// Target pack size in bytes.
     pub pack_size: usize,
-    /// Blob padding divisor (see `docs/FORMAT.md`).
-    pub pad_divisor: u64,
 }
 
 /// Argon2id cost settings for a new key.
@@ -173,8 +171,39 @@ fn new_key_file(master: &MasterKey, password: &[u8], cost: KdfCost) -> Result<Ve
     serde_json::to_vec_pretty(&file).map_err(|e| Error::Internal(e.to_string()))
 }
 
+/// Upper bounds on stored Argon2id costs: a planted key file must not make
+/// `open` allocate unbounded memory or spin for hours.
+const KDF_MAX_MEMORY_KIB: u32 = 4 * 1024 * 1024;
+const KDF_MAX_ITERATIONS: u32 = 64;
+const KDF_MAX_PARALLELISM: u32 = 64;
+
 fn parse_key_file(name: &str, bytes: &[u8]) -> Result<KeyFile> {
-    serde_json::from_slice(bytes).map_err(|e| Error::corrupt(format!("key {name}"), e.to_string()))
+    let object = format!("key {name}");
+    if Id::of_stored(bytes).to_hex() != name {
+        return Err(Error::corrupt(
+            object,
+            "content does not match its name (modified or truncated)",
+        ));
+    }
+    let file: KeyFile =
+        serde_json::from_slice(bytes).map_err(|e| Error::corrupt(&object, e.to_string()))?;
+    if file.version != 1 {
+        return Err(Error::corrupt(
+            object,
+            format!("unsupported key file version {}", file.version),
+        ));
+    }
+    let k = &file.kdf;
+    if k.memory_kib > KDF_MAX_MEMORY_KIB
+        || k.iterations > KDF_MAX_ITERATIONS
+        || k.parallelism > KDF_MAX_PARALLELISM
+    {
+        return Err(Error::corrupt(
+            object,
+            "key derivation parameters out of range",
+        ));
+    }
+    Ok(file)
 }
 
 impl Repository {
@@ -202,7 +231,6 @@ impl Repository {
             },
             zstd_level: DEFAULT_ZSTD_LEVEL,
             pack_size: PACK_TARGET_SIZE,
-            pad_divisor: PAD_DIVISOR,
         };
         let json = serde_json::to_vec(&config).map_err(|e| Error::Internal(e.to_string()))?;
         // The config is written last: a location without it is not a repository.
@@ -235,9 +263,22 @@ impl Repository {
         if keys.is_empty() {
             return Err(Error::corrupt("repository", "it has no key files"));
         }
+        // A damaged or foreign file in keys/ must not lock users out: try every key.
+        let mut first_problem = None;
+        let mut usable = 0;
         for k in &keys {
-            let bytes = backend.read(FileKind::Key, &k.name)?;
-            let file = parse_key_file(&k.name, &bytes)?;
+            let file = match backend
+                .read(FileKind::Key, &k.name)
+                .and_then(|b| parse_key_file(&k.name, &b))
+            {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!("skipping key {}: {e}", k.name);
+                    first_problem.get_or_insert(e);
+                    continue;
+                }
+            };
+            usable += 1;
             let kek = file.kdf.derive(password)?;
             let Some(master_json) = open_with(&kek, aad::KEY, &file.master) else {
                 continue;
@@ -257,6 +298,12 @@ impl Repository {
                 .chunker
                 .validate()
                 .map_err(|e| Error::corrupt("config", e))?;
+            if config.pack_size < 1 << 20 || config.pack_size > 1 << 30 {
+                return Err(Error::corrupt(
+                    "config",
+                    format!("pack size {} out of range", config.pack_size),
+                ));
+            }
             return Ok(Repository {
                 backend,
                 key,
@@ -266,7 +313,10 @@ impl Repository {
                 index_loaded: false,
             });
         }
-        Err(Error::WrongPassword)
+        match first_problem {
+            Some(e) if usable == 0 => Err(e),
+            _ => Err(Error::WrongPassword),
+        }
     }
 
     /// The storage backend.
@@ -291,11 +341,14 @@ impl Repository {
 
     // ---- typed files ----
 
-    fn domain(kind: FileKind) -> &'static [u8] {
+    fn domain(kind: FileKind) -> Result<&'static [u8]> {
         match kind {
-            FileKind::Snapshot => aad::SNAPSHOT,
-            FileKind::Index => aad::INDEX,
-            _ => aad::CONFIG,
+            FileKind::Snapshot => Ok(aad::SNAPSHOT),
+            FileKind::Index => Ok(aad::INDEX),
+            other => Err(Error::Internal(format!(
+                "{} files are not JSON metadata files",
+                other.name()
+            ))),
         }
     }
 
@@ -305,7 +358,7 @@ impl Repository {
     /// Storage errors.
     pub fn save_json<T: Serialize>(&self, kind: FileKind, value: &T) -> Result<Id> {
         let json = serde_json::to_vec(value).map_err(|e| Error::Internal(e.to_string()))?;
-        let stored = encode_metadata(&self.key, Self::domain(kind), &json);
+        let stored = encode_metadata(&self.key, Self::domain(kind)?, &json);
         let id = Id::of_stored(&stored);
         self.backend.write(kind, &id.to_hex(), &stored)?;
         Ok(id)
@@ -324,7 +377,7 @@ impl Repository {
                 "content does not match its name (modified or truncated)",
             ));
         }
-        let json = decode_metadata(&self.key, Self::domain(kind), &stored, &object)?;
+        let json = decode_metadata(&self.key, Self::domain(kind)?, &stored, &object)?;
         serde_json::from_slice(&json).map_err(|e| Error::corrupt(object, e.to_string()))
     }
 

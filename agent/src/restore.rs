@@ -11,7 +11,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 use crossbeam_channel::bounded;
 use filetime::FileTime;
@@ -76,7 +76,8 @@ struct Ctx<'r> {
 impl Ctx<'_> {
     fn error(&self, path: &Path, message: String) {
         tracing::warn!(path = %path.display(), "{message}");
-        if let Ok(mut e) = self.errors.lock() {
+        {
+            let mut e = self.errors.lock().unwrap_or_else(PoisonError::into_inner);
             e.push(RestoreError {
                 path: path.to_path_buf(),
                 message,
@@ -292,6 +293,16 @@ fn plan_node(
     }
 }
 
+fn sync_filesystem(target: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let dir = fs::File::open(target).map_err(io_err("open", target))?;
+    // SAFETY: the descriptor is valid for the lifetime of `dir`.
+    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+        return Err(Error::io("sync", target, std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
 /// Find the node at `subpath` inside the snapshot's root tree.
 fn find_subpath(repo: &Repository, root: &Id, subpath: &str) -> Result<Node> {
     let mut tree = repo.load_tree(root)?;
@@ -445,11 +456,17 @@ pub fn restore(repo: &Repository, root: &Id, opts: &RestoreOptions) -> Result<Re
             Err(e) => ctx.error(path, e.to_string()),
         }
     }
+    // One syncfs at the end instead of an fsync per file: when restore returns,
+    // the data is on disk (a restore Job's volume is used right after it).
+    sync_filesystem(&opts.target)?;
     Ok(RestoreSummary {
         files: ctx.files.load(Ordering::Relaxed),
         dirs,
         others: ctx.others.load(Ordering::Relaxed),
         bytes: ctx.bytes.load(Ordering::Relaxed),
-        errors: ctx.errors.into_inner().unwrap_or_default(),
+        errors: ctx
+            .errors
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner),
     })
 }
