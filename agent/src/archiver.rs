@@ -754,6 +754,10 @@ fn upload_packs(shared: &Shared<'_>, packs: Receiver<FinishedPack>) {
     }
 }
 
+/// Packs stored concurrently. Each local write ends with an fsync, so several
+/// in flight keep the disk busy while the CPU stages go on.
+const UPLOADERS: usize = 2;
+
 /// Run a backup and write its snapshot.
 ///
 /// The repository index must be loaded ([`Repository::load_index`]).
@@ -855,7 +859,7 @@ pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupResult> {
         }
         drop((file_rx, blob_rx, sealed_tx));
         s.spawn(move || pack_blobs(shared, sealed_rx, pack_tx));
-        for _ in 0..2 {
+        for _ in 0..UPLOADERS {
             let rx = pack_rx.clone();
             s.spawn(move || upload_packs(shared, rx));
         }
