@@ -160,8 +160,10 @@ fn unchanged_backup_reads_nothing_and_adds_nothing() {
     );
     assert_eq!(s["files_unmodified"], first["summary"]["files_new"]);
     assert_eq!(s["data_blobs_added"], 0);
-    assert_eq!(s["tree_blobs_added"], 0);
-    assert_eq!(s["bytes_stored"], 0);
+    // Only trees of the source's ancestors (/, /tmp, the test's temp dir) may
+    // change: other tests create files in /tmp meanwhile.
+    assert!(s["tree_blobs_added"].as_u64().unwrap() <= 3, "{s}");
+    assert!(s["bytes_stored"].as_u64().unwrap() < 8192, "{s}");
     assert_eq!(second["parent"], first["snapshot_id"]);
 
     // touching one file re-reads only that file
