@@ -754,10 +754,6 @@ fn upload_packs(shared: &Shared<'_>, packs: Receiver<FinishedPack>) {
     }
 }
 
-/// Packs stored concurrently. Each local write ends with an fsync, so several
-/// in flight keep the disk busy while the CPU stages go on.
-const UPLOADERS: usize = 2;
-
 /// Run a backup and write its snapshot.
 ///
 /// The repository index must be loaded ([`Repository::load_index`]).
@@ -859,7 +855,8 @@ pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupResult> {
         }
         drop((file_rx, blob_rx, sealed_tx));
         s.spawn(move || pack_blobs(shared, sealed_rx, pack_tx));
-        for _ in 0..UPLOADERS {
+        // Packs in flight: the backend says how many requests are worth running at once.
+        for _ in 0..repo.backend().concurrency().max(1) {
             let rx = pack_rx.clone();
             s.spawn(move || upload_packs(shared, rx));
         }

@@ -496,6 +496,13 @@ impl Repository {
             .index
             .lookup(t, id)
             .ok_or_else(|| Error::NotFound(format!("{t} blob {id} (not in the index)")))?;
+        if t == BlobType::Tree {
+            // Trees are read again by every incremental backup, ls and diff: let a
+            // caching backend keep their (small) packs locally.
+            if let Err(e) = self.backend.cache_pack(&loc.pack.to_hex()) {
+                tracing::debug!("not caching tree pack {}: {e}", loc.pack);
+            }
+        }
         let stored = self.backend.read_range(
             FileKind::Pack,
             &loc.pack.to_hex(),

@@ -405,9 +405,11 @@ pub fn restore(repo: &Repository, root: &Id, opts: &RestoreOptions) -> Result<Re
     }
 
     let threads = if opts.threads == 0 {
-        std::thread::available_parallelism()
+        // CPU-bound locally; latency-bound on object stores, where more requests in flight help.
+        let cpus = std::thread::available_parallelism()
             .map(|n| n.get())
-            .unwrap_or(2)
+            .unwrap_or(2);
+        cpus.max(repo.backend().concurrency())
     } else {
         opts.threads
     };

@@ -1,9 +1,12 @@
 //! Storage: one trait that every backend implements, so commands never know
 //! where the repository lives. Backends store opaque, write-once files.
 
+pub mod cache;
 mod local;
+pub mod s3;
 
 pub use local::LocalBackend;
+pub use s3::{S3Backend, S3Config};
 
 use crate::error::{Error, Result};
 
@@ -61,6 +64,12 @@ pub trait Backend: Send + Sync {
     /// Where the repository is, for messages (never contains credentials).
     fn location(&self) -> String;
 
+    /// How many requests are worth running at once (uploads during backup,
+    /// downloads during restore).
+    fn concurrency(&self) -> usize {
+        2
+    }
+
     /// Prepare an empty location for a new repository.
     ///
     /// # Errors
@@ -97,6 +106,15 @@ pub trait Backend: Send + Sync {
     /// Storage errors.
     fn list(&self, kind: FileKind) -> Result<Vec<FileInfo>>;
 
+    /// Hint that a whole pack will be read piecemeal (a tree pack): a caching
+    /// backend may fetch and keep it. The default does nothing.
+    ///
+    /// # Errors
+    /// Storage errors.
+    fn cache_pack(&self, _name: &str) -> Result<()> {
+        Ok(())
+    }
+
     /// Delete a file.
     ///
     /// # Errors
@@ -104,7 +122,8 @@ pub trait Backend: Send + Sync {
     fn remove(&self, kind: FileKind, name: &str) -> Result<()>;
 }
 
-/// Open the backend a repository location names: a local path, or (later) `s3:`.
+/// Open the backend a repository location names: `s3:...` or a local path
+/// (optionally written `local:PATH`).
 ///
 /// # Errors
 /// [`Error::InvalidInput`] for an empty or unsupported location.
@@ -118,9 +137,12 @@ pub fn open(location: &str) -> Result<Box<dyn Backend>> {
         return Ok(Box::new(LocalBackend::new(rest)));
     }
     if location.starts_with("s3:") {
-        return Err(Error::InvalidInput(format!(
-            "{location}: the S3 backend is not built into this version of cairn"
-        )));
+        let s3: Box<dyn Backend> = Box::new(S3Backend::new(S3Config::parse(location)?)?);
+        let no_cache = std::env::var("CAIRN_NO_CACHE").is_ok_and(|v| !v.is_empty() && v != "0");
+        return Ok(match cache::default_cache_root() {
+            Some(root) if !no_cache => cache::CachedBackend::wrap(s3, &root),
+            _ => s3,
+        });
     }
     Ok(Box::new(LocalBackend::new(location)))
 }

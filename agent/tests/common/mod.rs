@@ -10,30 +10,56 @@ use std::process::{Command, Output};
 
 pub const PASSWORD: &str = "correct horse battery staple";
 
-/// A scratch area with a repository path and a source directory.
+pub mod faultproxy;
+pub mod garage;
+
+/// A scratch area with a repository location and a source directory.
 pub struct Env {
     pub dir: tempfile::TempDir,
+    /// Repository location (a local path or an `s3:` URL).
+    pub location: String,
+    /// Extra environment for every cairn process (S3 credentials, settings).
+    pub vars: Vec<(String, String)>,
 }
 
 impl Env {
+    /// A local repository in a fresh temporary directory.
     pub fn new() -> Env {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let location = dir.path().join("repo").to_string_lossy().into_owned();
         Env {
-            dir: tempfile::tempdir().expect("tempdir"),
+            dir,
+            location,
+            vars: Vec::new(),
         }
+    }
+    /// A repository under a fresh prefix in the test Garage (None: Garage unavailable).
+    pub fn garage(name: &str) -> Option<Env> {
+        let g = garage::garage()?;
+        let dir = tempfile::tempdir().expect("tempdir");
+        Some(Env {
+            dir,
+            location: g.repo_url(name),
+            vars: g.env(),
+        })
     }
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
+    /// The repository directory of a local repository.
     pub fn repo(&self) -> PathBuf {
-        self.path("repo")
+        PathBuf::from(&self.location)
     }
-    /// `cairn` with this env's repository and password, cheap KDF for `init`.
+    /// `cairn` with this env's repository and password.
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_cairn"));
-        c.env("CAIRN_REPOSITORY", self.repo())
+        c.env("CAIRN_REPOSITORY", &self.location)
             .env("CAIRN_PASSWORD", PASSWORD)
             .env_remove("CAIRN_PASSWORD_FILE")
             .env_remove("CAIRN_LOG");
+        for (k, v) in &self.vars {
+            c.env(k, v);
+        }
         c
     }
     pub fn run(&self, args: &[&str]) -> Output {

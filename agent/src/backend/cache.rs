@@ -1,0 +1,193 @@
+//! A local cache in front of a remote backend for the files that incremental
+//! backups and listings read again and again: snapshot files, index files,
+//! and packs holding tree blobs. Every cached file is named by the hash of its
+//! contents and checked against it when read, and listings always come from
+//! the remote, so a stale, damaged or deleted cache costs downloads, never a
+//! wrong result.
+
+use std::collections::HashSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+
+use super::{Backend, FileInfo, FileKind};
+use crate::error::Result;
+use crate::id::Id;
+
+/// The default cache root: `$CAIRN_CACHE_DIR`, `$XDG_CACHE_HOME/cairn` or `~/.cache/cairn`.
+pub fn default_cache_root() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("CAIRN_CACHE_DIR").filter(|d| !d.is_empty()) {
+        return Some(d.into());
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return Some(Path::new(&d).join("cairn"));
+    }
+    std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/cairn"))
+}
+
+/// A caching wrapper around another backend.
+pub struct CachedBackend {
+    inner: Box<dyn Backend>,
+    dir: PathBuf,
+    /// Cached packs whose hash was checked by this process (checked once, then read by range).
+    verified: Mutex<HashSet<String>>,
+}
+
+impl CachedBackend {
+    /// Cache `inner` under `root/<hash of the location>`. Returns `inner`
+    /// unwrapped if the cache directory cannot be created (read-only home).
+    pub fn wrap(inner: Box<dyn Backend>, root: &Path) -> Box<dyn Backend> {
+        let tag = blake3::hash(inner.location().as_bytes()).to_hex();
+        let dir = root.join(&tag[..16]);
+        match fs::create_dir_all(&dir) {
+            Ok(()) => Box::new(CachedBackend {
+                inner,
+                dir,
+                verified: Mutex::new(HashSet::new()),
+            }),
+            Err(e) => {
+                tracing::warn!(
+                    "no local cache ({}: {e}); every read goes to the repository",
+                    dir.display()
+                );
+                inner
+            }
+        }
+    }
+
+    fn cached(kind: FileKind) -> bool {
+        matches!(kind, FileKind::Snapshot | FileKind::Index | FileKind::Pack)
+    }
+
+    fn path(&self, kind: FileKind, name: &str) -> PathBuf {
+        self.dir.join(kind.path(name))
+    }
+
+    /// Whether the pack is cached and intact (hashed on first use in this process).
+    fn verified_pack(&self, name: &str) -> bool {
+        let mut v = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        if v.contains(name) {
+            return true;
+        }
+        if self.get(FileKind::Pack, name).is_some() {
+            v.insert(name.to_string());
+            return true;
+        }
+        false
+    }
+
+    /// The cached copy, if present and intact.
+    fn get(&self, kind: FileKind, name: &str) -> Option<Vec<u8>> {
+        let p = self.path(kind, name);
+        let data = fs::read(&p).ok()?;
+        if Id::of_stored(&data).to_hex() == name {
+            tracing::debug!("cache hit: {} {name}", kind.name());
+            Some(data)
+        } else {
+            tracing::warn!("discarding damaged cache file {}", p.display());
+            let _ = fs::remove_file(&p);
+            None
+        }
+    }
+
+    /// Store a copy (best effort: a cache that cannot be written is only slower).
+    fn put(&self, kind: FileKind, name: &str, data: &[u8]) {
+        let p = self.path(kind, name);
+        let Some(parent) = p.parent() else { return };
+        if fs::create_dir_all(parent).is_err() {
+            return;
+        }
+        let tmp = parent.join(format!(".tmp-{name}-{}", std::process::id()));
+        if fs::write(&tmp, data).is_ok() && fs::rename(&tmp, &p).is_ok() {
+            return;
+        }
+        let _ = fs::remove_file(&tmp);
+    }
+}
+
+impl Backend for CachedBackend {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+
+    fn concurrency(&self) -> usize {
+        self.inner.concurrency()
+    }
+
+    fn create(&self) -> Result<()> {
+        self.inner.create()
+    }
+
+    fn exists(&self, kind: FileKind, name: &str) -> Result<bool> {
+        self.inner.exists(kind, name)
+    }
+
+    fn read(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
+        if Self::cached(kind) {
+            if let Some(d) = self.get(kind, name) {
+                return Ok(d);
+            }
+        }
+        let data = self.inner.read(kind, name)?;
+        if Self::cached(kind) {
+            tracing::debug!("cache miss: {} {name}", kind.name());
+            if Id::of_stored(&data).to_hex() == name {
+                self.put(kind, name, &data);
+            }
+        }
+        Ok(data)
+    }
+
+    fn read_range(&self, kind: FileKind, name: &str, offset: u64, length: u32) -> Result<Vec<u8>> {
+        if kind == FileKind::Pack && self.verified_pack(name) {
+            use std::os::unix::fs::FileExt;
+            let mut buf = vec![0u8; length as usize];
+            let file = fs::File::open(self.path(kind, name));
+            if file.and_then(|f| f.read_exact_at(&mut buf, offset)).is_ok() {
+                tracing::debug!("cache hit: pack {name}");
+                return Ok(buf);
+            }
+        }
+        self.inner.read_range(kind, name, offset, length)
+    }
+
+    fn cache_pack(&self, name: &str) -> Result<()> {
+        if self.verified_pack(name) {
+            return Ok(());
+        }
+        self.read(FileKind::Pack, name).map(|_| ())
+    }
+
+    fn write(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
+        self.inner.write(kind, name, data)?;
+        if matches!(kind, FileKind::Snapshot | FileKind::Index) {
+            self.put(kind, name, data);
+        }
+        Ok(())
+    }
+
+    fn list(&self, kind: FileKind) -> Result<Vec<FileInfo>> {
+        let list = self.inner.list(kind)?;
+        if matches!(kind, FileKind::Snapshot | FileKind::Index) {
+            // Drop cached copies of files the repository no longer has.
+            if let Ok(entries) =
+                fs::read_dir(self.dir.join(kind.path("x")).parent().unwrap_or(&self.dir))
+            {
+                let names: std::collections::HashSet<&str> =
+                    list.iter().map(|f| f.name.as_str()).collect();
+                for e in entries.flatten() {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    if !names.contains(n.as_str()) {
+                        let _ = fs::remove_file(e.path());
+                    }
+                }
+            }
+        }
+        Ok(list)
+    }
+
+    fn remove(&self, kind: FileKind, name: &str) -> Result<()> {
+        let _ = fs::remove_file(self.path(kind, name));
+        self.inner.remove(kind, name)
+    }
+}
