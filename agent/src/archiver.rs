@@ -734,15 +734,16 @@ fn upload_packs(shared: &Shared<'_>, packs: Receiver<FinishedPack>) {
         if shared.failed() {
             continue; // drain so that upstream stages can finish
         }
+        let size = p.bytes.len() as u64;
         if let Err(e) = shared
             .repo
             .backend()
-            .write(FileKind::Pack, &p.id.to_hex(), &p.bytes)
+            .write(FileKind::Pack, &p.id.to_hex(), p.bytes)
         {
             shared.fail(e);
             continue;
         }
-        add(&shared.counters.bytes_stored, p.bytes.len() as u64);
+        add(&shared.counters.bytes_stored, size);
         shared
             .new_index
             .lock()

@@ -17,7 +17,6 @@ use crossbeam_channel::bounded;
 use filetime::FileTime;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
-use crate::blob::BlobType;
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::repository::Repository;
@@ -130,6 +129,9 @@ fn remove_existing(path: &Path) -> Result<()> {
     }
 }
 
+/// Largest single ranged read of consecutive blobs during restore.
+const READ_RUN_MAX: u64 = 16 << 20;
+
 fn restore_file(ctx: &Ctx<'_>, path: &Path, node: &Node) -> Result<()> {
     remove_existing(path)?;
     let mut f = OpenOptions::new()
@@ -140,19 +142,20 @@ fn restore_file(ctx: &Ctx<'_>, path: &Path, node: &Node) -> Result<()> {
         .map_err(io_err("create", path))?;
     let mut written = 0u64;
     let mut hole = false;
-    for id in &node.content {
-        let data = ctx.repo.read_blob(BlobType::Data, id)?;
-        // All-zero chunks become holes: sparse files stay sparse.
-        if data.len() >= 4096 && data.iter().all(|&b| b == 0) {
-            f.seek(SeekFrom::Current(data.len() as i64))
-                .map_err(io_err("seek", path))?;
-            hole = true;
-        } else {
-            f.write_all(&data).map_err(io_err("write", path))?;
-            hole = false;
-        }
-        written += data.len() as u64;
-    }
+    ctx.repo
+        .read_data_blobs(&node.content, READ_RUN_MAX, |data| {
+            // All-zero chunks become holes: sparse files stay sparse.
+            if data.len() >= 4096 && data.iter().all(|&b| b == 0) {
+                f.seek(SeekFrom::Current(data.len() as i64))
+                    .map_err(io_err("seek", path))?;
+                hole = true;
+            } else {
+                f.write_all(&data).map_err(io_err("write", path))?;
+                hole = false;
+            }
+            written += data.len() as u64;
+            Ok(())
+        })?;
     if hole {
         f.set_len(written).map_err(io_err("truncate", path))?;
     }

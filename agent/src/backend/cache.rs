@@ -158,12 +158,14 @@ impl Backend for CachedBackend {
         self.read(FileKind::Pack, name).map(|_| ())
     }
 
-    fn write(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
-        self.inner.write(kind, name, data)?;
+    fn write(&self, kind: FileKind, name: &str, data: Vec<u8>) -> Result<()> {
         if matches!(kind, FileKind::Snapshot | FileKind::Index) {
-            self.put(kind, name, data);
+            // small metadata files: keep a copy, so later runs need not download them
+            self.inner.write(kind, name, data.clone())?;
+            self.put(kind, name, &data);
+            return Ok(());
         }
-        Ok(())
+        self.inner.write(kind, name, data)
     }
 
     fn list(&self, kind: FileKind) -> Result<Vec<FileInfo>> {

@@ -98,7 +98,7 @@ impl Backend for LocalBackend {
         }
     }
 
-    fn write(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
+    fn write(&self, kind: FileKind, name: &str, data: Vec<u8>) -> Result<()> {
         let target = self.path(kind, name);
         let dir = target.parent().unwrap_or(&self.root).to_path_buf();
         if !dir.is_dir() {
@@ -116,7 +116,7 @@ impl Backend for LocalBackend {
         ));
         let result = (|| -> std::io::Result<()> {
             let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-            f.write_all(data)?;
+            f.write_all(&data)?;
             f.sync_all()?;
             drop(f);
             fs::hard_link(&tmp, &target)?;

@@ -98,7 +98,7 @@ pub trait Backend: Send + Sync {
     ///
     /// # Errors
     /// Storage errors, including a full disk; an existing file of that name.
-    fn write(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()>;
+    fn write(&self, kind: FileKind, name: &str, data: Vec<u8>) -> Result<()>;
 
     /// List all files of a kind.
     ///

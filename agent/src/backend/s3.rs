@@ -313,7 +313,7 @@ impl S3Backend {
             .unwrap_or_else(|| "AWS S3".to_string())
     }
 
-    async fn put(&self, key: &str, data: &[u8], guard: bool) -> Result<()> {
+    async fn put(&self, key: &str, data: bytes::Bytes, guard: bool) -> Result<()> {
         count(&self.requests.put);
         let mut req = self
             .client
@@ -321,7 +321,7 @@ impl S3Backend {
             .bucket(&self.cfg.bucket)
             .key(key)
             .content_length(data.len() as i64)
-            .body(ByteStream::from(bytes::Bytes::copy_from_slice(data)));
+            .body(ByteStream::from(data));
         if guard {
             req = req.if_none_match("*");
         }
@@ -340,7 +340,7 @@ impl S3Backend {
         }
     }
 
-    async fn put_multipart(&self, key: &str, data: &[u8]) -> Result<()> {
+    async fn put_multipart(&self, key: &str, data: bytes::Bytes) -> Result<()> {
         let created = self
             .client
             .create_multipart_upload()
@@ -360,7 +360,9 @@ impl S3Backend {
             .to_string();
         let result = async {
             let mut parts = Vec::new();
-            for (i, part) in data.chunks(self.cfg.part_size).enumerate() {
+            let starts = (0..data.len()).step_by(self.cfg.part_size.max(1));
+            for (i, at) in starts.enumerate() {
+                let part = data.slice(at..(at + self.cfg.part_size).min(data.len()));
                 let number = i as i32 + 1;
                 count(&self.requests.put);
                 let out = self
@@ -371,7 +373,7 @@ impl S3Backend {
                     .upload_id(&upload_id)
                     .part_number(number)
                     .content_length(part.len() as i64)
-                    .body(ByteStream::from(bytes::Bytes::copy_from_slice(part)))
+                    .body(ByteStream::from(part))
                     .send()
                     .await
                     .map_err(|e| self.error("upload part", key, e))?;
@@ -422,6 +424,7 @@ impl S3Backend {
             format!("{}/cairn-probe-{}", self.cfg.prefix, hex::encode(rnd))
         };
         let put = || {
+            count(&self.requests.put);
             self.client
                 .put_object()
                 .bucket(&self.cfg.bucket)
@@ -604,8 +607,9 @@ impl Backend for S3Backend {
         Ok(data)
     }
 
-    fn write(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
+    fn write(&self, kind: FileKind, name: &str, data: Vec<u8>) -> Result<()> {
         let key = self.key(kind, name);
+        let data = bytes::Bytes::from(data); // no copy; retries share it
         let guard = self.conditional_writes();
         self.rt.block_on(async {
             if data.len() > self.cfg.multipart_threshold {

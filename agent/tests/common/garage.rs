@@ -145,8 +145,18 @@ api_bind_addr = "127.0.0.1:{admin_port}"
             Ok(())
         });
     }
-    let mut child = cmd
-        .spawn()
+    // PR_SET_PDEATHSIG fires when the spawning *thread* exits, so spawn from a
+    // thread that lives as long as the process, not from the first test's thread.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(cmd.spawn());
+        loop {
+            std::thread::park();
+        }
+    });
+    let mut child = rx
+        .recv()
+        .map_err(|e| e.to_string())?
         .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
