@@ -127,6 +127,9 @@ proptest! {
         let second = backup(&repo, &opts).unwrap();
         prop_assert_eq!(second.snapshot.summary.bytes_read, 0);
         prop_assert_eq!(second.snapshot.summary.data_blobs_added, 0);
+        // reopen: the second backup's new trees (changed ancestors) are in the index now
+        let mut repo = Repository::open(Box::new(LocalBackend::new(&repo_path)), b"pw").unwrap();
+        repo.load_index().unwrap();
         // The source's own tree is unchanged. (Trees of its ancestors, such as
         // /tmp, may change: other processes create files there.)
         let src_str = src.to_string_lossy().into_owned();

@@ -101,6 +101,13 @@ fn missing_bucket_and_wrong_secret_are_clear_errors() {
         .output()
         .unwrap();
     assert_fails(&out, 1, "access denied");
+    let out = env
+        .cmd()
+        .env("AWS_REGION", "us-east-1")
+        .args(["snapshots"])
+        .output()
+        .unwrap();
+    assert_fails(&out, 1, "wrong region for bucket");
 
     // an endpoint where nothing listens fails after the retry budget, with the endpoint named
     let mut env = Env::garage("errors").unwrap();

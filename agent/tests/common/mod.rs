@@ -12,6 +12,7 @@ pub const PASSWORD: &str = "correct horse battery staple";
 
 pub mod faultproxy;
 pub mod garage;
+pub mod moto;
 
 /// A scratch area with a repository location and a source directory.
 pub struct Env {
