@@ -24,6 +24,17 @@ fn restored(env: &Env, target: &str, src: &Path) -> std::path::PathBuf {
     env.path(target).join(src.strip_prefix("/").unwrap())
 }
 
+/// Restore the latest snapshot into `out` and compare it with `src`.
+fn restore_and_verify(env: &Env, src: &Path) {
+    env.ok(&[
+        "restore",
+        "latest",
+        "--target",
+        env.path("out").to_str().unwrap(),
+    ]);
+    assert_same_tree(src, &restored(env, "out", src));
+}
+
 /// init, backup, unchanged backup, changed backup, restore with verification, wrong password.
 fn suite(env: &Env) {
     let src = env.path("src");
@@ -42,13 +53,7 @@ fn suite(env: &Env) {
 
     let snaps = env.json(&["snapshots"]);
     assert_eq!(snaps.as_array().unwrap().len(), 3);
-    env.ok(&[
-        "restore",
-        "latest",
-        "--target",
-        env.path("out").to_str().unwrap(),
-    ]);
-    assert_same_tree(&src, &restored(env, "out", &src));
+    restore_and_verify(env, &src);
 
     let out = env
         .cmd()
@@ -150,13 +155,7 @@ fn multipart_uploads_round_trip() {
     env.ok(&["init"]);
     let out = env.json(&["backup", src.to_str().unwrap()]);
     assert!(out["summary"]["bytes_stored"].as_u64().unwrap() > 40 << 20);
-    env.ok(&[
-        "restore",
-        "latest",
-        "--target",
-        env.path("out").to_str().unwrap(),
-    ]);
-    assert_same_tree(&src, &restored(&env, "out", &src));
+    restore_and_verify(&env, &src);
 }
 
 #[test]
@@ -185,13 +184,7 @@ fn backups_survive_injected_faults() {
     fs::write(src.join("more.bin"), random_bytes(30 << 20, 3)).unwrap();
     env.ok(&["init"]);
     env.ok(&["backup", src.to_str().unwrap()]);
-    env.ok(&[
-        "restore",
-        "latest",
-        "--target",
-        env.path("out").to_str().unwrap(),
-    ]);
-    assert_same_tree(&src, &restored(&env, "out", &src));
+    restore_and_verify(&env, &src);
     let c = &proxy.counts;
     use std::sync::atomic::Ordering::Relaxed;
     eprintln!(

@@ -439,6 +439,7 @@ impl S3Backend {
             }
             Err(_) => false,
         };
+        count(&self.requests.delete);
         let _ = self
             .client
             .delete_object()

@@ -8,7 +8,6 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
@@ -138,26 +137,8 @@ api_bind_addr = "127.0.0.1:{admin_port}"
         .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(|e| e.to_string())?)
         .stderr(log);
-    // SAFETY: prctl is async-signal-safe; it makes the kernel kill Garage when we exit.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    // PR_SET_PDEATHSIG fires when the spawning *thread* exits, so spawn from a
-    // thread that lives as long as the process, not from the first test's thread.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(cmd.spawn());
-        loop {
-            std::thread::park();
-        }
-    });
-    let mut child = rx
-        .recv()
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
+    let mut child =
+        super::spawn_server(cmd).map_err(|e| format!("spawn {}: {e}", bin.display()))?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(Some(st)) = child.try_wait() {

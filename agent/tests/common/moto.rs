@@ -6,7 +6,6 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
@@ -55,24 +54,7 @@ fn start() -> Result<Moto, String> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    // SAFETY: prctl is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(cmd.spawn());
-        loop {
-            std::thread::park();
-        }
-    });
-    let child = rx
-        .recv()
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
+    let child = super::spawn_server(cmd).map_err(|e| format!("spawn {}: {e}", bin.display()))?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while http(port, "GET", "/").is_none() {
         if Instant::now() > deadline {
