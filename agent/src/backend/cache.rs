@@ -55,8 +55,10 @@ impl CachedBackend {
         }
     }
 
+    /// Kinds cached whenever they are read. Packs are cached only when asked
+    /// to ([`Backend::cache_pack`]: tree packs), never because they were read.
     fn cached(kind: FileKind) -> bool {
-        matches!(kind, FileKind::Snapshot | FileKind::Index | FileKind::Pack)
+        matches!(kind, FileKind::Snapshot | FileKind::Index)
     }
 
     fn path(&self, kind: FileKind, name: &str) -> PathBuf {
@@ -123,7 +125,7 @@ impl Backend for CachedBackend {
     }
 
     fn read(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
-        if Self::cached(kind) {
+        if Self::cached(kind) || (kind == FileKind::Pack && self.verified_pack(name)) {
             if let Some(d) = self.get(kind, name) {
                 return Ok(d);
             }
@@ -155,7 +157,12 @@ impl Backend for CachedBackend {
         if self.verified_pack(name) {
             return Ok(());
         }
-        self.read(FileKind::Pack, name).map(|_| ())
+        let data = self.inner.read(FileKind::Pack, name)?;
+        tracing::debug!("cache miss: pack {name}");
+        if Id::of_stored(&data).to_hex() == name {
+            self.put(FileKind::Pack, name, &data);
+        }
+        Ok(())
     }
 
     fn write(&self, kind: FileKind, name: &str, data: Vec<u8>) -> Result<()> {
