@@ -482,6 +482,13 @@ impl Repository {
         Ok(())
     }
 
+    /// Replace the in-memory index (used by `check`, which loads index files
+    /// one by one and reports the bad ones instead of stopping).
+    pub fn set_index(&mut self, index: Index) {
+        self.index = index;
+        self.index_loaded = true;
+    }
+
     /// The loaded index (empty until [`Repository::load_index`]).
     pub fn index(&self) -> &Index {
         &self.index

@@ -682,3 +682,86 @@ fn many_files_in_many_directories() {
     ]);
     assert_same_tree(&src, &restored_path(&env, "out", &src));
 }
+
+#[test]
+fn check_verifies_structure_and_data_and_names_damaged_objects() {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("data.bin"), random_bytes(5 << 20, 11)).unwrap();
+    fs::write(src.join("notes.txt"), "some text\n".repeat(5000)).unwrap();
+    env.ok(&["init"]);
+    env.ok(&["backup", src.to_str().unwrap()]);
+    assert!(env.ok(&["check"]).contains("no errors were found"));
+    let full = env.json(&["check", "--read-data"]);
+    assert_eq!(full["problems"].as_array().unwrap().len(), 0);
+    let packs = full["packs_read"].as_u64().unwrap();
+    assert!(
+        packs >= 2 && full["blobs_read"].as_u64().unwrap() >= 3,
+        "{full}"
+    );
+    let halves: u64 = ["1/2", "2/2"]
+        .iter()
+        .map(|g| {
+            env.json(&["check", "--read-data-subset", g])["packs_read"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(
+        halves, packs,
+        "groups 1/2 and 2/2 together read every pack once"
+    );
+    assert_fails(
+        &env.run(&["check", "--read-data-subset", "3/2"]),
+        1,
+        "use a percentage",
+    );
+
+    let mut packs: Vec<_> = walk(&env.repo().join("data"))
+        .into_iter()
+        .filter(|p| p.is_file())
+        .collect();
+    packs.sort_by_key(|p| fs::metadata(p).unwrap().len());
+    let (tree_pack, data_pack) = (packs[0].clone(), packs[packs.len() - 1].clone());
+    let name = |p: &Path| p.file_name().unwrap().to_string_lossy().into_owned();
+
+    // A flipped byte inside a data blob: the structure is fine, the data is not.
+    let good = fs::read(&data_pack).unwrap();
+    let mut bad = good.clone();
+    bad[1000] ^= 1;
+    fs::write(&data_pack, &bad).unwrap();
+    env.ok(&["check"]);
+    let out = env.run(&["check", "--read-data"]);
+    assert_fails(&out, 1, "check found");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("pack {}", name(&data_pack))),
+        "{stdout}"
+    );
+    assert!(stdout.contains("data blob"), "{stdout}");
+    fs::write(&data_pack, &good).unwrap();
+
+    // A missing tree pack: named, and the snapshot's trees are reported unreadable.
+    let saved = fs::read(&tree_pack).unwrap();
+    fs::remove_file(&tree_pack).unwrap();
+    let out = env.run(&["check"]);
+    assert_fails(&out, 1, "check found");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("pack {}: missing", name(&tree_pack))),
+        "{stdout}"
+    );
+    assert!(stdout.contains("tree "), "{stdout}");
+    fs::write(&tree_pack, &saved).unwrap();
+
+    // A damaged index file is named, and the check goes on.
+    let index = walk(&env.repo().join("index"))
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap();
+    flip_byte(&index, 3);
+    let out = env.run(&["check"]);
+    assert_fails(&out, 1, "check found");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("index {}", name(&index))));
+}

@@ -76,6 +76,8 @@ enum Command {
     },
     /// Restore a snapshot (or `SNAPSHOT:PATH`, a part of it) into a directory.
     Restore(RestoreArgs),
+    /// Verify the repository: structure, and with --read-data the data itself.
+    Check(CheckArgs),
     /// Show repository statistics (sizes, deduplication).
     Stats {
         /// Snapshots to count (default: all).
@@ -192,6 +194,17 @@ struct RestoreArgs {
     /// Worker threads (default: number of CPUs).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// Also download every pack and verify every blob in it.
+    #[arg(long, conflicts_with = "read_data_subset")]
+    read_data: bool,
+    /// Read only part of the data: a percentage of packs chosen at random (`10%`)
+    /// or group n of m (`1/7`; running 1/7 … 7/7 reads every pack once).
+    #[arg(long, value_name = "PERCENT|N/M")]
+    read_data_subset: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -366,6 +379,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Restore(args) => cmd_restore(&cli, args),
+        Command::Check(args) => cmd_check(&cli, args),
         Command::Stats { snapshots } => {
             let repo = loaded(&cli)?;
             let ids = snapshots
@@ -728,4 +742,41 @@ fn cmd_key(cli: &Cli, command: &KeyCommand) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_check(cli: &Cli, args: &CheckArgs) -> Result<ExitCode> {
+    use cairn::check::{check, ReadData};
+    let read_data = match (&args.read_data_subset, args.read_data) {
+        (Some(s), _) => s.parse::<ReadData>()?,
+        (None, true) => ReadData::All,
+        (None, false) => ReadData::None,
+    };
+    let mut repo = open_repo(cli)?;
+    let report = check(&mut repo, read_data)?;
+    if cli.json {
+        print_json(&report)?;
+    } else {
+        for p in &report.problems {
+            println!("error: {}: {}", p.object, p.message);
+        }
+        println!(
+            "checked {} index files, {} pack headers, {} snapshots, {} trees; read {} packs ({} blobs)",
+            report.index_files, report.packs_checked, report.snapshots, report.trees, report.packs_read, report.blobs_read
+        );
+        if report.unreferenced_packs > 0 {
+            println!(
+                "{} packs are not referenced by any index (left by interrupted backups; not an error)",
+                report.unreferenced_packs
+            );
+        }
+        if report.problems.is_empty() {
+            println!("no errors were found");
+        }
+    }
+    if report.problems.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("cairn: check found {} problems", report.problems.len());
+        Ok(ExitCode::from(1))
+    }
 }

@@ -1,0 +1,317 @@
+//! `check`: verify a repository's structure and, optionally, its data.
+//!
+//! Structure: every index file opens; every indexed pack exists and its
+//! encrypted header lists exactly the blobs the index says it holds; every
+//! snapshot opens; every tree of every snapshot is readable (decrypted and
+//! hash-checked) and every blob a tree refers to is indexed. With read-data,
+//! selected packs are downloaded whole: the pack's name must match its hash and
+//! every blob in it must decrypt, decompress and match its keyed hash.
+//!
+//! Problems are collected per object, not returned as the first error, so one
+//! run reports everything that is wrong.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::Serialize;
+
+use crate::backend::FileKind;
+use crate::blob::{decode_blob, BlobType};
+use crate::error::{Error, Result};
+use crate::id::Id;
+use crate::index::{Index, IndexFile};
+use crate::pack;
+use crate::repository::Repository;
+use crate::snapshot::Snapshot;
+use crate::tree::NodeType;
+
+/// Which packs to read in full.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum ReadData {
+    /// Structure only.
+    #[default]
+    None,
+    /// Every pack.
+    All,
+    /// About this percentage of packs, chosen at random.
+    Percent(f64),
+    /// Group `n` of `m` (1-based), by pack ID: running 1/m … m/m reads every pack once.
+    Group(u32, u32),
+}
+
+impl std::str::FromStr for ReadData {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<ReadData> {
+        let bad = || {
+            Error::InvalidInput(format!(
+                "--read-data-subset {s:?}: use a percentage (10%) or a group (n/m)"
+            ))
+        };
+        if let Some(p) = s.strip_suffix('%') {
+            let p: f64 = p.trim().parse().map_err(|_| bad())?;
+            if !(0.0..=100.0).contains(&p) {
+                return Err(bad());
+            }
+            return Ok(ReadData::Percent(p));
+        }
+        let (n, m) = s.split_once('/').ok_or_else(bad)?;
+        let (n, m): (u32, u32) = (
+            n.trim().parse().map_err(|_| bad())?,
+            m.trim().parse().map_err(|_| bad())?,
+        );
+        if m == 0 || n == 0 || n > m {
+            return Err(bad());
+        }
+        Ok(ReadData::Group(n, m))
+    }
+}
+
+/// One thing found wrong.
+#[derive(Clone, Debug, Serialize)]
+pub struct Problem {
+    /// The object concerned (`pack <id>`, `index <id>`, `snapshot <id>`, `tree <id>`, ...).
+    pub object: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+/// Result of a check.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CheckReport {
+    /// Problems found (empty: the repository is sound).
+    pub problems: Vec<Problem>,
+    /// Packs not listed by any index (left by interrupted backups; not an error).
+    pub unreferenced_packs: u64,
+    /// Index files read.
+    pub index_files: u64,
+    /// Packs whose headers were checked.
+    pub packs_checked: u64,
+    /// Packs read in full.
+    pub packs_read: u64,
+    /// Blobs decoded and verified while reading packs.
+    pub blobs_read: u64,
+    /// Snapshots checked.
+    pub snapshots: u64,
+    /// Distinct trees read.
+    pub trees: u64,
+}
+
+impl CheckReport {
+    fn problem(&mut self, object: impl Into<String>, message: impl std::fmt::Display) {
+        self.problems.push(Problem {
+            object: object.into(),
+            message: message.to_string(),
+        });
+    }
+}
+
+/// Check the repository. Loads the index into `repo` (tolerating bad index files).
+///
+/// # Errors
+/// Only failures that stop the check itself (listing the repository); problems
+/// with individual objects are in the report.
+pub fn check(repo: &mut Repository, read_data: ReadData) -> Result<CheckReport> {
+    let mut report = CheckReport::default();
+
+    // 1. Index files.
+    let mut index = Index::new();
+    let mut expected: HashMap<Id, Vec<(BlobType, Id, u32, u32)>> = HashMap::new();
+    for f in repo.backend().list(FileKind::Index)? {
+        let Ok(id) = f.name.parse::<Id>() else {
+            continue;
+        };
+        report.index_files += 1;
+        match repo.load_json::<IndexFile>(FileKind::Index, &id) {
+            Ok(file) => {
+                for p in &file.packs {
+                    let list = expected.entry(p.id).or_default();
+                    list.extend(
+                        p.blobs
+                            .iter()
+                            .map(|b| (b.blob_type, b.id, b.offset, b.length)),
+                    );
+                }
+                index.add_file(&file);
+            }
+            Err(e) => report.problem(format!("index {id}"), e),
+        }
+    }
+    index.finish();
+    repo.set_index(index);
+
+    // 2. Packs: present, headers agree with the index.
+    let stored: BTreeMap<Id, u64> = repo
+        .backend()
+        .list(FileKind::Pack)?
+        .into_iter()
+        .filter_map(|f| f.name.parse::<Id>().ok().map(|id| (id, f.size)))
+        .collect();
+    report.unreferenced_packs = stored
+        .keys()
+        .filter(|id| !expected.contains_key(id))
+        .count() as u64;
+    for (pack_id, listed) in &expected {
+        let object = format!("pack {pack_id}");
+        let Some(&size) = stored.get(pack_id) else {
+            report.problem(object, "missing: listed in the index but not in storage");
+            continue;
+        };
+        report.packs_checked += 1;
+        match read_pack_header(repo, pack_id, size) {
+            Ok(header) => {
+                let mut a: Vec<_> = header
+                    .iter()
+                    .map(|b| (b.blob_type, b.id, b.offset, b.length))
+                    .collect();
+                let mut b = listed.clone();
+                a.sort();
+                a.dedup();
+                b.sort();
+                b.dedup();
+                if a != b {
+                    report.problem(object, "header does not match the index");
+                }
+            }
+            Err(e) => report.problem(object, e),
+        }
+    }
+
+    // 3. Snapshots and trees.
+    let mut seen_trees = HashSet::new();
+    let mut missing_data = HashSet::new();
+    for f in repo.backend().list(FileKind::Snapshot)? {
+        let Ok(id) = f.name.parse::<Id>() else {
+            continue;
+        };
+        report.snapshots += 1;
+        match repo.load_json::<Snapshot>(FileKind::Snapshot, &id) {
+            Ok(s) => check_tree(
+                repo,
+                &s.tree,
+                &format!("snapshot {}", id.short()),
+                &mut seen_trees,
+                &mut missing_data,
+                &mut report,
+            ),
+            Err(e) => report.problem(format!("snapshot {id}"), e),
+        }
+    }
+    report.trees = seen_trees.len() as u64;
+
+    // 4. Data.
+    let selected: Vec<(Id, u64)> = match read_data {
+        ReadData::None => Vec::new(),
+        ReadData::All => stored
+            .iter()
+            .filter(|(id, _)| expected.contains_key(id))
+            .map(|(i, s)| (*i, *s))
+            .collect(),
+        ReadData::Group(n, m) => stored
+            .iter()
+            .filter(|(id, _)| expected.contains_key(id))
+            .filter(|(id, _)| u32::from(id.0[0]) % m == n - 1)
+            .map(|(i, s)| (*i, *s))
+            .collect(),
+        ReadData::Percent(p) => stored
+            .iter()
+            .filter(|(id, _)| expected.contains_key(id))
+            .filter(|_| {
+                let mut r = [0u8; 4];
+                crate::crypto::fill_random(&mut r);
+                f64::from(u32::from_le_bytes(r)) / f64::from(u32::MAX) * 100.0 < p
+            })
+            .map(|(i, s)| (*i, *s))
+            .collect(),
+    };
+    for (pack_id, _) in selected {
+        report.packs_read += 1;
+        let object = format!("pack {pack_id}");
+        let bytes = match repo.backend().read(FileKind::Pack, &pack_id.to_hex()) {
+            Ok(b) => b,
+            Err(e) => {
+                report.problem(object, e);
+                continue;
+            }
+        };
+        if Id::of_stored(&bytes) != pack_id {
+            report.problem(
+                &object,
+                "content does not match its name (modified or truncated)",
+            );
+        }
+        let header = match pack::read_header(repo.key(), &pack_id, &bytes) {
+            Ok(h) => h,
+            Err(e) => {
+                report.problem(object, e);
+                continue;
+            }
+        };
+        for b in header {
+            let stored = &bytes[b.offset as usize..(b.offset + b.length) as usize];
+            report.blobs_read += 1;
+            if let Err(e) = decode_blob(repo.key(), b.blob_type, &b.id, stored, b.raw_length) {
+                report.problem(
+                    format!("{} blob {} in pack {pack_id}", b.blob_type, b.id),
+                    e,
+                );
+            }
+        }
+    }
+    Ok(report)
+}
+
+fn read_pack_header(repo: &Repository, id: &Id, size: u64) -> Result<Vec<pack::PackedBlob>> {
+    let name = id.to_hex();
+    if size < 4 {
+        return Err(Error::corrupt(
+            format!("pack {id}"),
+            "truncated: no header trailer",
+        ));
+    }
+    let trailer = repo
+        .backend()
+        .read_range(FileKind::Pack, &name, size - 4, 4)?;
+    let hlen = pack::header_len_from_trailer(id, size, &trailer)?;
+    let start = size - 4 - u64::from(hlen);
+    let sealed = repo
+        .backend()
+        .read_range(FileKind::Pack, &name, start, hlen)?;
+    pack::parse_header(repo.key(), id, &sealed, start)
+}
+
+fn check_tree(
+    repo: &Repository,
+    id: &Id,
+    context: &str,
+    seen: &mut HashSet<Id>,
+    missing: &mut HashSet<Id>,
+    report: &mut CheckReport,
+) {
+    if !seen.insert(*id) {
+        return;
+    }
+    let tree = match repo.load_tree(id) {
+        Ok(t) => t,
+        Err(e) => {
+            report.problem(format!("tree {id} ({context})"), e);
+            return;
+        }
+    };
+    for node in &tree.nodes {
+        if node.node_type == NodeType::File {
+            for b in &node.content {
+                if !repo.index().contains(BlobType::Data, b) && missing.insert(*b) {
+                    report.problem(
+                        format!("data blob {b}"),
+                        format!(
+                            "referenced by {} in tree {id} ({context}) but not in the index",
+                            node.name.display()
+                        ),
+                    );
+                }
+            }
+        }
+        if let Some(sub) = node.subtree {
+            check_tree(repo, &sub, context, seen, missing, report);
+        }
+    }
+}
