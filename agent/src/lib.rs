@@ -13,6 +13,7 @@ pub mod constants;
 pub mod crypto;
 pub mod diff;
 pub mod error;
+pub mod forget;
 pub mod id;
 pub mod index;
 pub mod ls;

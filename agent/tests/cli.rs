@@ -765,3 +765,64 @@ fn check_verifies_structure_and_data_and_names_damaged_objects() {
     assert_fails(&out, 1, "check found");
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("index {}", name(&index))));
 }
+
+#[test]
+fn forget_applies_a_retention_policy_and_explains_it() {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    env.ok(&["init"]);
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        fs::write(src.join("f"), format!("version {i}")).unwrap();
+        let tag = if i == 0 { "release" } else { "nightly" };
+        ids.push(
+            env.json(&["backup", "--tag", tag, src.to_str().unwrap()])["snapshot_id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert_fails(&env.run(&["forget"]), 1, "no retention policy given");
+    let dry = env.json(&[
+        "forget",
+        "--keep-last",
+        "1",
+        "--keep-tag",
+        "release",
+        "--dry-run",
+    ]);
+    assert_eq!(dry["removed"], 2);
+    assert_eq!(
+        env.json(&["snapshots"]).as_array().unwrap().len(),
+        4,
+        "dry run removed something"
+    );
+    let decisions = &dry["groups"][0]["decisions"];
+    assert_eq!(decisions[0]["id"], ids[3].as_str());
+    assert_eq!(decisions[0]["reasons"][0], "last snapshot #1");
+    assert_eq!(decisions[3]["reasons"][0], "has tag release");
+
+    let out = env.ok(&["forget", "--keep-last", "1", "--keep-tag", "release"]);
+    assert!(out.contains("removed 2 snapshots"), "{out}");
+    let left: Vec<String> = env
+        .json(&["snapshots"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(left, vec![ids[0].clone(), ids[3].clone()]);
+    // what is left still restores and checks clean
+    env.ok(&[
+        "restore",
+        &ids[0][..8],
+        "--target",
+        env.path("out").to_str().unwrap(),
+    ]);
+    assert_eq!(
+        fs::read(restored_path(&env, "out", &src).join("f")).unwrap(),
+        b"version 0"
+    );
+    env.ok(&["check", "--read-data"]);
+}

@@ -76,6 +76,9 @@ enum Command {
     },
     /// Restore a snapshot (or `SNAPSHOT:PATH`, a part of it) into a directory.
     Restore(RestoreArgs),
+    /// Remove snapshots according to a retention policy (the data they alone
+    /// reference stays until prune).
+    Forget(ForgetArgs),
     /// Verify the repository: structure, and with --read-data the data itself.
     Check(CheckArgs),
     /// Show repository statistics (sizes, deduplication).
@@ -194,6 +197,40 @@ struct RestoreArgs {
     /// Worker threads (default: number of CPUs).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+}
+
+#[derive(Args)]
+struct ForgetArgs {
+    /// Keep the newest N snapshots.
+    #[arg(long, default_value_t = 0)]
+    keep_last: u32,
+    /// Keep the newest snapshot of each of the last N hours that have snapshots.
+    #[arg(long, default_value_t = 0)]
+    keep_hourly: u32,
+    /// ... of each of the last N days.
+    #[arg(long, default_value_t = 0)]
+    keep_daily: u32,
+    /// ... of each of the last N ISO weeks.
+    #[arg(long, default_value_t = 0)]
+    keep_weekly: u32,
+    /// ... of each of the last N months.
+    #[arg(long, default_value_t = 0)]
+    keep_monthly: u32,
+    /// ... of each of the last N years.
+    #[arg(long, default_value_t = 0)]
+    keep_yearly: u32,
+    /// Keep snapshots within this duration of the group's newest one (e.g. 7d, 1y6m, 12h).
+    #[arg(long, value_name = "DURATION")]
+    keep_within: Option<String>,
+    /// Keep snapshots with this tag (repeatable).
+    #[arg(long = "keep-tag")]
+    keep_tags: Vec<String>,
+    /// Group snapshots by these keys before applying the policy.
+    #[arg(long, default_value = "host,paths")]
+    group_by: String,
+    /// Only show what would be removed.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Args)]
@@ -380,6 +417,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Restore(args) => cmd_restore(&cli, args),
         Command::Check(args) => cmd_check(&cli, args),
+        Command::Forget(args) => cmd_forget(&cli, args),
         Command::Stats { snapshots } => {
             let repo = loaded(&cli)?;
             let ids = snapshots
@@ -779,4 +817,79 @@ fn cmd_check(cli: &Cli, args: &CheckArgs) -> Result<ExitCode> {
         eprintln!("cairn: check found {} problems", report.problems.len());
         Ok(ExitCode::from(1))
     }
+}
+
+fn cmd_forget(cli: &Cli, args: &ForgetArgs) -> Result<ExitCode> {
+    use cairn::forget::{plan, GroupBy, RetentionPolicy};
+    let policy = RetentionPolicy {
+        last: args.keep_last,
+        hourly: args.keep_hourly,
+        daily: args.keep_daily,
+        weekly: args.keep_weekly,
+        monthly: args.keep_monthly,
+        yearly: args.keep_yearly,
+        within: args.keep_within.as_deref().map(str::parse).transpose()?,
+        tags: args.keep_tags.clone(),
+    };
+    let group_by: GroupBy = args.group_by.parse()?;
+    let repo = open_repo(cli)?;
+    let groups = plan(&repo.snapshots()?, &policy, group_by)?;
+    let mut removed = 0;
+    for g in &groups {
+        for d in g.decisions.iter().filter(|d| !d.keep) {
+            if !args.dry_run {
+                repo.backend().remove(FileKind::Snapshot, &d.id.to_hex())?;
+            }
+            removed += 1;
+        }
+    }
+    if cli.json {
+        print_json(&json!({"dry_run": args.dry_run, "removed": removed, "groups": groups}))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for g in &groups {
+        let mut label = Vec::new();
+        if let Some(h) = &g.host {
+            label.push(format!("host {h}"));
+        }
+        if let Some(p) = &g.paths {
+            label.push(format!("paths {}", p.join(" ")));
+        }
+        if let Some(t) = &g.tags {
+            label.push(format!("tags [{}]", t.join(",")));
+        }
+        println!(
+            "snapshots of {}:",
+            if label.is_empty() {
+                "all".to_string()
+            } else {
+                label.join(", ")
+            }
+        );
+        for d in &g.decisions {
+            println!(
+                "  {}  {}  {:<6}  {}",
+                d.id.short(),
+                d.time.format("%Y-%m-%d %H:%M:%S"),
+                if d.keep {
+                    "keep"
+                } else if args.dry_run {
+                    "would remove"
+                } else {
+                    "remove"
+                },
+                d.reasons.join(", ")
+            );
+        }
+    }
+    println!(
+        "{} {} snapshots (the data only they referenced stays in the repository: prune is not built yet)",
+        if args.dry_run {
+            "would remove"
+        } else {
+            "removed"
+        },
+        removed
+    );
+    Ok(ExitCode::SUCCESS)
 }
