@@ -332,7 +332,13 @@ mod tests {
         let six_hourly = timeline((2026, 1, 1, 0), 6, 120);
         // one snapshot a day for 400 days from 2025-01-01 (crosses weeks, months, a year).
         let daily = timeline((2025, 1, 1, 12), 24, 400);
-        let cases: Vec<(&str, &Vec<(Id, Snapshot)>, RetentionPolicy, Vec<usize>)> = vec![
+        type Case<'a> = (
+            &'a str,
+            &'a Vec<(Id, Snapshot)>,
+            RetentionPolicy,
+            Vec<usize>,
+        );
+        let cases: Vec<Case> = vec![
             (
                 "last 3",
                 &six_hourly,
