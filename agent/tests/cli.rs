@@ -211,6 +211,19 @@ fn insertion_in_a_large_file_adds_only_nearby_chunks() {
     );
 }
 
+/// Replace `src` by a copy with the same paths, sizes and mtimes but new inodes
+/// and ctimes, as a volume cloned from a CSI snapshot looks (the original moves to `old`).
+fn clone_volume(src: &Path, old: &Path) {
+    fs::rename(src, old).unwrap();
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(old)
+        .arg(src)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
 #[test]
 fn ignore_inode_mode_trusts_size_and_mtime_for_cloned_volumes() {
     let env = Env::new();
@@ -221,25 +234,11 @@ fn ignore_inode_mode_trusts_size_and_mtime_for_cloned_volumes() {
     env.ok(&["backup", src.to_str().unwrap()]);
     // Simulate a volume cloned from a CSI snapshot: same paths, sizes and
     // mtimes, but new inodes and ctimes everywhere.
-    fs::rename(&src, env.path("old")).unwrap();
-    let st = Command::new("cp")
-        .args(["-a"])
-        .arg(env.path("old"))
-        .arg(&src)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    clone_volume(&src, &env.path("old"));
     let strict = env.json(&["backup", "--host", "h1", src.to_str().unwrap()]);
     assert!(strict["summary"]["bytes_read"].as_u64().unwrap() > 0);
     let base = env.json(&["backup", "--host", "h2", src.to_str().unwrap()]);
-    fs::rename(&src, env.path("old2")).unwrap();
-    let st = Command::new("cp")
-        .args(["-a"])
-        .arg(env.path("old2"))
-        .arg(&src)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    clone_volume(&src, &env.path("old2"));
     let relaxed = env.json(&[
         "backup",
         "--host",
