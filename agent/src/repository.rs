@@ -125,6 +125,17 @@ fn decode_metadata(key: &MasterKey, domain: &[u8], stored: &[u8], object: &str) 
     }
 }
 
+/// Name the pack in a blob's corruption error, so the user knows which object is damaged.
+fn in_pack(e: Error, pack: &Id) -> Error {
+    match e {
+        Error::Corrupt { object, reason } => Error::Corrupt {
+            object: format!("{object} in pack {pack}"),
+            reason,
+        },
+        other => other,
+    }
+}
+
 /// Host name of this machine.
 pub fn hostname() -> String {
     let mut buf = [0u8; 256];
@@ -516,13 +527,7 @@ impl Repository {
             u64::from(loc.offset),
             loc.length,
         )?;
-        decode_blob(&self.key, t, id, &stored, loc.raw_length).map_err(|e| match e {
-            Error::Corrupt { object, reason } => Error::Corrupt {
-                object: format!("{object} in pack {}", loc.pack),
-                reason,
-            },
-            other => other,
-        })
+        decode_blob(&self.key, t, id, &stored, loc.raw_length).map_err(|e| in_pack(e, &loc.pack))
     }
 
     /// Read data blobs in order, calling `f` with each plaintext. Blobs that lie
@@ -571,13 +576,7 @@ impl Repository {
                 let at = (u64::from(loc.offset) - start) as usize;
                 let stored = &run[at..at + loc.length as usize];
                 let data = decode_blob(&self.key, BlobType::Data, id, stored, loc.raw_length)
-                    .map_err(|e| match e {
-                        Error::Corrupt { object, reason } => Error::Corrupt {
-                            object: format!("{object} in pack {}", loc.pack),
-                            reason,
-                        },
-                        other => other,
-                    })?;
+                    .map_err(|e| in_pack(e, &loc.pack))?;
                 f(data)?;
             }
             i = j;
