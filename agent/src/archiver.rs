@@ -28,7 +28,7 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use crate::backend::FileKind;
 use crate::blob::{encode_blob, BlobType};
-use crate::constants::INDEX_FLUSH_BLOBS;
+use crate::constants::{INDEX_FLUSH_BLOBS, INDEX_FLUSH_INTERVAL};
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::index::IndexFile;
@@ -178,12 +178,13 @@ struct Shared<'r> {
     source_errors: Mutex<Vec<SourceError>>,
     new_index: Mutex<IndexFile>,
     index_files: Mutex<Vec<Id>>,
+    last_index_flush: Mutex<Instant>,
 }
 
 impl Shared<'_> {
     /// Whether the blob must be stored (not in the repository, not queued yet).
     fn claim(&self, t: BlobType, id: Id) -> bool {
-        if self.repo.index().contains(t, &id) {
+        if self.repo.index().contains_live(t, &id) {
             return false;
         }
         self.pending
@@ -225,9 +226,16 @@ impl Shared<'_> {
                 .new_index
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            if idx.packs.is_empty() || (!force && idx.blob_count() < INDEX_FLUSH_BLOBS) {
+            let mut last = self
+                .last_index_flush
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let due =
+                idx.blob_count() >= INDEX_FLUSH_BLOBS || last.elapsed() >= INDEX_FLUSH_INTERVAL;
+            if idx.packs.is_empty() || !(force || due) {
                 return Ok(());
             }
+            *last = Instant::now();
             std::mem::take(&mut *idx)
         };
         let id = self.repo.save_json(FileKind::Index, &file)?;
@@ -450,7 +458,7 @@ impl Walker<'_, '_> {
                     if old
                         .content
                         .iter()
-                        .all(|id| index.contains(BlobType::Data, id))
+                        .all(|id| index.contains_live(BlobType::Data, id))
                     {
                         node.content = old.content.clone();
                         return self.send(Event::File {
@@ -815,6 +823,7 @@ pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupResult> {
         source_errors: Mutex::new(Vec::new()),
         new_index: Mutex::new(IndexFile::default()),
         index_files: Mutex::new(Vec::new()),
+        last_index_flush: Mutex::new(Instant::now()),
     };
     let excludes = Excludes::new(&opts.excludes)?;
     let chunker = repo.chunker();

@@ -81,6 +81,8 @@ pub struct CheckReport {
     pub problems: Vec<Problem>,
     /// Packs not listed by any index (left by interrupted backups; not an error).
     pub unreferenced_packs: u64,
+    /// Packs prune has marked for deletion (not an error).
+    pub marked_packs: u64,
     /// Index files read.
     pub index_files: u64,
     /// Packs whose headers were checked.
@@ -111,28 +113,51 @@ impl CheckReport {
 /// with individual objects are in the report.
 pub fn check(repo: &mut Repository, read_data: ReadData) -> Result<CheckReport> {
     let mut report = CheckReport::default();
+    // Snapshots are listed first: a backup writes its index before its
+    // snapshot, so a backup finishing during the check is not mistaken for
+    // one that refers to unindexed data.
+    let snapshot_files = repo.backend().list(FileKind::Snapshot)?;
 
     // 1. Index files.
     let mut index = Index::new();
     let mut expected: HashMap<Id, Vec<(BlobType, Id, u32, u32)>> = HashMap::new();
-    for f in repo.backend().list(FileKind::Index)? {
-        let Ok(id) = f.name.parse::<Id>() else {
-            continue;
-        };
-        report.index_files += 1;
-        match repo.load_json::<IndexFile>(FileKind::Index, &id) {
-            Ok(file) => {
-                for p in &file.packs {
-                    let list = expected.entry(p.id).or_default();
-                    list.extend(
-                        p.blobs
-                            .iter()
-                            .map(|b| (b.blob_type, b.id, b.offset, b.length)),
-                    );
-                }
-                index.add_file(&file);
+    // A concurrent prune replaces index files (new ones first): list again when
+    // one vanishes.
+    let mut seen = HashSet::new();
+    let mut relist = true;
+    let mut rounds = 0;
+    while relist && rounds < 5 {
+        relist = false;
+        rounds += 1;
+        for f in repo.backend().list(FileKind::Index)? {
+            let Ok(id) = f.name.parse::<Id>() else {
+                continue;
+            };
+            if !seen.insert(id) {
+                continue;
             }
-            Err(e) => report.problem(format!("index {id}"), e),
+            match repo.load_json::<IndexFile>(FileKind::Index, &id) {
+                Err(Error::NotFound(_)) => {
+                    relist = true;
+                    continue;
+                }
+                Ok(file) => {
+                    report.index_files += 1;
+                    for p in &file.packs {
+                        let list = expected.entry(p.id).or_default();
+                        list.extend(
+                            p.blobs
+                                .iter()
+                                .map(|b| (b.blob_type, b.id, b.offset, b.length)),
+                        );
+                    }
+                    index.add_file(&file);
+                }
+                Err(e) => {
+                    report.index_files += 1;
+                    report.problem(format!("index {id}"), e);
+                }
+            }
         }
     }
     index.finish();
@@ -149,12 +174,19 @@ pub fn check(repo: &mut Repository, read_data: ReadData) -> Result<CheckReport> 
         .keys()
         .filter(|id| !expected.contains_key(id))
         .count() as u64;
+    report.marked_packs = expected.keys().filter(|p| !repo.index().is_live(p)).count() as u64;
     for (pack_id, listed) in &expected {
         let object = format!("pack {pack_id}");
         let Some(&size) = stored.get(pack_id) else {
-            report.problem(object, "missing: listed in the index but not in storage");
+            // A marked pack may be gone: prune deletes it after its grace period.
+            if repo.index().is_live(pack_id) {
+                report.problem(object, "missing: listed in the index but not in storage");
+            }
             continue;
         };
+        if listed.is_empty() && !repo.index().is_live(pack_id) {
+            continue; // marked by prune while in no index: its contents were never listed
+        }
         report.packs_checked += 1;
         match read_pack_header(repo, pack_id, size) {
             Ok(header) => {
@@ -178,7 +210,7 @@ pub fn check(repo: &mut Repository, read_data: ReadData) -> Result<CheckReport> 
     // 3. Snapshots and trees.
     let mut seen_trees = HashSet::new();
     let mut missing_data = HashSet::new();
-    for f in repo.backend().list(FileKind::Snapshot)? {
+    for f in snapshot_files {
         let Ok(id) = f.name.parse::<Id>() else {
             continue;
         };
@@ -186,12 +218,15 @@ pub fn check(repo: &mut Repository, read_data: ReadData) -> Result<CheckReport> 
         match repo.load_json::<Snapshot>(FileKind::Snapshot, &id) {
             Ok(s) => check_tree(
                 repo,
+                &stored,
                 &s.tree,
                 &format!("snapshot {}", id.short()),
                 &mut seen_trees,
                 &mut missing_data,
                 &mut report,
             ),
+            // Removed by a concurrent forget after the listing.
+            Err(Error::NotFound(_)) => report.snapshots -= 1,
             Err(e) => report.problem(format!("snapshot {id}"), e),
         }
     }
@@ -280,6 +315,7 @@ fn read_pack_header(repo: &Repository, id: &Id, size: u64) -> Result<Vec<pack::P
 
 fn check_tree(
     repo: &Repository,
+    stored: &BTreeMap<Id, u64>,
     id: &Id,
     context: &str,
     seen: &mut HashSet<Id>,
@@ -299,11 +335,18 @@ fn check_tree(
     for node in &tree.nodes {
         if node.node_type == NodeType::File {
             for b in &node.content {
-                if !repo.index().contains(BlobType::Data, b) && missing.insert(*b) {
+                let problem = match repo.index().lookup(BlobType::Data, b) {
+                    None => "not in the index",
+                    Some(loc) if !stored.contains_key(&loc.pack) => {
+                        "in a pack that is missing from storage"
+                    }
+                    Some(_) => continue,
+                };
+                if missing.insert(*b) {
                     report.problem(
                         format!("data blob {b}"),
                         format!(
-                            "referenced by {} in tree {id} ({context}) but not in the index",
+                            "referenced by {} in tree {id} ({context}) but {problem}",
                             node.name.display()
                         ),
                     );
@@ -311,7 +354,7 @@ fn check_tree(
             }
         }
         if let Some(sub) = node.subtree {
-            check_tree(repo, &sub, context, seen, missing, report);
+            check_tree(repo, stored, &sub, context, seen, missing, report);
         }
     }
 }

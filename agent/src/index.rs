@@ -1,9 +1,15 @@
 //! The index: where each blob lives (pack, offset, length). On storage, index
 //! files list packs and their blobs; in memory, one sorted array of 48-byte
 //! entries answers lookups by binary search.
+//!
+//! A pack is either *live* or *marked* for deletion by `prune` (with the time
+//! of marking). Backups deduplicate only against live packs; reads (restore,
+//! check, trees) use any copy, live first. When index files disagree, live
+//! wins: a pack listed live by any file is live (see `docs/FORMAT.md`, prune).
 
 use std::collections::HashMap;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::blob::BlobType;
@@ -33,6 +39,9 @@ pub struct IndexPack {
     pub id: Id,
     /// Blobs in the pack.
     pub blobs: Vec<IndexBlob>,
+    /// Set when `prune` marked the pack for deletion: the time of marking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub marked: Option<DateTime<Utc>>,
 }
 
 /// Contents of an index file.
@@ -57,6 +66,7 @@ impl IndexFile {
                     raw_length: b.raw_length,
                 })
                 .collect(),
+            marked: None,
         });
     }
 
@@ -110,6 +120,8 @@ impl Entry {
 pub struct Index {
     packs: Vec<Id>,
     pack_numbers: HashMap<Id, u32>,
+    /// Per pack: listed live by some index file.
+    live: Vec<bool>,
     entries: Vec<Entry>,
     sorted: bool,
 }
@@ -127,6 +139,9 @@ impl Index {
     pub fn add_file(&mut self, file: &IndexFile) {
         for p in &file.packs {
             let n = self.pack_number(p.id);
+            if p.marked.is_none() {
+                self.live[n as usize] = true;
+            }
             for b in &p.blobs {
                 self.push(n, b.id, b.blob_type, b.offset, b.length, b.raw_length);
             }
@@ -136,6 +151,7 @@ impl Index {
     /// Add the blobs of one pack. Call [`Index::finish`] before lookups.
     pub fn add_pack(&mut self, pack: Id, blobs: &[PackedBlob]) {
         let n = self.pack_number(pack);
+        self.live[n as usize] = true;
         for b in blobs {
             self.push(n, b.id, b.blob_type, b.offset, b.length, b.raw_length);
         }
@@ -145,6 +161,7 @@ impl Index {
         let next = self.packs.len() as u32;
         *self.pack_numbers.entry(pack).or_insert_with(|| {
             self.packs.push(pack);
+            self.live.push(false);
             next
         })
     }
@@ -161,10 +178,15 @@ impl Index {
         self.sorted = false;
     }
 
-    /// Sort for lookups, dropping duplicate copies of a blob (kept: the first pack added).
+    /// Sort for lookups, dropping duplicate copies of a blob (kept: a copy in a
+    /// live pack if there is one, else the first pack added).
     pub fn finish(&mut self) {
         if !self.sorted {
-            self.entries.sort_by_key(|e| e.key());
+            let live = &self.live;
+            self.entries.sort_by_key(|e| {
+                let n = (e.pack_and_type & !TREE_BIT) as usize;
+                (e.key(), !live[n])
+            });
             self.entries.dedup_by_key(|e| e.key());
             self.entries.shrink_to_fit();
             self.sorted = true;
@@ -189,9 +211,24 @@ impl Index {
         })
     }
 
-    /// Whether the blob is indexed.
+    /// Whether the blob is indexed (in any pack, live or marked): it can be read.
     pub fn contains(&self, t: BlobType, id: &Id) -> bool {
         self.find(t, id).is_some()
+    }
+
+    /// Whether the blob is in a live pack: a new snapshot may refer to it
+    /// without storing it again. Backups deduplicate with this, never with
+    /// [`Index::contains`], so they cannot revive data prune has marked.
+    pub fn contains_live(&self, t: BlobType, id: &Id) -> bool {
+        self.find(t, id)
+            .is_some_and(|e| self.live[(e.pack_and_type & !TREE_BIT) as usize])
+    }
+
+    /// Whether a pack is listed live by some index file.
+    pub fn is_live(&self, pack: &Id) -> bool {
+        self.pack_numbers
+            .get(pack)
+            .is_some_and(|&n| self.live[n as usize])
     }
 
     /// Number of distinct blobs.

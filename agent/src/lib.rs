@@ -18,6 +18,7 @@ pub mod id;
 pub mod index;
 pub mod ls;
 pub mod pack;
+pub mod prune;
 pub mod repository;
 pub mod restore;
 pub mod snapshot;

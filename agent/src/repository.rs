@@ -449,7 +449,12 @@ impl Repository {
             let id: Id = f.name.parse().map_err(|_| {
                 Error::corrupt(format!("snapshot {}", f.name), "file name is not an ID")
             })?;
-            out.push((id, self.load_json::<Snapshot>(FileKind::Snapshot, &id)?));
+            match self.load_json::<Snapshot>(FileKind::Snapshot, &id) {
+                Ok(s) => out.push((id, s)),
+                // Removed by a concurrent forget between listing and reading.
+                Err(Error::NotFound(_)) => continue,
+                Err(e) => return Err(e),
+            }
         }
         out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
         Ok(out)
@@ -480,12 +485,38 @@ impl Repository {
             return Ok(());
         }
         let mut index = Index::new();
-        for f in self.backend.list(FileKind::Index)? {
-            let id: Id = f.name.parse().map_err(|_| {
-                Error::corrupt(format!("index {}", f.name), "file name is not an ID")
-            })?;
-            let file: IndexFile = self.load_json(FileKind::Index, &id)?;
-            index.add_file(&file);
+        let mut loaded = BTreeSet::new();
+        // A concurrent prune replaces index files: it writes the new ones, then
+        // deletes the old. A file that vanishes between listing and reading
+        // means a replacement exists, so list again (index files only add up).
+        for attempt in 1.. {
+            let mut vanished = None;
+            for f in self.backend.list(FileKind::Index)? {
+                if loaded.contains(&f.name) {
+                    continue;
+                }
+                let id: Id = f.name.parse().map_err(|_| {
+                    Error::corrupt(format!("index {}", f.name), "file name is not an ID")
+                })?;
+                match self.load_json::<IndexFile>(FileKind::Index, &id) {
+                    Ok(file) => index.add_file(&file),
+                    Err(Error::NotFound(what)) => {
+                        vanished = Some(what);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+                loaded.insert(f.name);
+            }
+            match vanished {
+                None => break,
+                Some(what) if attempt >= 5 => {
+                    return Err(Error::NotFound(format!(
+                        "{what} (index files keep changing while being read; is a prune running in a loop?)"
+                    )))
+                }
+                Some(what) => tracing::debug!("{what} vanished while loading the index; listing again"),
+            }
         }
         index.finish();
         self.index = index;

@@ -77,8 +77,11 @@ enum Command {
     /// Restore a snapshot (or `SNAPSHOT:PATH`, a part of it) into a directory.
     Restore(RestoreArgs),
     /// Remove snapshots according to a retention policy (the data they alone
-    /// reference stays until prune).
+    /// reference stays until prune, or use --prune).
     Forget(ForgetArgs),
+    /// Remove data no snapshot references and repack partly used packs.
+    /// Lock-free: safe while backups run (see --grace).
+    Prune(PruneArgs),
     /// Verify the repository: structure, and with --read-data the data itself.
     Check(CheckArgs),
     /// Show repository statistics (sizes, deduplication).
@@ -231,6 +234,61 @@ struct ForgetArgs {
     /// Only show what would be removed.
     #[arg(long)]
     dry_run: bool,
+    /// Run prune after removing snapshots.
+    #[arg(long)]
+    prune: bool,
+    #[command(flatten)]
+    prune_opts: PruneOpts,
+}
+
+#[derive(Args)]
+struct PruneOpts {
+    /// Unused space to tolerate in kept packs, as a percentage of the used
+    /// space; partly used packs are repacked until this holds (`unlimited`:
+    /// never repack).
+    #[arg(long, value_name = "PERCENT", default_value = "5%")]
+    max_unused: String,
+    /// Delete a pack only this long after it was marked unused (e.g. 24h, 90m,
+    /// 2d). Must exceed the longest backup; 0 deletes at once and is safe only
+    /// while no backup runs.
+    #[arg(long, value_name = "DURATION", default_value = "24h")]
+    grace: String,
+}
+
+impl PruneOpts {
+    fn options(&self, dry_run: bool) -> Result<cairn::prune::PruneOptions> {
+        let m = self.max_unused.trim();
+        let max_unused_percent = if m == "unlimited" {
+            100.0
+        } else {
+            let v: f64 = m
+                .strip_suffix('%')
+                .unwrap_or(m)
+                .trim()
+                .parse()
+                .map_err(|_| {
+                    anyhow!("--max-unused {m:?}: use a percentage such as 5% or `unlimited`")
+                })?;
+            if !(0.0..=100.0).contains(&v) {
+                bail!("--max-unused {m:?}: must be between 0% and 100%");
+            }
+            v
+        };
+        Ok(cairn::prune::PruneOptions {
+            max_unused_percent,
+            grace: cairn::prune::parse_duration(&self.grace)?,
+            dry_run,
+        })
+    }
+}
+
+#[derive(Args)]
+struct PruneArgs {
+    /// Only show what would be done.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    opts: PruneOpts,
 }
 
 #[derive(Args)]
@@ -418,6 +476,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Restore(args) => cmd_restore(&cli, args),
         Command::Check(args) => cmd_check(&cli, args),
         Command::Forget(args) => cmd_forget(&cli, args),
+        Command::Prune(args) => {
+            let opts = args.opts.options(args.dry_run)?;
+            let mut repo = open_repo(&cli)?;
+            run_prune(&cli, &mut repo, &opts)
+        }
         Command::Stats { snapshots } => {
             let repo = loaded(&cli)?;
             let ids = snapshots
@@ -832,7 +895,8 @@ fn cmd_forget(cli: &Cli, args: &ForgetArgs) -> Result<ExitCode> {
         tags: args.keep_tags.clone(),
     };
     let group_by: GroupBy = args.group_by.parse()?;
-    let repo = open_repo(cli)?;
+    let prune_opts = args.prune_opts.options(args.dry_run)?;
+    let mut repo = open_repo(cli)?;
     let groups = plan(&repo.snapshots()?, &policy, group_by)?;
     let mut removed = 0;
     for g in &groups {
@@ -844,7 +908,14 @@ fn cmd_forget(cli: &Cli, args: &ForgetArgs) -> Result<ExitCode> {
         }
     }
     if cli.json {
-        print_json(&json!({"dry_run": args.dry_run, "removed": removed, "groups": groups}))?;
+        let pruned = if args.prune {
+            Some(cairn::prune::prune(&mut repo, &prune_opts)?)
+        } else {
+            None
+        };
+        print_json(
+            &json!({"dry_run": args.dry_run, "removed": removed, "groups": groups, "prune": pruned}),
+        )?;
         return Ok(ExitCode::SUCCESS);
     }
     for g in &groups {
@@ -883,7 +954,7 @@ fn cmd_forget(cli: &Cli, args: &ForgetArgs) -> Result<ExitCode> {
         }
     }
     println!(
-        "{} {} snapshots (the data only they referenced stays in the repository: prune is not built yet)",
+        "{} {} snapshots",
         if args.dry_run {
             "would remove"
         } else {
@@ -891,5 +962,76 @@ fn cmd_forget(cli: &Cli, args: &ForgetArgs) -> Result<ExitCode> {
         },
         removed
     );
+    if args.prune {
+        return run_prune(cli, &mut repo, &prune_opts);
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+fn run_prune(
+    cli: &Cli,
+    repo: &mut Repository,
+    opts: &cairn::prune::PruneOptions,
+) -> Result<ExitCode> {
+    let r = cairn::prune::prune(repo, opts)?;
+    if cli.json {
+        print_json(&r)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let would = |done: &'static str, planned: &'static str| if r.dry_run { planned } else { done };
+    println!(
+        "{} snapshots need {} blobs ({}); storage holds {} packs ({})",
+        r.snapshots,
+        r.used_blobs,
+        human_bytes(r.used_bytes),
+        r.packs,
+        human_bytes(r.pack_bytes)
+    );
+    println!(
+        "{} {} packs; {} {} packs into {} new packs ({})",
+        would("kept", "would keep"),
+        r.packs_kept,
+        would("repacked", "would repack"),
+        r.packs_repacked,
+        r.packs_written,
+        human_bytes(r.bytes_written)
+    );
+    println!(
+        "{} {} unused packs for deletion ({} of them in no index){}",
+        would("marked", "would mark"),
+        r.packs_marked,
+        r.unindexed_packs_marked,
+        if r.packs_recovered > 0 {
+            format!(
+                "; {} marked packs are needed again and stay",
+                r.packs_recovered
+            )
+        } else {
+            String::new()
+        }
+    );
+    println!(
+        "{} {} packs ({}) marked at least {} ago; {} packs ({}) wait for their grace period",
+        would("deleted", "would delete"),
+        r.packs_deleted,
+        human_bytes(r.bytes_deleted),
+        humantime_secs(r.grace_seconds),
+        r.packs_waiting,
+        human_bytes(r.bytes_waiting)
+    );
+    println!(
+        "unused space left in kept packs: {}",
+        human_bytes(r.unused_bytes_kept)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn humantime_secs(s: u64) -> String {
+    match s {
+        0 => "0s".into(),
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
 }

@@ -58,6 +58,10 @@ impl Env {
             .env("CAIRN_PASSWORD", PASSWORD)
             .env_remove("CAIRN_PASSWORD_FILE")
             .env_remove("CAIRN_LOG");
+        // CAIRN_TEST_LOG=info makes every cairn the tests run log at that level.
+        if let Ok(level) = std::env::var("CAIRN_TEST_LOG") {
+            c.env("CAIRN_LOG", level);
+        }
         for (k, v) in &self.vars {
             c.env(k, v);
         }

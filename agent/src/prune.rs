@@ -1,0 +1,628 @@
+//! `prune`: remove data no snapshot references, without a lock.
+//!
+//! Deletion is two-phase (full argument in `docs/FORMAT.md`, "Prune"):
+//!
+//! 1. A pack no snapshot needs is *marked*: the new index lists it with the
+//!    time of marking. Backups deduplicate only against live packs, so from
+//!    then on no new snapshot can come to depend on it; snapshots of backups
+//!    that were already running may still refer to it.
+//! 2. A later prune deletes a marked pack once the *grace period* has passed
+//!    since marking and, reading the snapshots again, still finds no snapshot
+//!    that needs it. A marked pack that a snapshot does need is made live
+//!    again (recovered).
+//!
+//! Safety rests on one assumption: no backup runs longer than the grace
+//! period (default 24 h). Packs that are in no index at all (left by a crashed
+//! backup, or being written by a running one) are marked the same way and
+//! deleted only if still unindexed a grace period later.
+//!
+//! Partly used packs are repacked: the blobs still needed are copied, still
+//! encrypted, into new packs (each verified on the way), and the old pack is
+//! marked. `--max-unused` bounds the unused space left behind.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::backend::FileKind;
+use crate::blob::{decode_blob, BlobType};
+use crate::constants::INDEX_FLUSH_BLOBS;
+use crate::error::{Error, Result};
+use crate::id::Id;
+use crate::index::{Index, IndexBlob, IndexFile, IndexPack};
+use crate::pack::{FinishedPack, PackWriter};
+use crate::repository::Repository;
+use crate::snapshot::Snapshot;
+
+/// Default grace period between marking a pack and deleting it.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3600);
+
+/// Default `--max-unused`: percentage of unused space tolerated in kept packs.
+pub const DEFAULT_MAX_UNUSED: f64 = 5.0;
+
+/// Prune settings.
+#[derive(Clone, Debug)]
+pub struct PruneOptions {
+    /// Unused bytes left in kept packs, as a percentage of the used bytes;
+    /// partly used packs are repacked until this holds (100 or more: repack nothing).
+    pub max_unused_percent: f64,
+    /// Time between marking a pack and deleting it. Zero deletes at once,
+    /// which is safe only when no backup is running.
+    pub grace: Duration,
+    /// Only compute and report.
+    pub dry_run: bool,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        PruneOptions {
+            max_unused_percent: DEFAULT_MAX_UNUSED,
+            grace: DEFAULT_GRACE,
+            dry_run: false,
+        }
+    }
+}
+
+/// What a prune found and did (or would do, with `dry_run`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PruneReport {
+    /// Whether this was a dry run.
+    pub dry_run: bool,
+    /// Snapshots read.
+    pub snapshots: u64,
+    /// Blobs the snapshots need.
+    pub used_blobs: u64,
+    /// Stored bytes of the needed blobs.
+    pub used_bytes: u64,
+    /// Stored bytes in kept packs that no snapshot needs (after repacking).
+    pub unused_bytes_kept: u64,
+    /// Packs in storage.
+    pub packs: u64,
+    /// Bytes in storage (packs).
+    pub pack_bytes: u64,
+    /// Packs kept as they are.
+    pub packs_kept: u64,
+    /// Partly used packs whose needed blobs were copied into new packs.
+    pub packs_repacked: u64,
+    /// New packs written by repacking.
+    pub packs_written: u64,
+    /// Bytes of the new packs.
+    pub bytes_written: u64,
+    /// Packs marked for deletion by this run (unused, repacked, or unindexed).
+    pub packs_marked: u64,
+    /// Of those, packs that were in no index (debris of interrupted backups,
+    /// or packs of backups still running).
+    pub unindexed_packs_marked: u64,
+    /// Marked packs that snapshots need again, made live.
+    pub packs_recovered: u64,
+    /// Marked packs waiting for their grace period to pass.
+    pub packs_waiting: u64,
+    /// Bytes in waiting packs.
+    pub bytes_waiting: u64,
+    /// Packs deleted.
+    pub packs_deleted: u64,
+    /// Bytes deleted.
+    pub bytes_deleted: u64,
+    /// Index files written.
+    pub index_files_written: u64,
+    /// Index files replaced (deleted).
+    pub index_files_removed: u64,
+    /// Grace period in seconds.
+    pub grace_seconds: u64,
+}
+
+/// A pack as the index files describe it, merged over all files.
+struct PackRecord {
+    blobs: Vec<IndexBlob>,
+    live: bool,
+    marked: Option<DateTime<Utc>>,
+}
+
+/// What happens to a pack.
+enum Fate {
+    Keep,
+    Repack,
+    /// Marked now or before (time of marking).
+    Marked(DateTime<Utc>),
+    Delete,
+}
+
+/// Parse a duration such as `24h`, `90m`, `1h30m`, `2d`, `45s` or `0`.
+///
+/// # Errors
+/// [`Error::InvalidInput`] for anything else.
+pub fn parse_duration(s: &str) -> Result<Duration> {
+    let bad = || {
+        Error::InvalidInput(format!(
+            "duration {s:?}: use a number with a unit, e.g. 24h, 90m, 1h30m, 2d, 45s, or 0"
+        ))
+    };
+    let t = s.trim();
+    if t == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut total: u64 = 0;
+    let mut num = String::new();
+    for c in t.chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            'w' => 7 * 86_400,
+            _ => return Err(bad()),
+        };
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+        num.clear();
+    }
+    if !num.is_empty() || t.is_empty() {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs(total))
+}
+
+fn refuse(reason: impl std::fmt::Display) -> Error {
+    Error::Refused(format!(
+        "prune stopped before deleting anything: {reason}; run `cairn check`"
+    ))
+}
+
+/// Run `f` on every item with up to `threads` threads; the first error wins.
+fn parallel<T: Sync>(
+    items: &[T],
+    threads: usize,
+    f: impl Fn(&T) -> Result<()> + Sync,
+) -> Result<()> {
+    let next = AtomicUsize::new(0);
+    let first_error = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..threads.clamp(1, items.len().max(1)) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(item) = items.get(i) else { break };
+                if let Err(e) = f(item) {
+                    let mut fe = first_error
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    fe.get_or_insert(e);
+                    next.store(items.len(), Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    match first_error
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Blobs (type, ID) reachable from all snapshots; errors if any is not indexed.
+fn used_blobs(
+    repo: &Repository,
+    snapshots: Vec<crate::backend::FileInfo>,
+    report: &mut PruneReport,
+) -> Result<HashSet<(BlobType, Id)>> {
+    let mut used = HashSet::new();
+    for f in snapshots {
+        let Ok(id) = f.name.parse::<Id>() else {
+            continue;
+        };
+        let snap: Snapshot = match repo.load_json(FileKind::Snapshot, &id) {
+            Ok(s) => s,
+            // Removed by a concurrent forget after the listing.
+            Err(Error::NotFound(_)) => continue,
+            Err(e) => return Err(refuse(e)),
+        };
+        report.snapshots += 1;
+        let mut stack = vec![snap.tree];
+        while let Some(tree_id) = stack.pop() {
+            if !used.insert((BlobType::Tree, tree_id)) {
+                continue;
+            }
+            if !repo.index().contains(BlobType::Tree, &tree_id) {
+                return Err(refuse(format!(
+                    "snapshot {} refers to tree {tree_id}, which is in no index",
+                    id.short()
+                )));
+            }
+            let tree = repo.load_tree(&tree_id).map_err(refuse)?;
+            for node in tree.nodes {
+                for b in node.content {
+                    if used.insert((BlobType::Data, b))
+                        && !repo.index().contains(BlobType::Data, &b)
+                    {
+                        return Err(refuse(format!(
+                            "snapshot {} refers to data blob {b} (in {}), which is in no index",
+                            id.short(),
+                            node.name.display()
+                        )));
+                    }
+                }
+                if let Some(sub) = node.subtree {
+                    stack.push(sub);
+                }
+            }
+        }
+    }
+    Ok(used)
+}
+
+/// Prune the repository (see the module documentation).
+///
+/// # Errors
+/// [`Error::Refused`] (nothing deleted) when the repository is inconsistent:
+/// an unreadable index file or snapshot, a blob a snapshot needs that is in no
+/// index or whose pack is missing or damaged. Storage errors.
+pub fn prune(repo: &mut Repository, opts: &PruneOptions) -> Result<PruneReport> {
+    let started = Instant::now();
+    let mut report = PruneReport {
+        dry_run: opts.dry_run,
+        grace_seconds: opts.grace.as_secs(),
+        ..PruneReport::default()
+    };
+
+    // 0. Snapshots are listed before the index: a backup writes its index
+    //    before its snapshot, so every snapshot listed here has its blobs in
+    //    an index file listed below. (A snapshot written later is not seen; the
+    //    packs it needs may be marked, and the next prune recovers them.)
+    let snapshot_files = repo.backend().list(FileKind::Snapshot)?;
+
+    // 1. Every index file, merged per pack ("live wins").
+    let mut records: BTreeMap<Id, PackRecord> = BTreeMap::new();
+    let mut index = Index::new();
+    let mut old_index_files = Vec::new();
+    for f in repo.backend().list(FileKind::Index)? {
+        let id: Id = f
+            .name
+            .parse()
+            .map_err(|_| refuse(format!("index file name {:?} is not an ID", f.name)))?;
+        let file: IndexFile = match repo.load_json(FileKind::Index, &id) {
+            Ok(file) => file,
+            Err(Error::NotFound(_)) => {
+                return Err(Error::Refused(format!(
+                    "index {id} disappeared while prune was reading the index: is another prune running? Try again"
+                )))
+            }
+            Err(e) => return Err(refuse(e)),
+        };
+        index.add_file(&file);
+        for p in file.packs {
+            let r = records.entry(p.id).or_insert(PackRecord {
+                blobs: Vec::new(),
+                live: false,
+                marked: None,
+            });
+            r.live |= p.marked.is_none();
+            r.marked = r.marked.max(p.marked);
+            if p.blobs.len() > r.blobs.len() {
+                r.blobs = p.blobs;
+            }
+        }
+        old_index_files.push(id);
+    }
+    index.finish();
+    repo.set_index(index);
+    tracing::info!(
+        "prune: read {} index files ({} packs) in {:.1?}",
+        old_index_files.len(),
+        records.len(),
+        started.elapsed()
+    );
+
+    // 2. What the snapshots need.
+    let used = used_blobs(repo, snapshot_files, &mut report)?;
+    report.used_blobs = used.len() as u64;
+    tracing::info!(
+        "prune: {} snapshots need {} blobs ({:.1?})",
+        report.snapshots,
+        used.len(),
+        started.elapsed()
+    );
+
+    // 3. What storage holds.
+    let stored: HashMap<Id, u64> = repo
+        .backend()
+        .list(FileKind::Pack)?
+        .into_iter()
+        .filter_map(|f| f.name.parse::<Id>().ok().map(|id| (id, f.size)))
+        .collect();
+    report.packs = stored.len() as u64;
+    report.pack_bytes = stored.values().sum();
+
+    // 4. Per pack: the needed blobs it holds the chosen copy of.
+    let now = Utc::now();
+    let grace = chrono::Duration::from_std(opts.grace)
+        .map_err(|_| Error::InvalidInput("grace period too long".into()))?;
+    let mut fates: BTreeMap<Id, Fate> = BTreeMap::new();
+    let mut needed: HashMap<Id, Vec<IndexBlob>> = HashMap::new();
+    let mut candidates = Vec::new(); // (unused bytes, pack)
+    for (pack, rec) in &records {
+        let mut need = Vec::new();
+        let mut unused = 0u64;
+        for b in &rec.blobs {
+            let chosen = used.contains(&(b.blob_type, b.id))
+                && repo
+                    .index()
+                    .lookup(b.blob_type, &b.id)
+                    .is_some_and(|l| l.pack == *pack && l.offset == b.offset);
+            if chosen {
+                need.push(b.clone());
+            } else {
+                unused += u64::from(b.length);
+            }
+        }
+        if !stored.contains_key(pack) {
+            if !need.is_empty() {
+                return Err(refuse(format!(
+                    "pack {pack} holds {} blobs that snapshots need but is missing from storage",
+                    need.len()
+                )));
+            }
+            continue; // record of a pack already gone: dropped from the new index
+        }
+        let fate = if need.is_empty() {
+            match rec.marked.filter(|_| !rec.live) {
+                Some(t) if now - t >= grace => Fate::Delete,
+                Some(t) => Fate::Marked(t),
+                None if opts.grace.is_zero() => Fate::Delete,
+                None => {
+                    report.packs_marked += 1;
+                    Fate::Marked(now)
+                }
+            }
+        } else {
+            if !rec.live {
+                report.packs_recovered += 1;
+            }
+            report.used_bytes += need.iter().map(|b| u64::from(b.length)).sum::<u64>();
+            if unused > 0 {
+                candidates.push((unused, *pack));
+            }
+            needed.insert(*pack, need);
+            Fate::Keep
+        };
+        fates.insert(*pack, fate);
+    }
+    // Packs no index lists: debris of interrupted backups, or running ones.
+    for (pack, _) in stored.iter().filter(|(p, _)| !records.contains_key(p)) {
+        report.unindexed_packs_marked += 1;
+        if opts.grace.is_zero() {
+            fates.insert(*pack, Fate::Delete);
+        } else {
+            report.packs_marked += 1;
+            fates.insert(*pack, Fate::Marked(now));
+        }
+    }
+
+    // 5. Repack partly used packs, most wasteful first, until the unused space
+    //    left is within the limit.
+    candidates.sort_by(|a, b| b.cmp(a));
+    let mut unused_kept: u64 = candidates.iter().map(|c| c.0).sum();
+    let limit = if opts.max_unused_percent >= 100.0 {
+        u64::MAX
+    } else {
+        (report.used_bytes as f64 * opts.max_unused_percent.max(0.0) / 100.0) as u64
+    };
+    let mut to_repack = Vec::new();
+    for (unused, pack) in candidates {
+        if unused_kept <= limit {
+            break;
+        }
+        unused_kept -= unused;
+        to_repack.push(pack);
+        fates.insert(pack, Fate::Repack);
+    }
+    report.unused_bytes_kept = unused_kept;
+    report.packs_repacked = to_repack.len() as u64;
+
+    for (pack, fate) in &fates {
+        let size = stored.get(pack).copied().unwrap_or(0);
+        match fate {
+            Fate::Keep => report.packs_kept += 1,
+            Fate::Marked(t) if *t != now => {
+                report.packs_waiting += 1;
+                report.bytes_waiting += size;
+            }
+            Fate::Delete => {
+                report.packs_deleted += 1;
+                report.bytes_deleted += size;
+            }
+            _ => {}
+        }
+    }
+    if opts.dry_run {
+        return Ok(report);
+    }
+
+    // 6. Copy the needed blobs of repacked packs into new packs.
+    let new_packs = repack(repo, &to_repack, &needed, &mut report)?;
+    tracing::info!(
+        "prune: repacked {} packs into {} ({:.1?})",
+        to_repack.len(),
+        new_packs.len(),
+        started.elapsed()
+    );
+
+    // A prune that ran nearly as long as the grace period may have read an
+    // index that is no longer true enough to write back (see FORMAT.md).
+    if !opts.grace.is_zero() && started.elapsed() > opts.grace.mul_f64(0.8) {
+        return Err(Error::Refused(format!(
+            "prune ran for {:.0?}, more than 80% of the grace period; nothing was deleted (new packs are left for the next prune). Use a longer --grace",
+            started.elapsed()
+        )));
+    }
+
+    // 7. The new index: live packs, new packs, marked packs with their time.
+    let mut out: Vec<IndexPack> = Vec::new();
+    for (pack, fate) in &fates {
+        let blobs = records
+            .get(pack)
+            .map(|r| r.blobs.clone())
+            .unwrap_or_default();
+        match fate {
+            Fate::Keep => out.push(IndexPack {
+                id: *pack,
+                blobs,
+                marked: None,
+            }),
+            Fate::Marked(t) => out.push(IndexPack {
+                id: *pack,
+                blobs,
+                marked: Some(*t),
+            }),
+            Fate::Repack if !opts.grace.is_zero() => out.push(IndexPack {
+                id: *pack,
+                blobs,
+                marked: Some(now),
+            }),
+            Fate::Repack | Fate::Delete => {}
+        }
+    }
+    for p in &new_packs {
+        let mut f = IndexFile::default();
+        f.add_pack(p.0, &p.1);
+        out.extend(f.packs);
+    }
+    let mut new_files = Vec::new();
+    let mut file = IndexFile::default();
+    for p in out {
+        if !file.packs.is_empty() && file.blob_count() + p.blobs.len() > INDEX_FLUSH_BLOBS {
+            new_files.push(std::mem::take(&mut file));
+        }
+        file.packs.push(p);
+    }
+    if !file.packs.is_empty() {
+        new_files.push(file);
+    }
+    let mut written = HashSet::new();
+    for f in &new_files {
+        written.insert(repo.save_json(FileKind::Index, f)?);
+    }
+    report.index_files_written = written.len() as u64;
+
+    // 8. Remove the replaced index files, then the packs due for deletion.
+    let threads = repo.backend().concurrency();
+    let old: Vec<Id> = old_index_files
+        .into_iter()
+        .filter(|id| !written.contains(id))
+        .collect();
+    parallel(&old, threads, |id| {
+        match repo.backend().remove(FileKind::Index, &id.to_hex()) {
+            Err(Error::NotFound(_)) => Ok(()),
+            other => other,
+        }
+    })?;
+    report.index_files_removed = old.len() as u64;
+    let doomed: Vec<Id> = fates
+        .iter()
+        .filter(|(_, f)| {
+            matches!(f, Fate::Delete) || (matches!(f, Fate::Repack) && opts.grace.is_zero())
+        })
+        .map(|(p, _)| *p)
+        .collect();
+    if opts.grace.is_zero() {
+        for p in fates.iter().filter(|(_, f)| matches!(f, Fate::Repack)) {
+            report.packs_deleted += 1;
+            report.bytes_deleted += stored.get(p.0).copied().unwrap_or(0);
+        }
+    }
+    parallel(&doomed, threads, |id| {
+        match repo.backend().remove(FileKind::Pack, &id.to_hex()) {
+            Err(Error::NotFound(_)) => Ok(()),
+            other => other,
+        }
+    })?;
+    tracing::info!(
+        "prune: wrote {} index files, removed {} index files and {} packs ({:.1?})",
+        report.index_files_written,
+        report.index_files_removed,
+        doomed.len(),
+        started.elapsed()
+    );
+    Ok(report)
+}
+
+/// Copy the needed blobs of `packs` into new packs (data and trees apart),
+/// verifying each blob; returns the new packs and their blobs.
+fn repack(
+    repo: &Repository,
+    packs: &[Id],
+    needed: &HashMap<Id, Vec<IndexBlob>>,
+    report: &mut PruneReport,
+) -> Result<Vec<(Id, Vec<crate::pack::PackedBlob>)>> {
+    let key = repo.key();
+    let target = repo.config().pack_size;
+    let mut writers = [PackWriter::new(), PackWriter::new()];
+    let mut out = Vec::new();
+    let mut store = |p: FinishedPack, report: &mut PruneReport| -> Result<()> {
+        report.packs_written += 1;
+        report.bytes_written += p.bytes.len() as u64;
+        repo.backend()
+            .write(FileKind::Pack, &p.id.to_hex(), p.bytes)?;
+        out.push((p.id, p.blobs));
+        Ok(())
+    };
+    for pack in packs {
+        let bytes = repo.backend().read(FileKind::Pack, &pack.to_hex())?;
+        if Id::of_stored(&bytes) != *pack {
+            return Err(refuse(format!(
+                "pack {pack} is damaged (content does not match its name)"
+            )));
+        }
+        let mut blobs = needed.get(pack).cloned().unwrap_or_default();
+        blobs.sort_by_key(|b| b.offset);
+        for b in blobs {
+            let range = b.offset as usize..(b.offset as usize + b.length as usize);
+            let Some(stored) = bytes.get(range) else {
+                return Err(refuse(format!(
+                    "pack {pack} is shorter than the index says"
+                )));
+            };
+            decode_blob(key, b.blob_type, &b.id, stored, b.raw_length).map_err(refuse)?;
+            let w = &mut writers[usize::from(b.blob_type == BlobType::Tree)];
+            w.add(b.blob_type, b.id, stored, b.raw_length);
+            if w.size() >= target {
+                let full = std::mem::take(w);
+                store(full.finish(key), report)?;
+            }
+        }
+    }
+    for w in writers {
+        if !w.is_empty() {
+            store(w.finish(key), report)?;
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_duration("45s").unwrap().as_secs(), 45);
+        assert_eq!(parse_duration("1h30m").unwrap().as_secs(), 5400);
+        assert_eq!(parse_duration("2d").unwrap().as_secs(), 172_800);
+        assert_eq!(parse_duration("1w").unwrap().as_secs(), 604_800);
+        for bad in ["", "h", "10", "1x", "-1h", "1.5h", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+}

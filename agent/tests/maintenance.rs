@@ -1,0 +1,483 @@
+//! Repository maintenance end to end: prune (two-phase, lock-free), its races
+//! with running and killed backups, and many writers at once against Garage.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use cairn::archiver::{self, BackupOptions};
+use cairn::backend;
+use cairn::prune::{prune, PruneOptions};
+use cairn::Repository;
+use common::*;
+
+fn pack_count(env: &Env) -> usize {
+    walk_files(&env.repo().join("data")).len()
+}
+
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk_files(&p));
+        } else if !p.file_name().unwrap().to_string_lossy().starts_with('.') {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn repo_bytes(env: &Env) -> u64 {
+    walk_files(&env.repo())
+        .iter()
+        .map(|p| fs::metadata(p).unwrap().len())
+        .sum()
+}
+
+fn restore_check(env: &Env, snapshot: &str, src: &Path, target: &str) {
+    let t = env.path(target);
+    env.ok(&["restore", snapshot, "--target", t.to_str().unwrap()]);
+    assert_same_tree(src, &t.join(src.strip_prefix("/").unwrap()));
+    fs::remove_dir_all(&t).unwrap();
+}
+
+fn check_clean(env: &Env) -> serde_json::Value {
+    let r = env.json(&["check", "--read-data"]);
+    assert_eq!(r["problems"], serde_json::json!([]), "{r}");
+    r
+}
+
+#[test]
+fn prune_reclaims_space_repacks_and_keeps_snapshots_restorable() {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    // Many small files share packs: deleting some leaves packs partly used.
+    for i in 0..40 {
+        fs::write(src.join(format!("f{i:02}")), random_bytes(400_000, i)).unwrap();
+    }
+    let s = src.to_str().unwrap();
+    env.ok(&["init"]);
+    env.ok(&["backup", s]);
+    for i in (0..40).step_by(2) {
+        fs::remove_file(src.join(format!("f{i:02}"))).unwrap();
+    }
+    fs::write(src.join("new"), random_bytes(3 << 20, 99)).unwrap();
+    let kept = env.json(&["backup", s])["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let before = repo_bytes(&env);
+    let packs_before = pack_count(&env);
+
+    // A dry run changes nothing.
+    let dry = env.json(&[
+        "forget",
+        "--keep-last",
+        "1",
+        "--prune",
+        "--dry-run",
+        "--grace",
+        "0",
+    ]);
+    assert_eq!(dry["removed"], 1);
+    assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 2);
+    assert_eq!(repo_bytes(&env), before);
+
+    let out = env.json(&[
+        "forget",
+        "--keep-last",
+        "1",
+        "--prune",
+        "--grace",
+        "0",
+        "--max-unused",
+        "0%",
+    ]);
+    let p = &out["prune"];
+    assert_eq!(out["removed"], 1);
+    assert!(p["packs_repacked"].as_u64().unwrap() >= 1, "{p}");
+    assert!(p["packs_deleted"].as_u64().unwrap() >= 1, "{p}");
+    assert_eq!(p["unused_bytes_kept"], 0, "{p}");
+    let after = repo_bytes(&env);
+    // Half of the first backup's 16 MiB is gone.
+    assert!(
+        after + (7 << 20) < before,
+        "repository {before} -> {after} bytes"
+    );
+    assert!(pack_count(&env) < packs_before);
+    check_clean(&env);
+    restore_check(&env, &kept, &src, "r1");
+
+    // Nothing left to do: a second prune keeps everything.
+    let packs = pack_count(&env);
+    let again = env.json(&["prune", "--grace", "0", "--max-unused", "0%"]);
+    assert_eq!(again["packs_deleted"], 0, "{again}");
+    assert_eq!(again["packs_repacked"], 0, "{again}");
+    assert_eq!(pack_count(&env), packs);
+}
+
+#[test]
+fn prune_marks_first_and_deletes_only_after_the_grace_period() {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a"), random_bytes(5 << 20, 1)).unwrap();
+    let s = src.to_str().unwrap();
+    env.ok(&["init"]);
+    env.ok(&["backup", s]);
+    fs::write(src.join("a"), random_bytes(5 << 20, 2)).unwrap();
+    let kept = env.json(&["backup", s])["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    env.ok(&["forget", "--keep-last", "1"]);
+    let packs = pack_count(&env);
+
+    let first = env.json(&["prune"]); // default grace: 24h
+    assert!(first["packs_marked"].as_u64().unwrap() >= 2, "{first}");
+    assert_eq!(first["packs_deleted"], 0);
+    assert_eq!(pack_count(&env), packs, "nothing is deleted when marking");
+    // Marked packs are not an error for check.
+    let c = check_clean(&env);
+    assert!(c["marked_packs"].as_u64().unwrap() >= 2, "{c}");
+    // Backups never deduplicate against marked packs: backing up the
+    // forgotten content again stores it again.
+    let again = env.path("again");
+    fs::create_dir_all(&again).unwrap();
+    fs::write(again.join("old-a"), random_bytes(5 << 20, 1)).unwrap();
+    let b = env.json(&["backup", again.to_str().unwrap()]);
+    assert!(
+        b["summary"]["data_blobs_added"].as_u64().unwrap() >= 2,
+        "{b}"
+    );
+
+    let waiting = env.json(&["prune", "--grace", "1h"]);
+    assert_eq!(waiting["packs_deleted"], 0, "{waiting}");
+    assert_eq!(waiting["packs_waiting"], first["packs_marked"], "{waiting}");
+
+    std::thread::sleep(Duration::from_millis(1100));
+    let packs = pack_count(&env);
+    let done = env.json(&["prune", "--grace", "1s"]);
+    assert_eq!(done["packs_deleted"], first["packs_marked"], "{done}");
+    let deleted = done["packs_deleted"].as_u64().unwrap() as usize;
+    assert_eq!(pack_count(&env), packs - deleted);
+    check_clean(&env);
+    restore_check(&env, &kept, &src, "r");
+}
+
+#[test]
+fn prune_recovers_marked_packs_that_a_racing_backup_used() {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("data"), random_bytes(6 << 20, 7)).unwrap();
+    let s = src.to_str().unwrap();
+    env.ok(&["init"]);
+    env.ok(&["backup", s]);
+    env.ok(&["forget", "--keep-last", "1"]); // keeps it
+    let only = env.json(&["snapshots"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // A backup process opens the repository and loads the index...
+    let mut racing =
+        Repository::open(backend::open(&env.location).unwrap(), PASSWORD.as_bytes()).unwrap();
+    racing.load_index().unwrap();
+    // ...then the only snapshot is forgotten and prune marks every pack.
+    env.ok(&["forget", "--keep-tag", "none-such"]);
+    assert_eq!(
+        env.json(&["snapshots"]).as_array().unwrap().len(),
+        0,
+        "{only}"
+    );
+    let marked = env.json(&["prune"]);
+    assert!(marked["packs_marked"].as_u64().unwrap() >= 2, "{marked}");
+
+    // The racing backup deduplicates against what it loaded before the mark
+    // and writes a snapshot that needs the marked packs.
+    let opts = BackupOptions {
+        paths: vec![src.clone()],
+        ..BackupOptions::default()
+    };
+    let r = archiver::backup(&racing, &opts).unwrap();
+    assert_eq!(r.snapshot.summary.data_blobs_added, 0, "deduplicated");
+
+    // Even with grace 0, prune sees the racing snapshot and recovers its packs.
+    let mut repo =
+        Repository::open(backend::open(&env.location).unwrap(), PASSWORD.as_bytes()).unwrap();
+    let rep = prune(
+        &mut repo,
+        &PruneOptions {
+            grace: Duration::ZERO,
+            max_unused_percent: 100.0,
+            dry_run: false,
+        },
+    )
+    .unwrap();
+    assert!(rep.packs_recovered >= 2, "{rep:?}");
+    check_clean(&env);
+    let id = r.snapshot_id.to_hex();
+    restore_check(&env, &id, &src, "r");
+}
+
+#[test]
+fn prune_refuses_when_a_snapshot_needs_unindexed_data() {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a"), random_bytes(1 << 20, 3)).unwrap();
+    env.ok(&["init"]);
+    env.ok(&["backup", src.to_str().unwrap()]);
+    for f in walk_files(&env.repo().join("index")) {
+        fs::remove_file(f).unwrap();
+    }
+    let packs = pack_count(&env);
+    let out = env.run(&["prune", "--grace", "0"]);
+    assert_fails(&out, 1, "in no index");
+    assert_fails(&out, 1, "before deleting anything");
+    assert_eq!(pack_count(&env), packs);
+}
+
+/// Start `cairn backup` and SIGKILL it once it has uploaded a pack, while a
+/// prune loop runs; then back up again with the loop still running, verify,
+/// and clean up the debris.
+#[test]
+fn killed_backup_and_racing_prune() {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..12 {
+        fs::write(src.join(format!("big{i}")), random_bytes(12 << 20, 100 + i)).unwrap();
+    }
+    let s = src.to_str().unwrap().to_string();
+    env.ok(&["init"]);
+
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let pruner = scope.spawn(|| {
+            let mut runs = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let out = env.run(&["--json", "prune", "--grace", "1h"]);
+                assert_success(&out, &["prune"]);
+                runs += 1;
+            }
+            runs
+        });
+
+        let mut child = env
+            .cmd()
+            .args(["backup", &s, "--threads", "1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let t0 = Instant::now();
+        while pack_count(&env) < 2 {
+            assert!(t0.elapsed() < Duration::from_secs(60), "no pack uploaded");
+            if let Some(st) = child.try_wait().unwrap() {
+                panic!("backup ended before it could be killed: {st:?}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 0);
+
+        let second = env.json(&["backup", &s]);
+        assert!(second["summary"]["bytes_stored"].as_u64().unwrap() > 0);
+        stop.store(true, Ordering::Relaxed);
+        assert!(pruner.join().unwrap() >= 1);
+    });
+
+    check_clean(&env);
+    restore_check(&env, "latest", &src, "r1");
+    // With no backup running, grace 0 removes the killed backup's debris.
+    let p = env.json(&["prune", "--grace", "0"]);
+    assert!(p["packs_deleted"].as_u64().unwrap() >= 2, "{p}");
+    let c = check_clean(&env);
+    assert_eq!(c["unreferenced_packs"], 0, "{c}");
+    assert_eq!(c["marked_packs"], 0, "{c}");
+    restore_check(&env, "latest", &src, "r2");
+}
+
+// ---- many writers against Garage ----
+
+const WRITERS: usize = 8;
+/// Each writer backs up at least this many rounds, and keeps going until the
+/// prune loop has deleted packs while backups run (or a time limit).
+const MIN_ROUNDS: usize = 4;
+const GRACE_SECS: u64 = 20;
+
+/// Write round `r` of writer `w` into `dir`: four shared 1.5 MiB files (one of
+/// them new each round, the same for every writer) and one file of its own.
+fn write_round(dir: &Path, w: usize, r: usize) {
+    fs::create_dir_all(dir).unwrap();
+    let stamp = |p: &Path, round: usize| {
+        let t = filetime::FileTime::from_unix_time(1_700_000_000 + round as i64, 0);
+        filetime::set_file_times(p, t, t).unwrap();
+    };
+    for b in 0..4 {
+        let p = dir.join(format!("shared{b}"));
+        // shared{b} last changed in the latest round ≡ b (mod 4), or round 0.
+        let last = (0..=r).rev().find(|x| x % 4 == b).unwrap_or(0);
+        if r == 0 || last == r {
+            fs::write(&p, random_bytes(3 << 19, 1000 + last as u64)).unwrap();
+            stamp(&p, last);
+        }
+    }
+    let own = dir.join("own");
+    fs::write(&own, random_bytes(1 << 20, (w * 100 + r) as u64)).unwrap();
+    stamp(&own, r);
+}
+
+#[test]
+fn many_writers_and_a_prune_loop_on_garage() {
+    let Some(env) = Env::garage("stress") else {
+        return;
+    };
+    env.ok(&["init"]);
+    let grace = format!("{GRACE_SECS}s");
+    let stop = AtomicBool::new(false);
+    let loop_deleted = std::sync::atomic::AtomicU64::new(0);
+    let (mut marked, mut deleted) = (0u64, 0u64);
+    let mut longest = Duration::ZERO;
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        let pruner = scope.spawn(|| {
+            let (mut marked, mut deleted, mut runs) = (0, 0, 0);
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let out = env.json(&[
+                    "forget",
+                    "--keep-last",
+                    "2",
+                    "--group-by",
+                    "host",
+                    "--prune",
+                    "--grace",
+                    &grace,
+                ]);
+                marked += out["prune"]["packs_marked"].as_u64().unwrap();
+                deleted += out["prune"]["packs_deleted"].as_u64().unwrap();
+                loop_deleted.store(deleted, Ordering::Relaxed);
+                eprintln!(
+                    "stress: forget+prune took {:.1?}: {}",
+                    t.elapsed(),
+                    out["prune"]
+                );
+                runs += 1;
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            (marked, deleted, runs)
+        });
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let (env, loop_deleted) = (&env, &loop_deleted);
+                scope.spawn(move || {
+                    let dir = env.path(&format!("w{w}"));
+                    let mut longest = Duration::ZERO;
+                    let more = |r: usize| {
+                        r < MIN_ROUNDS
+                            || (loop_deleted.load(Ordering::Relaxed) == 0
+                                && started.elapsed() < Duration::from_secs(180))
+                    };
+                    let mut r = 0;
+                    while more(r) {
+                        write_round(&dir, w, r);
+                        let t = Instant::now();
+                        env.ok(&[
+                            "backup",
+                            dir.to_str().unwrap(),
+                            "--host",
+                            &format!("writer{w}"),
+                            "--tag",
+                            &format!("round{r}"),
+                        ]);
+                        longest = longest.max(t.elapsed());
+                        r += 1;
+                    }
+                    longest
+                })
+            })
+            .collect();
+        for h in writers {
+            longest = longest.max(h.join().unwrap());
+        }
+        stop.store(true, Ordering::Relaxed);
+        let (m, d, runs) = pruner.join().unwrap();
+        eprintln!("stress: the forget+prune loop ran {runs} times and deleted {d} packs while the writers ran");
+        assert!(
+            d > 0,
+            "the prune loop deleted nothing while backups ran ({runs} runs)"
+        );
+        (marked, deleted) = (m, d);
+    });
+    // The safety assumption of prune: no backup runs longer than the grace period.
+    assert!(
+        longest < Duration::from_secs(GRACE_SECS),
+        "a backup took {longest:?}, longer than the grace period: the test's premise fails"
+    );
+
+    // Apply the policy to the last round, let the marks age, then prune once
+    // more: the debris goes.
+    env.ok(&["forget", "--keep-last", "2", "--group-by", "host"]);
+    env.ok(&["prune", "--grace", &grace, "--max-unused", "0%"]);
+    std::thread::sleep(Duration::from_secs(GRACE_SECS + 1));
+    let last = env.json(&["prune", "--grace", &grace, "--max-unused", "0%"]);
+    deleted += last["packs_deleted"].as_u64().unwrap();
+    assert!(
+        marked > 0 && deleted > 0,
+        "marked {marked}, deleted {deleted}"
+    );
+
+    let c = env.json(&["check", "--read-data"]);
+    assert_eq!(c["problems"], serde_json::json!([]), "{c}");
+    // Two snapshots per writer survive, and each restores byte for byte.
+    let snaps = env.json(&["snapshots"]);
+    let snaps = snaps.as_array().unwrap();
+    assert_eq!(snaps.len(), WRITERS * 2);
+    let expected = env.path("expected");
+    for s in snaps {
+        let host = s["hostname"].as_str().unwrap();
+        let w: usize = host.trim_start_matches("writer").parse().unwrap();
+        let tag = s["tags"][0].as_str().unwrap();
+        let r: usize = tag.trim_start_matches("round").parse().unwrap();
+        assert!(r >= MIN_ROUNDS - 2, "{host} kept {tag}");
+        let _ = fs::remove_dir_all(&expected);
+        for round in 0..=r {
+            write_round(&expected, w, round);
+        }
+        let target = env.path("restored");
+        env.ok(&[
+            "restore",
+            s["id"].as_str().unwrap(),
+            "--target",
+            target.to_str().unwrap(),
+        ]);
+        let src = env.path(&format!("w{w}"));
+        let got = target.join(src.strip_prefix("/").unwrap());
+        assert_same_tree(&expected, &got);
+        fs::remove_dir_all(&target).unwrap();
+    }
+    // Writers deduplicated against each other, and prune removed the copies
+    // that concurrent first uploads made: storage holds each needed blob once.
+    let stats = env.json(&["stats"]);
+    let (stored, unique) = (
+        stats["stored_size"].as_u64().unwrap(),
+        stats["unique_size"].as_u64().unwrap(),
+    );
+    assert!(stored < unique + unique / 50, "{stats}");
+    eprintln!(
+        "stress: marked {marked}, deleted {deleted}, longest backup {longest:?}, stats {stats}"
+    );
+}
