@@ -946,6 +946,7 @@ pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupResult> {
         tags: opts.tags.clone(),
         tree: root,
         parent: parent.map(|(id, _)| id),
+        original: None,
         program_version: format!("cairn {}", env!("CARGO_PKG_VERSION")),
         summary,
     };

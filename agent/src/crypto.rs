@@ -65,6 +65,20 @@ impl MasterKey {
         k
     }
 
+    /// A key for a second repository whose blob IDs and chunk boundaries equal
+    /// this one's (same ID and chunker keys) but with its own encryption key:
+    /// `copy` between the two then skips blobs by ID without reading them.
+    pub fn sibling(&self) -> MasterKey {
+        let mut k = self.clone();
+        fill_random(&mut k.encrypt);
+        k
+    }
+
+    /// Whether blob IDs computed with `other` equal this key's.
+    pub fn same_blob_ids(&self, other: &MasterKey) -> bool {
+        self.id == other.id
+    }
+
     /// Build from explicit parts (test vectors).
     pub fn from_parts(encrypt: [u8; 32], id: [u8; 32], chunker: [u8; 32]) -> MasterKey {
         MasterKey {

@@ -290,6 +290,7 @@ mod tests {
             tags: tags.iter().map(|s| s.to_string()).collect(),
             tree: Id::default(),
             parent: None,
+            original: None,
             program_version: "test".into(),
             summary: Summary::default(),
         }

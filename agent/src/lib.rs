@@ -10,6 +10,7 @@ pub mod blob;
 pub mod check;
 pub mod chunker;
 pub mod constants;
+pub mod copy;
 pub mod crypto;
 pub mod diff;
 pub mod error;

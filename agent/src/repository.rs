@@ -223,10 +223,29 @@ impl Repository {
     /// # Errors
     /// [`Error::RepositoryExists`]; storage errors; invalid KDF cost.
     pub fn init(backend: Box<dyn Backend>, password: &[u8], cost: KdfCost) -> Result<Repository> {
+        Repository::init_from(backend, password, cost, None)
+    }
+
+    /// Create a new repository; with `from`, one that shares `from`'s blob-ID
+    /// and chunker keys and chunk sizes (its own encryption key), so that
+    /// `copy` between them transfers only missing blobs and backups into
+    /// either deduplicate the same way.
+    ///
+    /// # Errors
+    /// As [`Repository::init`].
+    pub fn init_from(
+        backend: Box<dyn Backend>,
+        password: &[u8],
+        cost: KdfCost,
+        from: Option<&Repository>,
+    ) -> Result<Repository> {
         if backend.exists(FileKind::Config, "")? {
             return Err(Error::RepositoryExists(backend.location()));
         }
-        let key = MasterKey::generate();
+        let key = match from {
+            Some(r) => r.key.sibling(),
+            None => MasterKey::generate(),
+        };
         let key_bytes = new_key_file(&key, password, cost)?;
         backend.create()?;
         let key_name = Id::of_stored(&key_bytes).to_hex();
@@ -234,11 +253,14 @@ impl Repository {
         let config = Config {
             version: FORMAT_VERSION,
             id: Id::random(),
-            chunker: ChunkerParams {
-                min: CHUNK_MIN,
-                avg: CHUNK_AVG,
-                max: CHUNK_MAX,
-                normalization: CHUNK_NORMALIZATION,
+            chunker: match from {
+                Some(r) => r.config.chunker,
+                None => ChunkerParams {
+                    min: CHUNK_MIN,
+                    avg: CHUNK_AVG,
+                    max: CHUNK_MAX,
+                    normalization: CHUNK_NORMALIZATION,
+                },
             },
             zstd_level: DEFAULT_ZSTD_LEVEL,
             pack_size: PACK_TARGET_SIZE,

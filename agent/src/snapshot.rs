@@ -60,6 +60,10 @@ pub struct Snapshot {
     /// Snapshot used to skip unchanged files, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<Id>,
+    /// For a snapshot made by `cairn copy`: the ID of the snapshot it copies
+    /// (the first original, for a copy of a copy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original: Option<Id>,
     /// Version of cairn that wrote it.
     pub program_version: String,
     /// Backup statistics.

@@ -481,3 +481,130 @@ fn many_writers_and_a_prune_loop_on_garage() {
         "stress: marked {marked}, deleted {deleted}, longest backup {longest:?}, stats {stats}"
     );
 }
+
+// ---- copy ----
+
+const TARGET_PASSWORD: &str = "another password";
+
+fn init_target(target: &Env, extra: &[(&str, &str)], args: &[&str]) {
+    let mut c = target.cmd();
+    c.env("CAIRN_PASSWORD", TARGET_PASSWORD);
+    for (k, v) in extra {
+        c.env(k, v);
+    }
+    c.args(["init", "--kdf-memory-kib", "1024", "--kdf-iterations", "1"]);
+    c.args(args);
+    assert_success(&c.output().unwrap(), &["init target"]);
+}
+
+fn copy_to(src: &Env, target: &Env, args: &[&str]) -> serde_json::Value {
+    let mut c = src.cmd();
+    c.env("CAIRN_TO_PASSWORD", TARGET_PASSWORD);
+    for (k, v) in &target.vars {
+        c.env(k, v);
+    }
+    c.args(["--json", "copy", "--to", &target.location]);
+    c.args(args);
+    let out = c.output().unwrap();
+    assert_success(&out, &["copy"]);
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Run cairn on the target with its password.
+fn on_target(target: &Env, args: &[&str]) -> serde_json::Value {
+    let mut c = target.cmd();
+    c.env("CAIRN_PASSWORD", TARGET_PASSWORD)
+        .arg("--json")
+        .args(args);
+    let out = c.output().unwrap();
+    assert_success(&out, args);
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn copy_suite(src: &Env, target: &Env, shared_ids: bool) {
+    let data = src.path("data");
+    fs::create_dir_all(data.join("sub")).unwrap();
+    for i in 0..6 {
+        fs::write(data.join(format!("f{i}")), random_bytes(1 << 20, 500 + i)).unwrap();
+    }
+    fs::write(data.join("sub/text"), "line\n".repeat(10_000)).unwrap();
+    let d = data.to_str().unwrap();
+    src.ok(&["init"]);
+    src.ok(&["backup", d, "--tag", "one"]);
+    if shared_ids {
+        let mut extra = vec![("CAIRN_FROM_PASSWORD", PASSWORD)];
+        extra.extend(src.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        init_target(target, &extra, &["--from-repo", &src.location]);
+    } else {
+        init_target(target, &[], &[]);
+    }
+
+    let first = copy_to(src, target, &[]);
+    assert_eq!(first["copied"].as_array().unwrap().len(), 1, "{first}");
+    assert_eq!(first["same_blob_ids"], shared_ids);
+    let stored_first = first["blobs_stored"].as_u64().unwrap();
+    assert!(stored_first >= 7, "{first}");
+
+    // Again: nothing to do.
+    let again = copy_to(src, target, &[]);
+    assert_eq!(again["copied"], serde_json::json!([]), "{again}");
+    assert_eq!(again["skipped"].as_array().unwrap().len(), 1);
+    assert_eq!(again["blobs_read"], 0);
+
+    // A new snapshot with one changed file: only its new blobs are stored, and
+    // with shared IDs only they (and the trees above them) are read.
+    fs::write(data.join("f0"), random_bytes(1 << 20, 999)).unwrap();
+    src.ok(&["backup", d, "--tag", "two"]);
+    let third = copy_to(src, target, &["latest"]);
+    assert_eq!(third["copied"].as_array().unwrap().len(), 1, "{third}");
+    let stored = third["blobs_stored"].as_u64().unwrap();
+    let read = third["blobs_read"].as_u64().unwrap();
+    assert!(stored * 2 < stored_first, "{first}\n{third}");
+    if shared_ids {
+        // The new chunks of f0 and the two trees above them.
+        assert!(read <= stored, "{third}");
+    } else {
+        // Every blob of the snapshot.
+        assert!(read >= stored_first, "{first}\n{third}");
+    }
+
+    // The target verifies and restores byte for byte.
+    let c = on_target(target, &["check", "--read-data"]);
+    assert_eq!(c["problems"], serde_json::json!([]), "{c}");
+    let snaps = on_target(target, &["snapshots"]);
+    assert_eq!(snaps.as_array().unwrap().len(), 2);
+    assert_eq!(snaps[1]["tags"], serde_json::json!(["two"]));
+    let out = src.path("from-target");
+    let mut c = target.cmd();
+    c.env("CAIRN_PASSWORD", TARGET_PASSWORD).args([
+        "restore",
+        "latest",
+        "--target",
+        out.to_str().unwrap(),
+    ]);
+    assert_success(&c.output().unwrap(), &["restore from target"]);
+    assert_same_tree(&data, &out.join(data.strip_prefix("/").unwrap()));
+
+    // A wrong target password is a clear error.
+    let mut c = src.cmd();
+    c.env("CAIRN_TO_PASSWORD", "wrong")
+        .args(["copy", "--to", &target.location]);
+    for (k, v) in &target.vars {
+        c.env(k, v);
+    }
+    assert_fails(&c.output().unwrap(), 1, "wrong password");
+}
+
+#[test]
+fn copy_to_a_repository_with_other_keys() {
+    let (src, target) = (Env::new(), Env::new());
+    copy_suite(&src, &target, false);
+}
+
+#[test]
+fn copy_local_to_garage_with_shared_blob_ids() {
+    let Some(target) = Env::garage("copy-target") else {
+        return;
+    };
+    copy_suite(&Env::new(), &target, true);
+}

@@ -82,6 +82,8 @@ enum Command {
     /// Remove data no snapshot references and repack partly used packs.
     /// Lock-free: safe while backups run (see --grace).
     Prune(PruneArgs),
+    /// Copy snapshots to another repository, transferring only the blobs it lacks.
+    Copy(CopyArgs),
     /// Verify the repository: structure, and with --read-data the data itself.
     Check(CheckArgs),
     /// Show repository statistics (sizes, deduplication).
@@ -126,6 +128,26 @@ impl KdfArgs {
 struct InitArgs {
     #[command(flatten)]
     kdf: KdfArgs,
+    /// Share blob-ID and chunker keys and chunk sizes with this repository (its
+    /// own encryption key and password), so `cairn copy` between the two
+    /// transfers only missing blobs without reading the rest.
+    #[arg(long, value_name = "REPO")]
+    from_repo: Option<String>,
+    /// Password file of --from-repo (else CAIRN_FROM_PASSWORD, or a prompt).
+    #[arg(long, env = "CAIRN_FROM_PASSWORD_FILE")]
+    from_password_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct CopyArgs {
+    /// Target repository.
+    #[arg(long, env = "CAIRN_TO_REPOSITORY")]
+    to: String,
+    /// Password file of the target (else CAIRN_TO_PASSWORD, or a prompt).
+    #[arg(long, env = "CAIRN_TO_PASSWORD_FILE")]
+    to_password_file: Option<PathBuf>,
+    /// Snapshots to copy (ID prefixes or `latest`; default: all).
+    snapshots: Vec<String>,
 }
 
 #[derive(Args)]
@@ -373,6 +395,17 @@ fn password(cli: &Cli, confirm: bool) -> Result<Vec<u8>> {
     prompt("repository password", confirm)
 }
 
+/// The password of a second repository (copy target, init source).
+fn other_password(file: &Option<PathBuf>, var: &str, location: &str) -> Result<Vec<u8>> {
+    if let Some(p) = file {
+        return read_password_file(p);
+    }
+    if let Some(p) = std::env::var_os(var) {
+        return Ok(p.into_encoded_bytes());
+    }
+    prompt(&format!("password of {location}"), false)
+}
+
 fn new_password(file: &Option<PathBuf>) -> Result<Vec<u8>> {
     if let Some(p) = file {
         return read_password_file(p);
@@ -428,9 +461,16 @@ fn human_bytes(n: u64) -> String {
 fn run(cli: Cli) -> Result<ExitCode> {
     match &cli.command {
         Command::Init(args) => {
+            let from = match &args.from_repo {
+                Some(loc) => {
+                    let pw = other_password(&args.from_password_file, "CAIRN_FROM_PASSWORD", loc)?;
+                    Some(Repository::open(backend::open(loc)?, &pw)?)
+                }
+                None => None,
+            };
             let backend = backend::open(&cli.repo)?;
             let pw = password(&cli, true)?;
-            let repo = Repository::init(backend, &pw, args.kdf.cost())?;
+            let repo = Repository::init_from(backend, &pw, args.kdf.cost(), from.as_ref())?;
             if cli.json {
                 print_json(
                     &json!({"id": repo.config().id, "location": repo.backend().location()}),
@@ -476,6 +516,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Restore(args) => cmd_restore(&cli, args),
         Command::Check(args) => cmd_check(&cli, args),
         Command::Forget(args) => cmd_forget(&cli, args),
+        Command::Copy(args) => cmd_copy(&cli, args),
         Command::Prune(args) => {
             let opts = args.opts.options(args.dry_run)?;
             let mut repo = open_repo(&cli)?;
@@ -965,6 +1006,46 @@ fn cmd_forget(cli: &Cli, args: &ForgetArgs) -> Result<ExitCode> {
     if args.prune {
         return run_prune(cli, &mut repo, &prune_opts);
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_copy(cli: &Cli, args: &CopyArgs) -> Result<ExitCode> {
+    let mut src = open_repo(cli)?;
+    let ids = args
+        .snapshots
+        .iter()
+        .map(|s| src.find_snapshot(s).map(|(id, _)| id))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let pw = other_password(&args.to_password_file, "CAIRN_TO_PASSWORD", &args.to)?;
+    let mut dst = Repository::open(backend::open(&args.to)?, &pw)
+        .with_context(|| format!("opening the target repository {}", args.to))?;
+    src.load_index()?;
+    dst.load_index()?;
+    let r = cairn::copy::copy(&src, &dst, &ids)?;
+    if cli.json {
+        print_json(&r)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (from, to) in &r.copied {
+        println!("copied snapshot {} as {}", from.short(), to.short());
+    }
+    for s in &r.skipped {
+        println!("snapshot {} is already in the target", s.short());
+    }
+    println!(
+        "{} snapshots copied, {} skipped; {} blobs read, {} stored ({}, {} written){}",
+        r.copied.len(),
+        r.skipped.len(),
+        r.blobs_read,
+        r.blobs_stored,
+        human_bytes(r.bytes_stored),
+        human_bytes(r.pack_bytes_written),
+        if r.same_blob_ids {
+            ""
+        } else {
+            "\nnote: the repositories do not share blob IDs, so every blob of a copied snapshot is read; create copy targets with `cairn init --from-repo SOURCE` for incremental copies"
+        }
+    );
     Ok(ExitCode::SUCCESS)
 }
 
