@@ -126,7 +126,9 @@ struct PackRecord {
 enum Fate {
     Keep,
     Repack,
-    /// Marked now or before (time of marking).
+    /// Marked by this run (the time is taken when the new index is written).
+    Mark,
+    /// Marked by an earlier run at this time, still within the grace period.
     Marked(DateTime<Utc>),
     Delete,
 }
@@ -382,7 +384,7 @@ pub fn prune(repo: &mut Repository, opts: &PruneOptions) -> Result<PruneReport> 
                 None if opts.grace.is_zero() => Fate::Delete,
                 None => {
                     report.packs_marked += 1;
-                    Fate::Marked(now)
+                    Fate::Mark
                 }
             }
         } else {
@@ -405,7 +407,7 @@ pub fn prune(repo: &mut Repository, opts: &PruneOptions) -> Result<PruneReport> 
             fates.insert(*pack, Fate::Delete);
         } else {
             report.packs_marked += 1;
-            fates.insert(*pack, Fate::Marked(now));
+            fates.insert(*pack, Fate::Mark);
         }
     }
 
@@ -434,7 +436,7 @@ pub fn prune(repo: &mut Repository, opts: &PruneOptions) -> Result<PruneReport> 
         let size = stored.get(pack).copied().unwrap_or(0);
         match fate {
             Fate::Keep => report.packs_kept += 1,
-            Fate::Marked(t) if *t != now => {
+            Fate::Marked(_) => {
                 report.packs_waiting += 1;
                 report.bytes_waiting += size;
             }
@@ -468,6 +470,10 @@ pub fn prune(repo: &mut Repository, opts: &PruneOptions) -> Result<PruneReport> 
     }
 
     // 7. The new index: live packs, new packs, marked packs with their time.
+    //    New marks take the time now, just before the index files that carry
+    //    them are written: backups that load the index from here on no longer
+    //    see these packs live (once the old files are removed, moments later).
+    let mark_time = Utc::now();
     let mut out: Vec<IndexPack> = Vec::new();
     for (pack, fate) in &fates {
         let blobs = records
@@ -485,10 +491,15 @@ pub fn prune(repo: &mut Repository, opts: &PruneOptions) -> Result<PruneReport> 
                 blobs,
                 marked: Some(*t),
             }),
+            Fate::Mark => out.push(IndexPack {
+                id: *pack,
+                blobs,
+                marked: Some(mark_time),
+            }),
             Fate::Repack if !opts.grace.is_zero() => out.push(IndexPack {
                 id: *pack,
                 blobs,
-                marked: Some(now),
+                marked: Some(mark_time),
             }),
             Fate::Repack | Fate::Delete => {}
         }

@@ -911,6 +911,12 @@ fn cmd_check(cli: &Cli, args: &CheckArgs) -> Result<ExitCode> {
                 report.unreferenced_packs
             );
         }
+        if report.marked_packs > 0 {
+            println!(
+                "{} packs are marked for deletion by prune (not an error)",
+                report.marked_packs
+            );
+        }
         if report.problems.is_empty() {
             println!("no errors were found");
         }
