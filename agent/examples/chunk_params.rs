@@ -33,7 +33,7 @@ fn dataset(len: usize) -> Vec<u8> {
     while out.len() < len {
         let w = words[(xorshift(&mut s) % words.len() as u64) as usize];
         out.extend_from_slice(w);
-        out.push(if xorshift(&mut s) % 10 == 0 {
+        out.push(if xorshift(&mut s).is_multiple_of(10) {
             b'\n'
         } else {
             b' '

@@ -23,7 +23,8 @@ pub struct ChunkerParams {
 impl ChunkerParams {
     /// Check the bounds FastCDC requires.
     pub fn validate(&self) -> Result<(), String> {
-        let even = self.min % 2 == 0 && self.avg % 2 == 0 && self.max % 2 == 0;
+        let even =
+            self.min.is_multiple_of(2) && self.avg.is_multiple_of(2) && self.max.is_multiple_of(2);
         if !even
             || self.min < 64
             || self.min > self.avg
