@@ -825,3 +825,111 @@ fn forget_applies_a_retention_policy_and_explains_it() {
     );
     env.ok(&["check", "--read-data"]);
 }
+
+/// `cairn agent ...`, the operator's Job entrypoint: JSON result on stdout and
+/// in the termination-message file, exit codes like the CLI.
+#[test]
+fn agent_commands_write_a_result_for_the_controller() {
+    let env = Env::new();
+    let vol = env.path("vol");
+    fs::create_dir_all(vol.join("sub")).unwrap();
+    fs::write(vol.join("a"), b"hello").unwrap();
+    fs::write(vol.join("sub/b"), random_bytes(1 << 20, 9)).unwrap();
+    let term = env.path("termination-log");
+    let agent = |args: &[&str]| {
+        let out = env
+            .cmd()
+            .env("CAIRN_TERMINATION_LOG", &term)
+            .arg("agent")
+            .args(args)
+            .output()
+            .unwrap();
+        let stdout: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+        let file: serde_json::Value = serde_json::from_slice(&fs::read(&term).unwrap()).unwrap();
+        assert_eq!(stdout, file);
+        (out.status.code(), stdout)
+    };
+    let kdf = ["--kdf-memory-kib", "1024", "--kdf-iterations", "1"];
+    let (code, r) = agent(&[&["init"][..], &kdf].concat());
+    assert_eq!(
+        (code, &r["initialized"]),
+        (Some(0), &serde_json::json!(true))
+    );
+    let (code, r) = agent(&[&["init"][..], &kdf].concat());
+    assert_eq!(
+        (code, &r["initialized"]),
+        (Some(0), &serde_json::json!(false))
+    );
+
+    let v = vol.to_str().unwrap();
+    let backup = [
+        "backup",
+        "--source",
+        v,
+        "--id",
+        "shop/data",
+        "--tag",
+        "nightly",
+        "--keep-last",
+        "2",
+    ];
+    let (code, first) = agent(&backup);
+    assert_eq!(code, Some(0), "{first}");
+    assert_eq!(first["command"], "backup");
+    assert_eq!(first["ok"], true);
+    assert_eq!(first["files"], 2);
+    assert_eq!(first["bytesProcessed"], (1 << 20) + 5);
+    assert!(first["bytesAdded"].as_u64().unwrap() >= 1 << 20);
+    agent(&backup);
+    let (_, third) = agent(&backup);
+    assert_eq!(third["bytesAdded"], 0);
+    assert_eq!(third["snapshotsForgotten"], 1);
+    // Another volume's snapshots are not touched by this volume's retention.
+    let (_, other) = agent(&[
+        "backup",
+        "--source",
+        v,
+        "--id",
+        "shop/other",
+        "--keep-last",
+        "1",
+    ]);
+    assert_eq!(other["snapshotsForgotten"], 0);
+    assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 3);
+
+    let out = env.path("out");
+    let (code, r) = agent(&[
+        "restore",
+        "--target",
+        out.to_str().unwrap(),
+        "--latest-of",
+        "shop/data",
+    ]);
+    assert_eq!(code, Some(0), "{r}");
+    assert_eq!(r["snapshotId"], third["snapshotId"]);
+    assert_same_tree(&vol, &out);
+
+    let (code, r) = agent(&[
+        "restore",
+        "--target",
+        out.to_str().unwrap(),
+        "--latest-of",
+        "shop/none",
+    ]);
+    assert_eq!(code, Some(1));
+    assert_eq!(r["ok"], false);
+    assert!(r["error"].as_str().unwrap().contains("not found"), "{r}");
+
+    let mut c = env.cmd();
+    c.env("CAIRN_TERMINATION_LOG", &term)
+        .env("CAIRN_PASSWORD", "wrong")
+        .args(["agent", "backup", "--source", v, "--id", "shop/data"]);
+    assert_fails(&c.output().unwrap(), 1, "wrong password");
+    let r: serde_json::Value = serde_json::from_slice(&fs::read(&term).unwrap()).unwrap();
+    assert_eq!(r["ok"], false);
+    assert!(
+        r["error"].as_str().unwrap().contains("wrong password"),
+        "{r}"
+    );
+}

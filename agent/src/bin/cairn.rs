@@ -23,6 +23,9 @@ use cairn::snapshot::Snapshot;
 use cairn::tree::{Node, NodeType};
 use cairn::{Error, Id};
 
+#[path = "cairn/agent.rs"]
+mod agent;
+
 #[derive(Parser)]
 #[command(
     name = "cairn",
@@ -97,6 +100,12 @@ enum Command {
         kind: String,
         /// Object ID (prefix allowed for snapshots and keys).
         id: Option<String>,
+    },
+    /// Entrypoint of the Kubernetes operator's Jobs: JSON result on stdout and
+    /// as the termination message.
+    Agent {
+        #[command(subcommand)]
+        command: agent::AgentCommand,
     },
     /// Manage the repository's keys (passwords).
     Key {
@@ -225,7 +234,7 @@ struct RestoreArgs {
 }
 
 #[derive(Args)]
-struct ForgetArgs {
+struct KeepArgs {
     /// Keep the newest N snapshots.
     #[arg(long, default_value_t = 0)]
     keep_last: u32,
@@ -250,6 +259,27 @@ struct ForgetArgs {
     /// Keep snapshots with this tag (repeatable).
     #[arg(long = "keep-tag")]
     keep_tags: Vec<String>,
+}
+
+impl KeepArgs {
+    fn policy(&self) -> Result<cairn::forget::RetentionPolicy> {
+        Ok(cairn::forget::RetentionPolicy {
+            last: self.keep_last,
+            hourly: self.keep_hourly,
+            daily: self.keep_daily,
+            weekly: self.keep_weekly,
+            monthly: self.keep_monthly,
+            yearly: self.keep_yearly,
+            within: self.keep_within.as_deref().map(str::parse).transpose()?,
+            tags: self.keep_tags.clone(),
+        })
+    }
+}
+
+#[derive(Args)]
+struct ForgetArgs {
+    #[command(flatten)]
+    keep: KeepArgs,
     /// Group snapshots by these keys before applying the policy.
     #[arg(long, default_value = "host,paths")]
     group_by: String,
@@ -517,6 +547,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Check(args) => cmd_check(&cli, args),
         Command::Forget(args) => cmd_forget(&cli, args),
         Command::Copy(args) => cmd_copy(&cli, args),
+        Command::Agent { command } => Ok(agent::run(&cli, command)),
         Command::Prune(args) => {
             let opts = args.opts.options(args.dry_run)?;
             let mut repo = open_repo(&cli)?;
@@ -930,17 +961,8 @@ fn cmd_check(cli: &Cli, args: &CheckArgs) -> Result<ExitCode> {
 }
 
 fn cmd_forget(cli: &Cli, args: &ForgetArgs) -> Result<ExitCode> {
-    use cairn::forget::{plan, GroupBy, RetentionPolicy};
-    let policy = RetentionPolicy {
-        last: args.keep_last,
-        hourly: args.keep_hourly,
-        daily: args.keep_daily,
-        weekly: args.keep_weekly,
-        monthly: args.keep_monthly,
-        yearly: args.keep_yearly,
-        within: args.keep_within.as_deref().map(str::parse).transpose()?,
-        tags: args.keep_tags.clone(),
-    };
+    use cairn::forget::{plan, GroupBy};
+    let policy = args.keep.policy()?;
     let group_by: GroupBy = args.group_by.parse()?;
     let prune_opts = args.prune_opts.options(args.dry_run)?;
     let mut repo = open_repo(cli)?;
