@@ -1,12 +1,13 @@
-//! Cairn's Kubernetes controller.
+//! Cairn's Kubernetes controller binary.
 //!
-//! Not implemented yet: the reconcilers for `BackupRepository`,
-//! `BackupSchedule`, `Backup` and `Restore` arrive with the operator work.
-//! Running this binary says so and exits non-zero rather than pretending.
+//! The reconcile loops are not built yet (the library has the Job, schedule
+//! and result logic they will use). Running this binary says so and exits
+//! non-zero rather than pretending.
 
 fn main() {
     eprintln!(
-        "cairn-controller: the operator is not implemented in this version (API group {}/{})",
+        "cairn-controller: the reconcile loops are not implemented in this version (API group {}/{}); \
+         use `cairn agent` Jobs directly for now",
         cairn_crds::GROUP,
         cairn_crds::VERSION
     );

@@ -1,0 +1,491 @@
+//! The agent Jobs the controller creates: one per PVC of a `Backup`, one per
+//! `Restore`. Pure functions from the resources to a `Job`, so every field is
+//! tested without a cluster.
+
+use std::collections::BTreeMap;
+
+use cairn_crds::{Backup, BackupRepository, JobOverrides, Restore, RetentionPolicy};
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec,
+    SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::{Resource, ResourceExt};
+
+/// Controller-wide settings for Jobs.
+#[derive(Clone, Debug)]
+pub struct JobConfig {
+    /// Agent image.
+    pub image: String,
+    /// Image pull policy.
+    pub pull_policy: String,
+    /// Seconds before Kubernetes stops a run, unless overridden (6 h).
+    pub active_deadline_seconds: i64,
+    /// Seconds a finished Job stays (its result is already in status).
+    pub ttl_seconds_after_finished: i32,
+    /// Retries of a failed pod.
+    pub backoff_limit: i32,
+}
+
+impl Default for JobConfig {
+    fn default() -> Self {
+        JobConfig {
+            image: "ghcr.io/cairn-backup/cairn:latest".into(),
+            pull_policy: "IfNotPresent".into(),
+            active_deadline_seconds: 6 * 3600,
+            ttl_seconds_after_finished: 24 * 3600,
+            backoff_limit: 1,
+        }
+    }
+}
+
+/// Where a source or target volume is mounted in the agent container.
+pub const DATA_MOUNT: &str = "/data";
+const REPO_MOUNT: &str = "/repository";
+const CA_MOUNT: &str = "/etc/cairn/ca";
+
+/// Label keys set on Jobs and their pods.
+pub mod labels {
+    /// `app.kubernetes.io/name`
+    pub const NAME: &str = "app.kubernetes.io/name";
+    /// `app.kubernetes.io/component`
+    pub const COMPONENT: &str = "app.kubernetes.io/component";
+    /// `app.kubernetes.io/managed-by`
+    pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+    /// Name of the `Backup` a Job belongs to.
+    pub const BACKUP: &str = "cairn.dev/backup";
+    /// Name of the `Restore` a Job belongs to.
+    pub const RESTORE: &str = "cairn.dev/restore";
+    /// The PVC a Job works on.
+    pub const PVC: &str = "cairn.dev/pvc";
+    /// The repository a Job writes to.
+    pub const REPOSITORY: &str = "cairn.dev/repository";
+}
+
+/// A Kubernetes name of at most 63 characters: `prefix` when it fits, else a
+/// truncated prefix and a hash of the whole, so distinct inputs stay distinct.
+pub fn bounded_name(prefix: &str) -> String {
+    if prefix.len() <= 63 {
+        return prefix.to_string();
+    }
+    let mut h: u32 = 0x811c_9dc5;
+    for b in prefix.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    let head: String = prefix.chars().take(54).collect();
+    format!("{}-{h:08x}", head.trim_end_matches('-'))
+}
+
+/// Name of the Job that backs up `pvc` for `backup` (deterministic: a second
+/// reconcile finds it instead of creating a duplicate).
+pub fn backup_job_name(backup: &str, pvc: &str) -> String {
+    bounded_name(&format!("cairn-backup-{backup}-{pvc}"))
+}
+
+/// Name of the Job of a `Restore`.
+pub fn restore_job_name(restore: &str) -> String {
+    bounded_name(&format!("cairn-restore-{restore}"))
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        value_from: None,
+    }
+}
+
+fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.into(),
+                key: key.into(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
+/// Environment, volumes and mounts that reach the repository. Secrets are
+/// passed by reference (`secretKeyRef`), never as values or arguments.
+pub fn repository_access(repo: &BackupRepository) -> (Vec<EnvVar>, Vec<Volume>, Vec<VolumeMount>) {
+    let spec = &repo.spec;
+    let mut envs = vec![secret_env(
+        "CAIRN_PASSWORD",
+        &spec.password_secret_ref.name,
+        &spec.password_secret_ref.key,
+    )];
+    let mut volumes = Vec::new();
+    let mut mounts = Vec::new();
+    if let Some(s3) = &spec.s3 {
+        let mut loc = String::from("s3:");
+        if let Some(ep) = &s3.endpoint {
+            loc.push_str(ep.trim_end_matches('/'));
+            loc.push('/');
+        }
+        loc.push_str(&s3.bucket);
+        if let Some(p) = s3
+            .prefix
+            .as_deref()
+            .map(|p| p.trim_matches('/'))
+            .filter(|p| !p.is_empty())
+        {
+            loc.push('/');
+            loc.push_str(p);
+        }
+        envs.push(env("CAIRN_REPOSITORY", loc));
+        if let Some(r) = &s3.region {
+            envs.push(env("CAIRN_S3_REGION", r.clone()));
+        }
+        if let Some(ps) = s3.path_style {
+            envs.push(env("CAIRN_S3_PATH_STYLE", ps.to_string()));
+        }
+        if let Some(c) = &s3.credentials_secret_ref {
+            envs.push(secret_env(
+                "AWS_ACCESS_KEY_ID",
+                &c.name,
+                c.access_key_id_key
+                    .as_deref()
+                    .unwrap_or("AWS_ACCESS_KEY_ID"),
+            ));
+            envs.push(secret_env(
+                "AWS_SECRET_ACCESS_KEY",
+                &c.name,
+                c.secret_access_key_key
+                    .as_deref()
+                    .unwrap_or("AWS_SECRET_ACCESS_KEY"),
+            ));
+        }
+        if let Some(ca) = &s3.ca_bundle {
+            volumes.push(Volume {
+                name: "ca".into(),
+                secret: ca.secret_name.as_ref().map(|n| SecretVolumeSource {
+                    secret_name: Some(n.clone()),
+                    ..SecretVolumeSource::default()
+                }),
+                config_map: ca.config_map_name.as_ref().map(|n| ConfigMapVolumeSource {
+                    name: n.clone(),
+                    ..ConfigMapVolumeSource::default()
+                }),
+                ..Volume::default()
+            });
+            mounts.push(VolumeMount {
+                name: "ca".into(),
+                mount_path: CA_MOUNT.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            });
+            envs.push(env("CAIRN_S3_CA_BUNDLE", format!("{CA_MOUNT}/{}", ca.key)));
+        }
+    } else if let Some(v) = &spec.volume {
+        let path = match v
+            .sub_path
+            .as_deref()
+            .map(|p| p.trim_matches('/'))
+            .filter(|p| !p.is_empty())
+        {
+            Some(p) => format!("{REPO_MOUNT}/{p}"),
+            None => REPO_MOUNT.to_string(),
+        };
+        envs.push(env("CAIRN_REPOSITORY", path));
+        volumes.push(Volume {
+            name: "repository".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: v.claim_name.clone(),
+                read_only: Some(false),
+            }),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            name: "repository".into(),
+            mount_path: REPO_MOUNT.into(),
+            ..VolumeMount::default()
+        });
+    }
+    (envs, volumes, mounts)
+}
+
+/// `--keep-*` arguments for the agent.
+pub fn retention_args(r: &RetentionPolicy) -> Vec<String> {
+    let mut a = Vec::new();
+    let mut num = |flag: &str, v: Option<u32>| {
+        if let Some(v) = v {
+            a.push(format!("--{flag}"));
+            a.push(v.to_string());
+        }
+    };
+    num("keep-last", r.keep_last);
+    num("keep-hourly", r.keep_hourly);
+    num("keep-daily", r.keep_daily);
+    num("keep-weekly", r.keep_weekly);
+    num("keep-monthly", r.keep_monthly);
+    num("keep-yearly", r.keep_yearly);
+    if let Some(w) = &r.keep_within {
+        a.push("--keep-within".into());
+        a.push(w.clone());
+    }
+    for t in &r.keep_tags {
+        a.push("--keep-tag".into());
+        a.push(t.clone());
+    }
+    a
+}
+
+fn owner_ref<K: Resource<DynamicType = ()>>(obj: &K) -> Option<OwnerReference> {
+    let mut r = obj.controller_owner_ref(&())?;
+    r.block_owner_deletion = Some(true);
+    Some(r)
+}
+
+/// Restricted defaults: non-root, read-only root filesystem, nothing extra.
+fn default_security(o: Option<&JobOverrides>) -> (PodSecurityContext, SecurityContext) {
+    let pod = o
+        .and_then(|o| o.pod_security_context.clone())
+        .unwrap_or(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(65532),
+            run_as_group: Some(65532),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                localhost_profile: None,
+            }),
+            ..PodSecurityContext::default()
+        });
+    let container = o
+        .and_then(|o| o.security_context.clone())
+        .unwrap_or(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            ..SecurityContext::default()
+        });
+    (pod, container)
+}
+
+/// Everything a Job needs besides its purpose.
+struct JobParts<'a> {
+    name: String,
+    namespace: Option<String>,
+    labels: BTreeMap<String, String>,
+    owner: Option<OwnerReference>,
+    args: Vec<String>,
+    repo: &'a BackupRepository,
+    data_claim: String,
+    data_read_only: bool,
+    node: Option<String>,
+    overrides: Option<&'a JobOverrides>,
+}
+
+fn build(p: JobParts<'_>, cfg: &JobConfig) -> Job {
+    let (mut envs, mut volumes, mut mounts) = repository_access(p.repo);
+    // Read-only root filesystem: the metadata cache and temp files go to emptyDirs.
+    envs.push(env("CAIRN_CACHE_DIR", "/cache"));
+    envs.push(env("HOME", "/tmp"));
+    envs.push(env("TMPDIR", "/tmp"));
+    for (name, path) in [("cache", "/cache"), ("tmp", "/tmp")] {
+        volumes.push(Volume {
+            name: name.into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            name: name.into(),
+            mount_path: path.into(),
+            ..VolumeMount::default()
+        });
+    }
+    volumes.push(Volume {
+        name: "data".into(),
+        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+            claim_name: p.data_claim,
+            read_only: Some(p.data_read_only),
+        }),
+        ..Volume::default()
+    });
+    mounts.push(VolumeMount {
+        name: "data".into(),
+        mount_path: DATA_MOUNT.into(),
+        read_only: Some(p.data_read_only),
+        ..VolumeMount::default()
+    });
+    let o = p.overrides;
+    let (pod_security, security) = default_security(o);
+    let mut node_selector = o.map(|o| o.node_selector.clone()).unwrap_or_default();
+    if let Some(node) = p.node {
+        // A ReadWriteOnce volume in use can only be mounted on its pod's node.
+        node_selector.insert("kubernetes.io/hostname".into(), node);
+    }
+    Job {
+        metadata: ObjectMeta {
+            name: Some(p.name),
+            namespace: p.namespace,
+            labels: Some(p.labels.clone()),
+            owner_references: p.owner.map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(JobSpec {
+            backoff_limit: Some(cfg.backoff_limit),
+            active_deadline_seconds: Some(
+                o.and_then(|o| o.active_deadline_seconds)
+                    .unwrap_or(cfg.active_deadline_seconds),
+            ),
+            ttl_seconds_after_finished: Some(cfg.ttl_seconds_after_finished),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(p.labels),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    restart_policy: Some("Never".into()),
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    security_context: Some(pod_security),
+                    node_selector: (!node_selector.is_empty()).then_some(node_selector),
+                    tolerations: o.map(|o| o.tolerations.clone()).filter(|t| !t.is_empty()),
+                    priority_class_name: o.and_then(|o| o.priority_class_name.clone()),
+                    volumes: Some(volumes),
+                    containers: vec![Container {
+                        name: "agent".into(),
+                        image: Some(cfg.image.clone()),
+                        image_pull_policy: Some(cfg.pull_policy.clone()),
+                        args: Some(p.args),
+                        env: Some(envs),
+                        volume_mounts: Some(mounts),
+                        resources: o.and_then(|o| o.resources.clone()),
+                        security_context: Some(security),
+                        termination_message_policy: Some("FallbackToLogsOnError".into()),
+                        ..Container::default()
+                    }],
+                    ..PodSpec::default()
+                }),
+            },
+            ..JobSpec::default()
+        }),
+        status: None,
+    }
+}
+
+fn base_labels(component: &str, repo: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (labels::NAME.to_string(), "cairn".to_string()),
+        (labels::COMPONENT.to_string(), component.to_string()),
+        (
+            labels::MANAGED_BY.to_string(),
+            "cairn-controller".to_string(),
+        ),
+        (labels::REPOSITORY.to_string(), repo.to_string()),
+    ])
+}
+
+/// The Job that backs up `pvc` for `backup`; `node` pins it to the node where
+/// a pod already mounts a ReadWriteOnce `pvc`.
+pub fn backup_job(
+    backup: &Backup,
+    repo: &BackupRepository,
+    pvc: &str,
+    node: Option<String>,
+    cfg: &JobConfig,
+) -> Job {
+    let name = backup.name_any();
+    let namespace = backup.namespace();
+    let mut labels = base_labels("backup", &repo.name_any());
+    labels.insert(labels::BACKUP.into(), name.clone());
+    labels.insert(labels::PVC.into(), pvc.to_string());
+    let mut args: Vec<String> = vec![
+        "agent".into(),
+        "backup".into(),
+        "--source".into(),
+        DATA_MOUNT.into(),
+        "--id".into(),
+        format!("{}/{pvc}", namespace.as_deref().unwrap_or("default")),
+    ];
+    for t in &backup.spec.tags {
+        args.push("--tag".into());
+        args.push(t.clone());
+    }
+    if let Some(r) = &backup.spec.retention {
+        args.extend(retention_args(r));
+    }
+    build(
+        JobParts {
+            name: backup_job_name(&name, pvc),
+            namespace,
+            labels,
+            owner: owner_ref(backup),
+            args,
+            repo,
+            data_claim: pvc.to_string(),
+            data_read_only: true,
+            node,
+            overrides: backup.spec.job.as_ref(),
+        },
+        cfg,
+    )
+}
+
+/// The Job of a `Restore` into `target_pvc`.
+pub fn restore_job(
+    restore: &Restore,
+    repo: &BackupRepository,
+    target_pvc: &str,
+    node: Option<String>,
+    cfg: &JobConfig,
+) -> Job {
+    let name = restore.name_any();
+    let namespace = restore.namespace();
+    let mut labels = base_labels("restore", &repo.name_any());
+    labels.insert(labels::RESTORE.into(), name.clone());
+    labels.insert(labels::PVC.into(), target_pvc.to_string());
+    let mut args: Vec<String> = vec![
+        "agent".into(),
+        "restore".into(),
+        "--target".into(),
+        DATA_MOUNT.into(),
+    ];
+    let sel = &restore.spec.snapshot;
+    if let Some(id) = &sel.id {
+        args.push("--snapshot".into());
+        args.push(id.clone());
+    }
+    if let Some(of) = &sel.latest_of {
+        args.push("--latest-of".into());
+        args.push(format!(
+            "{}/{of}",
+            namespace.as_deref().unwrap_or("default")
+        ));
+    }
+    for t in &sel.tags {
+        args.push("--tag".into());
+        args.push(t.clone());
+    }
+    for i in &restore.spec.include {
+        args.push("--include".into());
+        args.push(i.clone());
+    }
+    build(
+        JobParts {
+            name: restore_job_name(&name),
+            namespace,
+            labels,
+            owner: owner_ref(restore),
+            args,
+            repo,
+            data_claim: target_pvc.to_string(),
+            data_read_only: false,
+            node,
+            overrides: restore.spec.job.as_ref(),
+        },
+        cfg,
+    )
+}

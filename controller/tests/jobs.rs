@@ -1,0 +1,349 @@
+//! The agent Jobs the controller builds, field by field, and reading the
+//! agent's result back from a pod.
+
+use cairn_controller::jobs::{self, backup_job, restore_job, JobConfig, DATA_MOUNT};
+use cairn_controller::result::AgentResult;
+use cairn_crds::{Backup, BackupRepository, JobOverrides, Restore, RetentionPolicy};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{
+    Container, ContainerState, ContainerStateTerminated, ContainerStatus, EnvVar, Pod, PodSpec,
+    PodStatus, Toleration,
+};
+use serde::de::DeserializeOwned;
+
+fn example<T: DeserializeOwned>(name: &str) -> T {
+    let path = format!("{}/../crds/examples/{name}", env!("CARGO_MANIFEST_DIR"));
+    serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+fn with_uid<T: kube::Resource>(mut obj: T, uid: &str) -> T {
+    obj.meta_mut().uid = Some(uid.into());
+    obj
+}
+
+fn container(job: &Job) -> &Container {
+    &job.spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
+}
+
+fn pod_spec(job: &Job) -> &PodSpec {
+    job.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+}
+
+fn env<'a>(c: &'a Container, name: &str) -> Option<&'a EnvVar> {
+    c.env.as_ref().unwrap().iter().find(|e| e.name == name)
+}
+
+fn env_value(c: &Container, name: &str) -> Option<String> {
+    env(c, name).and_then(|e| e.value.clone())
+}
+
+fn secret_ref(c: &Container, name: &str) -> (String, String) {
+    let e = env(c, name).unwrap_or_else(|| panic!("no {name}"));
+    assert!(
+        e.value.is_none(),
+        "{name} must come from a Secret, not a value"
+    );
+    let s = e
+        .value_from
+        .as_ref()
+        .unwrap()
+        .secret_key_ref
+        .as_ref()
+        .unwrap();
+    (s.name.clone(), s.key.clone())
+}
+
+#[test]
+fn backup_job_for_an_s3_repository() {
+    let repo: BackupRepository = example("repository-s3.yaml");
+    let mut backup: Backup = with_uid(example("backup.yaml"), "uid-1");
+    backup.spec.retention = Some(RetentionPolicy {
+        keep_daily: Some(7),
+        keep_within: Some("30d".into()),
+        ..Default::default()
+    });
+    let cfg = JobConfig::default();
+    let job = backup_job(&backup, &repo, "postgres-data", None, &cfg);
+
+    let meta = &job.metadata;
+    assert_eq!(
+        meta.name.as_deref(),
+        Some("cairn-backup-before-upgrade-postgres-data")
+    );
+    assert_eq!(meta.namespace.as_deref(), Some("shop"));
+    let owner = &meta.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
+        ("Backup", "before-upgrade", "uid-1")
+    );
+    assert_eq!(owner.controller, Some(true));
+    let labels = meta.labels.as_ref().unwrap();
+    assert_eq!(labels[jobs::labels::BACKUP], "before-upgrade");
+    assert_eq!(labels[jobs::labels::PVC], "postgres-data");
+    assert_eq!(labels[jobs::labels::REPOSITORY], "offsite");
+
+    let spec = job.spec.as_ref().unwrap();
+    assert_eq!(spec.backoff_limit, Some(1));
+    assert_eq!(spec.active_deadline_seconds, Some(6 * 3600));
+    assert!(spec.ttl_seconds_after_finished.is_some());
+    let pod = pod_spec(&job);
+    assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+    assert_eq!(pod.automount_service_account_token, Some(false));
+    assert!(pod.node_selector.is_none());
+
+    // The PVC, read-only, at /data.
+    let data = pod
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "data")
+        .unwrap();
+    let claim = data.persistent_volume_claim.as_ref().unwrap();
+    assert_eq!(
+        (claim.claim_name.as_str(), claim.read_only),
+        ("postgres-data", Some(true))
+    );
+    let c = container(&job);
+    let mount = c
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.name == "data")
+        .unwrap();
+    assert_eq!(
+        (mount.mount_path.as_str(), mount.read_only),
+        (DATA_MOUNT, Some(true))
+    );
+
+    // Repository and secrets by reference only.
+    assert_eq!(
+        env_value(c, "CAIRN_REPOSITORY").as_deref(),
+        Some("s3:https://s3.example.net/shop-backups/prod")
+    );
+    assert_eq!(
+        env_value(c, "CAIRN_S3_REGION").as_deref(),
+        Some("eu-west-1")
+    );
+    assert_eq!(
+        secret_ref(c, "CAIRN_PASSWORD"),
+        ("backup-password".into(), "password".into())
+    );
+    assert_eq!(
+        secret_ref(c, "AWS_ACCESS_KEY_ID"),
+        ("backup-s3".into(), "AWS_ACCESS_KEY_ID".into())
+    );
+    assert_eq!(
+        secret_ref(c, "AWS_SECRET_ACCESS_KEY"),
+        ("backup-s3".into(), "AWS_SECRET_ACCESS_KEY".into())
+    );
+    let args = c.args.as_ref().unwrap().join(" ");
+    assert_eq!(
+        args,
+        "agent backup --source /data --id shop/postgres-data --tag manual --tag before-upgrade --keep-daily 7 --keep-within 30d"
+    );
+    assert!(!args.contains("password") && !args.contains("SECRET"));
+
+    // Non-root, read-only root filesystem, nothing extra.
+    let psc = pod.security_context.as_ref().unwrap();
+    assert_eq!(psc.run_as_non_root, Some(true));
+    let sc = c.security_context.as_ref().unwrap();
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        sc.capabilities.as_ref().unwrap().drop.as_deref(),
+        Some(&["ALL".to_string()][..])
+    );
+    assert_eq!(env_value(c, "CAIRN_CACHE_DIR").as_deref(), Some("/cache"));
+    assert_eq!(
+        c.termination_message_policy.as_deref(),
+        Some("FallbackToLogsOnError")
+    );
+    assert_eq!(c.image.as_deref(), Some(cfg.image.as_str()));
+}
+
+#[test]
+fn rwo_volume_in_use_pins_the_job_to_its_node_and_overrides_apply() {
+    let repo: BackupRepository = example("repository-s3.yaml");
+    let mut backup: Backup = with_uid(example("backup.yaml"), "uid-2");
+    backup.spec.job = Some(JobOverrides {
+        node_selector: [("disktype".to_string(), "ssd".to_string())].into(),
+        tolerations: vec![Toleration {
+            key: Some("dedicated".into()),
+            operator: Some("Exists".into()),
+            ..Toleration::default()
+        }],
+        priority_class_name: Some("backup-low".into()),
+        active_deadline_seconds: Some(600),
+        ..JobOverrides::default()
+    });
+    let job = backup_job(
+        &backup,
+        &repo,
+        "postgres-data",
+        Some("node-7".into()),
+        &JobConfig::default(),
+    );
+    let pod = pod_spec(&job);
+    let ns = pod.node_selector.as_ref().unwrap();
+    assert_eq!(ns["kubernetes.io/hostname"], "node-7");
+    assert_eq!(ns["disktype"], "ssd");
+    assert_eq!(pod.tolerations.as_ref().unwrap().len(), 1);
+    assert_eq!(pod.priority_class_name.as_deref(), Some("backup-low"));
+    assert_eq!(
+        job.spec.as_ref().unwrap().active_deadline_seconds,
+        Some(600)
+    );
+}
+
+#[test]
+fn volume_repository_and_ca_bundle() {
+    let mut repo: BackupRepository = example("repository-s3.yaml");
+    repo.spec.s3.as_mut().unwrap().ca_bundle = Some(cairn_crds::CaBundle {
+        config_map_name: Some("corp-ca".into()),
+        secret_name: None,
+        key: "ca.pem".into(),
+    });
+    let backup: Backup = with_uid(example("backup.yaml"), "uid-3");
+    let job = backup_job(&backup, &repo, "pvc", None, &JobConfig::default());
+    let c = container(&job);
+    assert_eq!(
+        env_value(c, "CAIRN_S3_CA_BUNDLE").as_deref(),
+        Some("/etc/cairn/ca/ca.pem")
+    );
+    let ca = pod_spec(&job)
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "ca")
+        .unwrap();
+    assert_eq!(ca.config_map.as_ref().unwrap().name, "corp-ca");
+
+    repo.spec.s3 = None;
+    repo.spec.volume = Some(cairn_crds::VolumeStorage {
+        claim_name: "backup-store".into(),
+        sub_path: Some("/shop/".into()),
+    });
+    let job = backup_job(&backup, &repo, "pvc", None, &JobConfig::default());
+    let c = container(&job);
+    assert_eq!(
+        env_value(c, "CAIRN_REPOSITORY").as_deref(),
+        Some("/repository/shop")
+    );
+    assert!(env(c, "AWS_ACCESS_KEY_ID").is_none());
+    let v = pod_spec(&job)
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "repository")
+        .unwrap();
+    assert_eq!(
+        v.persistent_volume_claim.as_ref().unwrap().claim_name,
+        "backup-store"
+    );
+}
+
+#[test]
+fn job_names_are_deterministic_bounded_and_distinct() {
+    let long = "x".repeat(80);
+    let a = jobs::backup_job_name(&long, "pvc-a");
+    let b = jobs::backup_job_name(&long, "pvc-b");
+    assert!(a.len() <= 63 && b.len() <= 63);
+    assert_ne!(a, b);
+    assert_eq!(a, jobs::backup_job_name(&long, "pvc-a"));
+    assert_eq!(jobs::restore_job_name("r"), "cairn-restore-r");
+}
+
+#[test]
+fn restore_job_writes_into_the_target() {
+    let repo: BackupRepository = example("repository-s3.yaml");
+    let mut restore: Restore = with_uid(example("restore.yaml"), "uid-4");
+    restore.spec.include = vec!["/data/db/**".into()];
+    let job = restore_job(
+        &restore,
+        &repo,
+        "postgres-data-restored",
+        None,
+        &JobConfig::default(),
+    );
+    let c = container(&job);
+    assert_eq!(
+        c.args.as_ref().unwrap().join(" "),
+        "agent restore --target /data --latest-of shop/postgres-data --include /data/db/**"
+    );
+    let data = pod_spec(&job)
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "data")
+        .unwrap();
+    let claim = data.persistent_volume_claim.as_ref().unwrap();
+    assert_eq!(
+        (claim.claim_name.as_str(), claim.read_only),
+        ("postgres-data-restored", Some(false))
+    );
+    let owner = &job.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(owner.kind, "Restore");
+}
+
+fn terminated_pod(message: Option<&str>, exit_code: i32) -> Pod {
+    Pod {
+        status: Some(PodStatus {
+            container_statuses: Some(vec![ContainerStatus {
+                name: "agent".into(),
+                state: Some(ContainerState {
+                    terminated: Some(ContainerStateTerminated {
+                        exit_code,
+                        message: message.map(str::to_string),
+                        reason: Some("Error".into()),
+                        ..ContainerStateTerminated::default()
+                    }),
+                    ..ContainerState::default()
+                }),
+                ..ContainerStatus::default()
+            }]),
+            ..PodStatus::default()
+        }),
+        ..Pod::default()
+    }
+}
+
+#[test]
+fn agent_results_are_read_from_the_pod() {
+    // The exact shape `cairn agent backup` writes (agent/tests/cli.rs checks the writer side).
+    let msg = r#"{"command":"backup","ok":true,"exitCode":3,"snapshotId":"31c9af18","files":2,"bytesProcessed":3145734,"bytesAdded":3147527,"bytesStored":3157311,"durationSeconds":0.03,"unreadableFiles":1,"snapshotsForgotten":0}"#;
+    let r = AgentResult::from_pod(&terminated_pod(Some(msg), 3)).unwrap();
+    assert!(r.ok);
+    assert_eq!(r.exit_code, 3);
+    let s = r.snapshot_result("data");
+    assert_eq!(s.snapshot_id.as_deref(), Some("31c9af18"));
+    assert_eq!(
+        (
+            s.files,
+            s.bytes_processed,
+            s.bytes_added,
+            s.unreadable_files
+        ),
+        (2, 3145734, 3147527, 1)
+    );
+
+    // Killed before writing a result: the log tail the kubelet substituted.
+    let r = AgentResult::from_pod(&terminated_pod(Some("thread panicked\nout of memory"), 137))
+        .unwrap();
+    assert!(!r.ok);
+    assert!(r.error.unwrap().contains("out of memory"));
+    let r = AgentResult::from_pod(&terminated_pod(None, 137)).unwrap();
+    assert!(r.error.unwrap().contains("exit code 137"));
+    assert!(AgentResult::from_pod(&Pod::default()).is_none());
+}
