@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 
 use cairn_crds::{Backup, BackupRepository, JobOverrides, Restore, RetentionPolicy};
-use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::batch::v1::{
+    Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement, PodFailurePolicyRule,
+};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
     PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec,
@@ -341,6 +343,19 @@ fn build(p: JobParts<'_>, cfg: &JobConfig) -> Job {
                     .unwrap_or(cfg.active_deadline_seconds),
             ),
             ttl_seconds_after_finished: Some(cfg.ttl_seconds_after_finished),
+            // Exit 3 means the snapshot was written (some files unreadable):
+            // retrying would only write another one.
+            pod_failure_policy: Some(PodFailurePolicy {
+                rules: vec![PodFailurePolicyRule {
+                    action: "FailJob".into(),
+                    on_exit_codes: Some(PodFailurePolicyOnExitCodesRequirement {
+                        container_name: Some("agent".into()),
+                        operator: "In".into(),
+                        values: vec![3],
+                    }),
+                    on_pod_conditions: None,
+                }],
+            }),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(p.labels),

@@ -93,6 +93,9 @@ fn backup_job_for_an_s3_repository() {
     assert_eq!(spec.backoff_limit, Some(1));
     assert_eq!(spec.active_deadline_seconds, Some(6 * 3600));
     assert!(spec.ttl_seconds_after_finished.is_some());
+    let rule = &spec.pod_failure_policy.as_ref().unwrap().rules[0];
+    assert_eq!(rule.action, "FailJob");
+    assert_eq!(rule.on_exit_codes.as_ref().unwrap().values, vec![3]);
     let pod = pod_spec(&job);
     assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
     assert_eq!(pod.automount_service_account_token, Some(false));

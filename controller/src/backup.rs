@@ -1,0 +1,288 @@
+//! The `Backup` reconciler: one agent Job per PVC, results into status.
+//!
+//! Idempotent: Job names are deterministic, so a repeated reconcile finds the
+//! Jobs it created (a create that races answers 409 and is ignored). Status
+//! goes through the status subresource with `observedGeneration`. A finished
+//! `Backup` is left alone.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_crds::{Backup, BackupRepository, BackupStatus, Phase};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Api, Client, Resource, ResourceExt};
+
+use crate::jobs::{self, JobConfig};
+use crate::result::AgentResult;
+
+/// Shared state of the reconcilers.
+pub struct Context {
+    /// API client.
+    pub client: Client,
+    /// Job settings.
+    pub jobs: JobConfig,
+    /// Event recorder.
+    pub recorder: Recorder,
+}
+
+/// Reconcile errors (API failures; spec problems go to status instead).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API server refused or failed a request.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// An object without namespace or name.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn condition(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: if ok { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: generation,
+        last_transition_time: Time(Timestamp::now()),
+    }
+}
+
+async fn publish(ctx: &Context, b: &Backup, type_: EventType, reason: &str, note: String) {
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Backup".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &b.object_ref(&())).await {
+        tracing::warn!(
+            "event {reason} for backup {} not recorded: {e}",
+            b.name_any()
+        );
+    }
+}
+
+/// The node of a running pod that mounts `pvc`, when the claim is
+/// ReadWriteOnce: the agent must run there to mount it too.
+async fn rwo_node(client: &Client, ns: &str, pvc: &str) -> Result<Option<String>, Error> {
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    let Some(claim) = claims.get_opt(pvc).await? else {
+        return Ok(None);
+    };
+    let rwo = claim
+        .spec
+        .as_ref()
+        .and_then(|s| s.access_modes.as_ref())
+        .is_some_and(|m| m.iter().any(|m| m == "ReadWriteOnce"));
+    if !rwo {
+        return Ok(None);
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    for p in pods.list(&ListParams::default()).await? {
+        let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+        let mounts = p.spec.as_ref().is_some_and(|s| {
+            s.volumes.iter().flatten().any(|v| {
+                v.persistent_volume_claim
+                    .as_ref()
+                    .is_some_and(|c| c.claim_name == pvc)
+            })
+        });
+        if running && mounts {
+            if let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.clone()) {
+                return Ok(Some(node));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// What one PVC's Job has come to.
+enum JobOutcome {
+    Running,
+    Done(Box<AgentResult>),
+}
+
+async fn job_outcome(client: &Client, ns: &str, job: &Job) -> Result<JobOutcome, Error> {
+    let st = job.status.clone().unwrap_or_default();
+    let finished = st.succeeded.unwrap_or(0) > 0
+        || st
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| (c.type_ == "Failed" || c.type_ == "Complete") && c.status == "True");
+    if !finished {
+        return Ok(JobOutcome::Running);
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let lp = ListParams::default().labels(&format!("job-name={}", job.name_any()));
+    let mut newest: Option<AgentResult> = None;
+    for p in pods.list(&lp).await? {
+        if let Some(r) = AgentResult::from_pod(&p) {
+            if newest.as_ref().is_none_or(|n| !n.ok || r.ok) {
+                newest = Some(r);
+            }
+        }
+    }
+    Ok(JobOutcome::Done(Box::new(newest.unwrap_or_else(|| {
+        AgentResult {
+            ok: st.succeeded.unwrap_or(0) > 0,
+            exit_code: if st.succeeded.unwrap_or(0) > 0 { 0 } else { 1 },
+            error: Some("the Job finished but its pod (and result) is gone".into()),
+            ..AgentResult::default()
+        }
+    }))))
+}
+
+/// Reconcile one `Backup`.
+///
+/// # Errors
+/// API failures (the controller retries with backoff).
+pub async fn reconcile(b: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = b
+        .namespace()
+        .ok_or_else(|| Error::Invalid("Backup without namespace".into()))?;
+    let name = b.name_any();
+    let generation = b.meta().generation;
+    let old = b.status.clone().unwrap_or_default();
+    if matches!(old.phase, Phase::Succeeded | Phase::Failed) {
+        return Ok(Action::await_change());
+    }
+    let backups: Api<Backup> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut status = BackupStatus {
+        observed_generation: generation,
+        ..old.clone()
+    };
+
+    // The repository must exist; otherwise wait (it may be applied next).
+    let repos: Api<BackupRepository> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(repo) = repos.get_opt(&b.spec.repository.name).await? else {
+        let msg = format!(
+            "BackupRepository {:?} not found in namespace {ns}",
+            b.spec.repository.name
+        );
+        status.phase = Phase::Pending;
+        status.conditions = vec![condition(
+            "Ready",
+            false,
+            "RepositoryNotFound",
+            &msg,
+            generation,
+        )];
+        if old.conditions.first().map(|c| c.reason.as_str()) != Some("RepositoryNotFound") {
+            publish(&ctx, &b, EventType::Warning, "RepositoryNotFound", msg).await;
+        }
+        patch_status(&backups, &name, &status).await?;
+        return Ok(Action::requeue(Duration::from_secs(60)));
+    };
+
+    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut results = Vec::new();
+    let mut running = false;
+    let mut job_names = Vec::new();
+    for pvc in &b.spec.pvcs {
+        let job_name = jobs::backup_job_name(&name, pvc);
+        job_names.push(job_name.clone());
+        let job = match jobs_api.get_opt(&job_name).await? {
+            Some(j) => j,
+            None => {
+                let node = rwo_node(&ctx.client, &ns, pvc).await?;
+                let job = jobs::backup_job(&b, &repo, pvc, node, &ctx.jobs);
+                match jobs_api.create(&PostParams::default(), &job).await {
+                    Ok(j) => {
+                        publish(
+                            &ctx,
+                            &b,
+                            EventType::Normal,
+                            "Started",
+                            format!("backing up PVC {pvc} with Job {job_name}"),
+                        )
+                        .await;
+                        j
+                    }
+                    // Created meanwhile by another reconcile: use it.
+                    Err(kube::Error::Api(e)) if e.code == 409 => jobs_api.get(&job_name).await?,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        match job_outcome(&ctx.client, &ns, &job).await? {
+            JobOutcome::Running => running = true,
+            JobOutcome::Done(r) => results.push((pvc.clone(), *r)),
+        }
+    }
+    status.job_names = job_names;
+    if status.start_time.is_none() {
+        status.start_time = Some(Time(Timestamp::now()));
+    }
+    status.snapshots = results
+        .iter()
+        .map(|(pvc, r)| r.snapshot_result(pvc))
+        .collect();
+    if running {
+        status.phase = Phase::Running;
+        status.conditions = vec![condition(
+            "Ready",
+            true,
+            "Running",
+            "agent Jobs are running",
+            generation,
+        )];
+        patch_status(&backups, &name, &status).await?;
+        return Ok(Action::requeue(Duration::from_secs(60)));
+    }
+    status.completion_time = Some(Time(Timestamp::now()));
+    let failures: Vec<String> = results
+        .iter()
+        .filter(|(_, r)| !r.ok)
+        .map(|(pvc, r)| format!("{pvc}: {}", r.error.as_deref().unwrap_or("failed")))
+        .collect();
+    if failures.is_empty() {
+        status.phase = Phase::Succeeded;
+        let unreadable: u64 = status.snapshots.iter().map(|s| s.unreadable_files).sum();
+        let msg = format!(
+            "{} snapshot(s) written{}",
+            status.snapshots.len(),
+            if unreadable > 0 {
+                format!("; {unreadable} files could not be read")
+            } else {
+                String::new()
+            }
+        );
+        status.conditions = vec![condition("Ready", true, "Succeeded", &msg, generation)];
+        publish(&ctx, &b, EventType::Normal, "Succeeded", msg).await;
+    } else {
+        status.phase = Phase::Failed;
+        let msg = failures.join("; ");
+        status.message = Some(msg.clone());
+        status.conditions = vec![condition("Ready", false, "Failed", &msg, generation)];
+        publish(&ctx, &b, EventType::Warning, "Failed", msg).await;
+    }
+    patch_status(&backups, &name, &status).await?;
+    Ok(Action::await_change())
+}
+
+async fn patch_status(api: &Api<Backup>, name: &str, status: &BackupStatus) -> Result<(), Error> {
+    let patch = serde_json::json!({ "status": status });
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+/// Requeue policy after an error.
+pub fn error_policy(_b: Arc<Backup>, e: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!("backup reconcile failed: {e}");
+    Action::requeue(Duration::from_secs(15))
+}

@@ -1,0 +1,469 @@
+//! The `Backup` reconciler against an in-process fake API server: a kube
+//! `Client` over a tower service that stores objects in memory and answers
+//! GET, LIST (with label selectors), POST (409 on duplicates) and merge
+//! PATCH, including the status subresource, like the apiserver does.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use cairn_controller::backup::{reconcile, Context};
+use cairn_controller::jobs::{self, JobConfig};
+use cairn_crds::{Backup, Phase};
+use http_body_util::{BodyExt, Full};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::Client;
+use serde_json::{json, Value};
+
+#[derive(Clone, Default)]
+struct FakeApi {
+    /// Object path (collection path + "/" + name) → object.
+    objects: Arc<Mutex<BTreeMap<String, Value>>>,
+    /// Method and path of every request, in order.
+    log: Arc<Mutex<Vec<String>>>,
+    next_uid: Arc<Mutex<u64>>,
+}
+
+fn status(code: u16, reason: &str, message: &str) -> http::Response<Full<Bytes>> {
+    let body = json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure",
+        "message": message, "reason": reason, "code": code});
+    http::Response::builder()
+        .status(code)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
+fn ok(code: u16, v: &Value) -> http::Response<Full<Bytes>> {
+    http::Response::builder()
+        .status(code)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(v.to_string())))
+        .unwrap()
+}
+
+/// RFC 7386 JSON merge patch.
+fn merge(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
+fn matches_selector(obj: &Value, selector: &str) -> bool {
+    selector.split(',').filter(|s| !s.is_empty()).all(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        obj["metadata"]["labels"][k].as_str() == Some(v)
+    })
+}
+
+impl FakeApi {
+    fn insert(&self, path: &str, obj: Value) {
+        self.objects.lock().unwrap().insert(path.to_string(), obj);
+    }
+    fn get(&self, path: &str) -> Option<Value> {
+        self.objects.lock().unwrap().get(path).cloned()
+    }
+    fn under(&self, collection: &str) -> Vec<Value> {
+        let prefix = format!("{collection}/");
+        self.objects
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix) && !k[prefix.len()..].contains('/'))
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+    fn requests(&self, method: &str, fragment: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.starts_with(method) && l.contains(fragment))
+            .count()
+    }
+
+    fn handle(
+        &self,
+        method: &str,
+        path: &str,
+        query: &str,
+        body: &[u8],
+    ) -> http::Response<Full<Bytes>> {
+        self.log.lock().unwrap().push(format!("{method} {path}"));
+        let selector = query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("labelSelector="))
+            .map(|s| {
+                s.replace("%3D", "=")
+                    .replace("%2C", ",")
+                    .replace("%2F", "/")
+            })
+            .unwrap_or_default();
+        match method {
+            "GET" => {
+                if let Some(obj) = self.get(path) {
+                    return ok(200, &obj);
+                }
+                let items: Vec<Value> = self
+                    .under(path)
+                    .into_iter()
+                    .filter(|o| matches_selector(o, &selector))
+                    .collect();
+                // A collection path has an even number of segments after the group/version.
+                let is_collection = path.ends_with('s') && self.get(path).is_none() && {
+                    let last = path.rsplit('/').next().unwrap_or("");
+                    [
+                        "jobs",
+                        "pods",
+                        "backups",
+                        "backuprepositories",
+                        "persistentvolumeclaims",
+                        "events",
+                    ]
+                    .contains(&last)
+                };
+                if is_collection {
+                    ok(
+                        200,
+                        &json!({"apiVersion":"v1","kind":"List","metadata":{"resourceVersion":"1"},"items":items}),
+                    )
+                } else {
+                    status(404, "NotFound", &format!("{path} not found"))
+                }
+            }
+            "POST" => {
+                let mut obj: Value = serde_json::from_slice(body).unwrap();
+                let name = obj["metadata"]["name"]
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| {
+                        let mut n = self.next_uid.lock().unwrap();
+                        *n += 1;
+                        format!(
+                            "{}{n}",
+                            obj["metadata"]["generateName"].as_str().unwrap_or("obj-")
+                        )
+                    });
+                let key = format!("{path}/{name}");
+                if self.get(&key).is_some() {
+                    return status(409, "AlreadyExists", &format!("{key} already exists"));
+                }
+                let uid = {
+                    let mut n = self.next_uid.lock().unwrap();
+                    *n += 1;
+                    format!("uid-{n}")
+                };
+                obj["metadata"]["name"] = json!(name);
+                obj["metadata"]["uid"] = json!(uid);
+                obj["metadata"]["resourceVersion"] = json!("1");
+                self.insert(&key, obj.clone());
+                ok(201, &obj)
+            }
+            "PATCH" => {
+                let (key, sub) = match path.strip_suffix("/status") {
+                    Some(k) => (k.to_string(), true),
+                    None => (path.to_string(), false),
+                };
+                let Some(mut obj) = self.get(&key) else {
+                    return status(404, "NotFound", &format!("{key} not found"));
+                };
+                let patch: Value = serde_json::from_slice(body).unwrap();
+                if sub {
+                    // The status subresource ignores everything but status.
+                    merge(&mut obj["status"], &patch["status"]);
+                } else {
+                    merge(&mut obj, &patch);
+                }
+                self.insert(&key, obj.clone());
+                ok(200, &obj)
+            }
+            _ => status(405, "MethodNotAllowed", method),
+        }
+    }
+
+    fn client(&self) -> Client {
+        let api = self.clone();
+        let svc = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+            let api = api.clone();
+            async move {
+                let method = req.method().to_string();
+                let path = req.uri().path().to_string();
+                let query = req.uri().query().unwrap_or("").to_string();
+                let body = req
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                Ok::<_, Infallible>(api.handle(&method, &path, &query, &body))
+            }
+        });
+        Client::new(svc, "default")
+    }
+}
+
+const NS: &str = "shop";
+const BACKUPS: &str = "/apis/cairn.dev/v1alpha1/namespaces/shop/backups";
+const REPOS: &str = "/apis/cairn.dev/v1alpha1/namespaces/shop/backuprepositories";
+const JOBS: &str = "/apis/batch/v1/namespaces/shop/jobs";
+const PODS: &str = "/api/v1/namespaces/shop/pods";
+const PVCS: &str = "/api/v1/namespaces/shop/persistentvolumeclaims";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/shop/events";
+
+fn yaml(path: &str) -> Value {
+    let p = format!("{}/../crds/examples/{path}", env!("CARGO_MANIFEST_DIR"));
+    serde_yaml::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+fn setup(with_repo: bool) -> (FakeApi, Arc<Context>) {
+    let api = FakeApi::default();
+    if with_repo {
+        let mut repo = yaml("repository-s3.yaml");
+        repo["metadata"]["uid"] = json!("repo-uid");
+        api.insert(&format!("{REPOS}/offsite"), repo);
+    }
+    let mut b = yaml("backup.yaml");
+    b["metadata"]["uid"] = json!("backup-uid");
+    b["metadata"]["generation"] = json!(1);
+    b["spec"]["pvcs"] = json!(["postgres-data", "uploads"]);
+    api.insert(&format!("{BACKUPS}/before-upgrade"), b);
+    // postgres-data is ReadWriteOnce and mounted by a running pod on node-3.
+    api.insert(
+        &format!("{PVCS}/postgres-data"),
+        json!({"apiVersion":"v1","kind":"PersistentVolumeClaim",
+               "metadata":{"name":"postgres-data","namespace":NS},
+               "spec":{"accessModes":["ReadWriteOnce"]}}),
+    );
+    api.insert(
+        &format!("{PODS}/postgres-0"),
+        json!({"apiVersion":"v1","kind":"Pod","metadata":{"name":"postgres-0","namespace":NS},
+               "spec":{"nodeName":"node-3","containers":[{"name":"pg"}],
+                       "volumes":[{"name":"d","persistentVolumeClaim":{"claimName":"postgres-data"}}]},
+               "status":{"phase":"Running"}}),
+    );
+    let client = api.client();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "cairn-controller".into(),
+            instance: None,
+        },
+    );
+    let ctx = Arc::new(Context {
+        client,
+        jobs: JobConfig::default(),
+        recorder,
+    });
+    (api, ctx)
+}
+
+fn backup(api: &FakeApi) -> Arc<Backup> {
+    Arc::new(
+        serde_json::from_value(api.get(&format!("{BACKUPS}/before-upgrade")).unwrap()).unwrap(),
+    )
+}
+
+fn events(api: &FakeApi) -> Vec<String> {
+    api.under(EVENTS)
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["type"].as_str().unwrap_or(""),
+                e["reason"].as_str().unwrap_or("")
+            )
+        })
+        .collect()
+}
+
+/// Mark a Job finished and give it a terminated pod with this termination message.
+fn finish_job(api: &FakeApi, job: &str, succeeded: bool, message: &str, exit_code: i32) {
+    let key = format!("{JOBS}/{job}");
+    let mut j = api.get(&key).unwrap();
+    j["status"] = if succeeded {
+        json!({"succeeded":1,"conditions":[{"type":"Complete","status":"True"}]})
+    } else {
+        json!({"failed":1,"conditions":[{"type":"Failed","status":"True"}]})
+    };
+    api.insert(&key, j);
+    api.insert(
+        &format!("{PODS}/{job}-abcde"),
+        json!({"apiVersion":"v1","kind":"Pod",
+               "metadata":{"name":format!("{job}-abcde"),"namespace":NS,"labels":{"job-name":job}},
+               "spec":{"containers":[{"name":"agent"}]},
+               "status":{"phase": if succeeded {"Succeeded"} else {"Failed"},
+                 "containerStatuses":[{"name":"agent","image":"x","imageID":"","ready":false,"restartCount":0,
+                   "state":{"terminated":{"exitCode":exit_code,"message":message}}}]}}),
+    );
+}
+
+#[tokio::test]
+async fn backup_runs_one_job_per_pvc_and_writes_typed_status() {
+    let (api, ctx) = setup(true);
+    reconcile(backup(&api), ctx.clone()).await.unwrap();
+
+    let jobs_created = api.under(JOBS);
+    assert_eq!(jobs_created.len(), 2);
+    let pg = api
+        .get(&format!(
+            "{JOBS}/{}",
+            jobs::backup_job_name("before-upgrade", "postgres-data")
+        ))
+        .unwrap();
+    assert_eq!(
+        pg["spec"]["template"]["spec"]["nodeSelector"]["kubernetes.io/hostname"],
+        "node-3"
+    );
+    assert_eq!(pg["metadata"]["ownerReferences"][0]["uid"], "backup-uid");
+    let up = api
+        .get(&format!(
+            "{JOBS}/{}",
+            jobs::backup_job_name("before-upgrade", "uploads")
+        ))
+        .unwrap();
+    assert!(
+        up["spec"]["template"]["spec"]["nodeSelector"].is_null(),
+        "no RWO pin for an unknown claim"
+    );
+
+    let b = backup(&api);
+    let st = b.status.as_ref().unwrap();
+    assert_eq!(st.phase, Phase::Running);
+    assert_eq!(st.observed_generation, Some(1));
+    assert_eq!(st.job_names.len(), 2);
+    assert!(st.start_time.is_some());
+    // One Event per reason and object; the recorder counts repeats in its series.
+    assert_eq!(events(&api), vec!["Normal Started"]);
+    assert_eq!(
+        api.requests("POST", "/events") + api.requests("PATCH", "/events"),
+        2
+    );
+
+    // A second reconcile creates nothing new.
+    reconcile(backup(&api), ctx.clone()).await.unwrap();
+    assert_eq!(api.under(JOBS).len(), 2);
+    assert_eq!(api.requests("POST", "/jobs"), 2);
+
+    // Both Jobs finish; one volume had an unreadable file (exit 3, still a snapshot).
+    let ok = r#"{"command":"backup","ok":true,"exitCode":0,"snapshotId":"aaaa1111","files":10,"bytesProcessed":1000,"bytesAdded":400,"bytesStored":300,"durationSeconds":2.5,"unreadableFiles":0,"snapshotsForgotten":1}"#;
+    let partial = r#"{"command":"backup","ok":true,"exitCode":3,"snapshotId":"bbbb2222","files":5,"bytesProcessed":50,"bytesAdded":0,"bytesStored":0,"durationSeconds":0.5,"unreadableFiles":1,"snapshotsForgotten":0}"#;
+    finish_job(
+        &api,
+        &jobs::backup_job_name("before-upgrade", "postgres-data"),
+        true,
+        ok,
+        0,
+    );
+    finish_job(
+        &api,
+        &jobs::backup_job_name("before-upgrade", "uploads"),
+        false,
+        partial,
+        3,
+    );
+    reconcile(backup(&api), ctx.clone()).await.unwrap();
+
+    let b = backup(&api);
+    let st = b.status.as_ref().unwrap();
+    assert_eq!(st.phase, Phase::Succeeded, "{st:?}");
+    assert!(st.completion_time.is_some());
+    let pg = st
+        .snapshots
+        .iter()
+        .find(|s| s.pvc == "postgres-data")
+        .unwrap();
+    assert_eq!(pg.snapshot_id.as_deref(), Some("aaaa1111"));
+    assert_eq!(
+        (pg.files, pg.bytes_processed, pg.bytes_added),
+        (10, 1000, 400)
+    );
+    assert_eq!(pg.duration_seconds, 2.5);
+    let up = st.snapshots.iter().find(|s| s.pvc == "uploads").unwrap();
+    assert_eq!(up.unreadable_files, 1);
+    let ready = &st.conditions[0];
+    assert_eq!(
+        (
+            ready.type_.as_str(),
+            ready.status.as_str(),
+            ready.reason.as_str()
+        ),
+        ("Ready", "True", "Succeeded")
+    );
+    assert!(
+        ready.message.contains("1 files could not be read"),
+        "{}",
+        ready.message
+    );
+    assert!(events(&api).contains(&"Normal Succeeded".to_string()));
+
+    // Finished: further reconciles change nothing.
+    let patches = api.requests("PATCH", "/status");
+    reconcile(backup(&api), ctx.clone()).await.unwrap();
+    assert_eq!(api.requests("PATCH", "/status"), patches);
+    assert_eq!(api.requests("POST", "/jobs"), 2);
+}
+
+#[tokio::test]
+async fn failed_agent_fails_the_backup_with_its_message() {
+    let (api, ctx) = setup(true);
+    reconcile(backup(&api), ctx.clone()).await.unwrap();
+    let fail = r#"{"command":"backup","ok":false,"exitCode":1,"error":"storage: read s3://shop-backups/prod/config: access denied"}"#;
+    finish_job(
+        &api,
+        &jobs::backup_job_name("before-upgrade", "postgres-data"),
+        false,
+        fail,
+        1,
+    );
+    // The agent was OOM-killed before writing a result: the log tail stands in.
+    finish_job(
+        &api,
+        &jobs::backup_job_name("before-upgrade", "uploads"),
+        false,
+        "memory allocation failed",
+        137,
+    );
+    reconcile(backup(&api), ctx.clone()).await.unwrap();
+    let b = backup(&api);
+    let st = b.status.as_ref().unwrap();
+    assert_eq!(st.phase, Phase::Failed);
+    let msg = st.message.as_deref().unwrap();
+    assert!(
+        msg.contains("postgres-data: storage: read s3://shop-backups/prod/config: access denied"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(
+            "uploads: the agent ended without a result; its last output: memory allocation failed"
+        ),
+        "{msg}"
+    );
+    assert_eq!(st.conditions[0].reason, "Failed");
+    assert!(events(&api).contains(&"Warning Failed".to_string()));
+}
+
+#[tokio::test]
+async fn missing_repository_is_a_condition_and_an_event_not_a_crash() {
+    let (api, ctx) = setup(false);
+    reconcile(backup(&api), ctx.clone()).await.unwrap();
+    let b = backup(&api);
+    let st = b.status.as_ref().unwrap();
+    assert_eq!(st.phase, Phase::Pending);
+    assert_eq!(st.conditions[0].reason, "RepositoryNotFound");
+    assert!(st.conditions[0].message.contains("\"offsite\""));
+    assert!(api.under(JOBS).is_empty());
+    assert_eq!(events(&api), vec!["Warning RepositoryNotFound"]);
+    // Reconciling again does not repeat the event.
+    reconcile(backup(&api), ctx.clone()).await.unwrap();
+    assert_eq!(events(&api).len(), 1);
+}
