@@ -4,8 +4,9 @@
 //! Built so far: the `Backup` reconciler ([`backup`], tested against an
 //! in-process fake API), Job construction ([`jobs`]), schedule computation
 //! ([`schedule`]) and reading the agent's result ([`result`]), each tested
-//! without a cluster. The watch loops that call them (kube-runtime
-//! controllers, leader election, status updates) are the next step.
+//! without a cluster. Still to come: the `BackupSchedule`, `Restore` and
+//! `BackupRepository` reconcilers, the kube-runtime watch loops in the
+//! binary, leader election, health endpoints and metrics.
 
 pub mod backup;
 pub mod jobs;
