@@ -12,3 +12,4 @@ pub mod backup;
 pub mod jobs;
 pub mod result;
 pub mod schedule;
+pub mod schedules;

@@ -126,6 +126,7 @@ impl FakeApi {
                         "jobs",
                         "pods",
                         "backups",
+                        "backupschedules",
                         "backuprepositories",
                         "persistentvolumeclaims",
                         "events",
@@ -166,6 +167,9 @@ impl FakeApi {
                 obj["metadata"]["name"] = json!(name);
                 obj["metadata"]["uid"] = json!(uid);
                 obj["metadata"]["resourceVersion"] = json!("1");
+                let n = self.log.lock().unwrap().len();
+                obj["metadata"]["creationTimestamp"] =
+                    json!(format!("2026-01-01T{:02}:{:02}:00Z", n / 60 % 24, n % 60));
                 self.insert(&key, obj.clone());
                 ok(201, &obj)
             }
@@ -187,6 +191,10 @@ impl FakeApi {
                 self.insert(&key, obj.clone());
                 ok(200, &obj)
             }
+            "DELETE" => match self.objects.lock().unwrap().remove(path) {
+                Some(obj) => ok(200, &obj),
+                None => status(404, "NotFound", &format!("{path} not found")),
+            },
             _ => status(405, "MethodNotAllowed", method),
         }
     }
@@ -466,4 +474,199 @@ async fn missing_repository_is_a_condition_and_an_event_not_a_crash() {
     // Reconciling again does not repeat the event.
     reconcile(backup(&api), ctx.clone()).await.unwrap();
     assert_eq!(events(&api).len(), 1);
+}
+
+// ---- BackupSchedule ----
+
+use cairn_controller::schedules::{reconcile_at as reconcile_schedule, run_name};
+use cairn_crds::BackupSchedule;
+use chrono::{TimeZone, Utc};
+
+const SCHEDULES: &str = "/apis/cairn.dev/v1alpha1/namespaces/shop/backupschedules";
+
+fn at(d: u32, h: u32, m: u32) -> chrono::DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 3, d, h, m, 0).unwrap()
+}
+
+/// A daily 02:00 UTC schedule created on 1 March, selecting PVCs labelled
+/// backup=true; of three such PVCs one opts out by annotation.
+fn schedule_setup(edit: impl FnOnce(&mut Value)) -> (FakeApi, Arc<Context>) {
+    let (api, ctx) = setup(true);
+    let mut s = yaml("schedule.yaml");
+    s["metadata"]["uid"] = json!("sched-uid");
+    s["metadata"]["generation"] = json!(2);
+    s["metadata"]["creationTimestamp"] = json!("2026-03-01T00:00:00Z");
+    s["spec"]["timeZone"] = Value::Null;
+    s["spec"]["jitter"] = Value::Null;
+    edit(&mut s);
+    api.insert(&format!("{SCHEDULES}/nightly"), s);
+    for (name, exclude) in [("db", false), ("files", false), ("scratch", true)] {
+        let mut pvc = json!({"apiVersion":"v1","kind":"PersistentVolumeClaim",
+            "metadata":{"name":name,"namespace":NS,"labels":{"backup":"true"}},"spec":{}});
+        if exclude {
+            pvc["metadata"]["annotations"] = json!({"cairn.dev/exclude":"true"});
+        }
+        api.insert(&format!("{PVCS}/{name}"), pvc);
+    }
+    (api, ctx)
+}
+
+fn schedule(api: &FakeApi) -> Arc<BackupSchedule> {
+    Arc::new(serde_json::from_value(api.get(&format!("{SCHEDULES}/nightly")).unwrap()).unwrap())
+}
+
+fn schedule_events(api: &FakeApi) -> Vec<String> {
+    events(api)
+}
+
+#[tokio::test]
+async fn schedule_creates_each_run_once_with_the_selected_pvcs() {
+    let (api, ctx) = schedule_setup(|_| {});
+    // 01:00: nothing due yet; the next run is 02:00.
+    reconcile_schedule(schedule(&api), ctx.clone(), at(1, 1, 0))
+        .await
+        .unwrap();
+    assert!(api
+        .under(BACKUPS)
+        .iter()
+        .all(|b| b["metadata"]["labels"]["cairn.dev/schedule"].is_null()));
+    let st = schedule(&api).status.clone().unwrap();
+    assert_eq!(
+        st.next_schedule_time.unwrap().0.as_second(),
+        at(1, 2, 0).timestamp()
+    );
+    assert_eq!(st.observed_generation, Some(2));
+
+    // 02:00:30: the run is created, once.
+    for _ in 0..3 {
+        reconcile_schedule(
+            schedule(&api),
+            ctx.clone(),
+            at(1, 2, 0) + chrono::Duration::seconds(30),
+        )
+        .await
+        .unwrap();
+    }
+    let run = run_name("nightly", at(1, 2, 0));
+    assert_eq!(run, "nightly-20260301-0200");
+    let b = api.get(&format!("{BACKUPS}/{run}")).expect("run created");
+    assert_eq!(b["spec"]["pvcs"], json!(["db", "files"]));
+    assert_eq!(b["spec"]["tags"], json!(["nightly"]));
+    assert_eq!(b["spec"]["retention"]["keepDaily"], 7);
+    assert_eq!(b["metadata"]["ownerReferences"][0]["uid"], "sched-uid");
+    assert_eq!(b["metadata"]["labels"]["cairn.dev/schedule"], "nightly");
+    assert_eq!(api.requests("POST", "/backups"), 1);
+    let st = schedule(&api).status.clone().unwrap();
+    assert_eq!(
+        st.last_schedule_time.unwrap().0.as_second(),
+        at(1, 2, 0).timestamp()
+    );
+    assert_eq!(
+        st.next_schedule_time.unwrap().0.as_second(),
+        at(2, 2, 0).timestamp()
+    );
+    assert_eq!(st.conditions[0].reason, "Scheduled");
+    assert!(schedule_events(&api).contains(&"Normal Scheduled".to_string()));
+
+    // Next day, while that run is still going: skipped, with an Event.
+    reconcile_schedule(schedule(&api), ctx.clone(), at(2, 2, 1))
+        .await
+        .unwrap();
+    assert_eq!(api.requests("POST", "/backups"), 1);
+    assert!(schedule_events(&api).contains(&"Warning Skipped".to_string()));
+
+    // Once it succeeded, its results show per PVC and the next run goes ahead.
+    let key = format!("{BACKUPS}/{run}");
+    let mut done = api.get(&key).unwrap();
+    done["status"] = json!({"phase":"Succeeded","completionTime":"2026-03-01T02:10:00Z",
+        "snapshots":[{"pvc":"db","snapshotId":"abcd1234","bytesAdded":42,"durationSeconds":3.0},
+                     {"pvc":"files","snapshotId":"ef567890","bytesAdded":7,"durationSeconds":1.0}]});
+    api.insert(&key, done);
+    reconcile_schedule(schedule(&api), ctx.clone(), at(3, 2, 1))
+        .await
+        .unwrap();
+    assert!(api
+        .get(&format!("{BACKUPS}/{}", run_name("nightly", at(3, 2, 0))))
+        .is_some());
+    let st = schedule(&api).status.clone().unwrap();
+    let db = st.last_successful.iter().find(|p| p.pvc == "db").unwrap();
+    assert_eq!(
+        (db.snapshot_id.as_deref(), db.bytes_added),
+        (Some("abcd1234"), 42)
+    );
+}
+
+#[tokio::test]
+async fn missed_runs_past_the_deadline_are_skipped_not_started_late() {
+    let (api, ctx) = schedule_setup(|_| {});
+    // The controller was down from 1 March until 5 March 10:00.
+    reconcile_schedule(schedule(&api), ctx.clone(), at(5, 10, 0))
+        .await
+        .unwrap();
+    assert_eq!(api.requests("POST", "/backups"), 0);
+    assert!(schedule_events(&api).contains(&"Warning MissedRun".to_string()));
+    let st = schedule(&api).status.clone().unwrap();
+    assert_eq!(
+        st.last_schedule_time.unwrap().0.as_second(),
+        at(5, 2, 0).timestamp()
+    );
+    // Within the deadline it would have run: 02:30 with the default 1 h.
+    let (api, ctx) = schedule_setup(|_| {});
+    reconcile_schedule(schedule(&api), ctx.clone(), at(5, 2, 30))
+        .await
+        .unwrap();
+    assert_eq!(api.requests("POST", "/backups"), 1);
+}
+
+#[tokio::test]
+async fn invalid_schedule_and_suspend_are_conditions() {
+    let (api, ctx) = schedule_setup(|s| s["spec"]["timeZone"] = json!("Mars/Olympus"));
+    let action = reconcile_schedule(schedule(&api), ctx.clone(), at(1, 3, 0))
+        .await
+        .unwrap();
+    let st = schedule(&api).status.clone().unwrap();
+    assert_eq!(st.conditions[0].reason, "InvalidSpec");
+    assert!(st.conditions[0].message.contains("Mars/Olympus"));
+    assert_eq!(api.requests("POST", "/backups"), 0);
+    assert_eq!(schedule_events(&api), vec!["Warning InvalidSpec"]);
+    assert_eq!(
+        format!("{action:?}"),
+        format!("{:?}", kube::runtime::controller::Action::await_change())
+    );
+
+    let (api, ctx) = schedule_setup(|s| s["spec"]["suspend"] = json!(true));
+    reconcile_schedule(schedule(&api), ctx.clone(), at(1, 3, 0))
+        .await
+        .unwrap();
+    let st = schedule(&api).status.clone().unwrap();
+    assert_eq!(st.conditions[0].reason, "Suspended");
+    assert_eq!(api.requests("POST", "/backups"), 0);
+}
+
+#[tokio::test]
+async fn history_is_kept_within_its_limits() {
+    let (api, ctx) = schedule_setup(|s| s["spec"]["successfulHistoryLimit"] = json!(2));
+    for (i, phase) in ["Succeeded", "Succeeded", "Failed", "Succeeded"]
+        .iter()
+        .enumerate()
+    {
+        api.insert(
+            &format!("{BACKUPS}/old-{i}"),
+            json!({"apiVersion":"cairn.dev/v1alpha1","kind":"Backup",
+                "metadata":{"name":format!("old-{i}"),"namespace":NS,"labels":{"cairn.dev/schedule":"nightly"},
+                            "creationTimestamp":format!("2026-02-0{}T02:00:00Z", i + 1)},
+                "spec":{"repository":{"name":"offsite"},"pvcs":["db"]},
+                "status":{"phase":phase}}),
+        );
+    }
+    reconcile_schedule(schedule(&api), ctx.clone(), at(1, 1, 0))
+        .await
+        .unwrap();
+    assert!(
+        api.get(&format!("{BACKUPS}/old-0")).is_none(),
+        "oldest success removed"
+    );
+    for kept in ["old-1", "old-2", "old-3"] {
+        assert!(api.get(&format!("{BACKUPS}/{kept}")).is_some(), "{kept}");
+    }
 }

@@ -1,0 +1,372 @@
+//! The `BackupSchedule` reconciler: creates a `Backup` when a run is due,
+//! keeps history within its limits, and reports the last successful backup of
+//! each PVC and the next run in status.
+//!
+//! Runs are named after their scheduled time, so a run is created once no
+//! matter how often the schedule is reconciled or the controller restarts. A
+//! run missed by more than the starting deadline is skipped (with an Event);
+//! several missed runs collapse into the latest. A run is skipped while the
+//! previous one is still going (like a CronJob with `concurrencyPolicy: Forbid`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_crds::{
+    Backup, BackupRepository, BackupSchedule, BackupScheduleStatus, BackupSpec, Phase,
+    PvcBackupStatus, EXCLUDE_ANNOTATION,
+};
+use chrono::{DateTime, TimeZone, Utc};
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Api, Resource, ResourceExt};
+
+use crate::backup::{Context, Error};
+use crate::schedule::{jitter_seconds, parse_jitter, Schedule};
+
+/// Label on `Backup`s created by a schedule.
+pub const SCHEDULE_LABEL: &str = "cairn.dev/schedule";
+const DEFAULT_STARTING_DEADLINE: i64 = 3600;
+const DEFAULT_HISTORY: i32 = 3;
+
+fn to_chrono(t: &Time) -> DateTime<Utc> {
+    Utc.timestamp_opt(t.0.as_second(), 0)
+        .single()
+        .unwrap_or_default()
+}
+
+fn to_time(t: DateTime<Utc>) -> Time {
+    Time(Timestamp::from_second(t.timestamp()).unwrap_or(Timestamp::UNIX_EPOCH))
+}
+
+fn condition(ok: bool, reason: &str, message: &str, generation: Option<i64>) -> Condition {
+    Condition {
+        type_: "Ready".into(),
+        status: if ok { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: generation,
+        last_transition_time: Time(Timestamp::now()),
+    }
+}
+
+/// A label selector as the API's query string (`a=b,c in (d,e),!f`).
+pub fn selector_string(s: &LabelSelector) -> String {
+    let mut parts: Vec<String> = s
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    for e in s.match_expressions.iter().flatten() {
+        let values = e.values.clone().unwrap_or_default().join(",");
+        parts.push(match e.operator.as_str() {
+            "In" => format!("{} in ({values})", e.key),
+            "NotIn" => format!("{} notin ({values})", e.key),
+            "Exists" => e.key.clone(),
+            _ => format!("!{}", e.key),
+        });
+    }
+    parts.join(",")
+}
+
+/// Name of the `Backup` for the run scheduled at `t`.
+pub fn run_name(schedule: &str, t: DateTime<Utc>) -> String {
+    crate::jobs::bounded_name(&format!("{schedule}-{}", t.format("%Y%m%d-%H%M")))
+}
+
+async fn publish(ctx: &Context, s: &BackupSchedule, type_: EventType, reason: &str, note: String) {
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Schedule".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &s.object_ref(&())).await {
+        tracing::warn!(
+            "event {reason} for schedule {} not recorded: {e}",
+            s.name_any()
+        );
+    }
+}
+
+async fn patch_status(
+    api: &Api<BackupSchedule>,
+    name: &str,
+    status: &BackupScheduleStatus,
+) -> Result<(), Error> {
+    let patch = serde_json::json!({ "status": status });
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+/// Reconcile one `BackupSchedule` at the current time.
+///
+/// # Errors
+/// API failures.
+pub async fn reconcile(s: Arc<BackupSchedule>, ctx: Arc<Context>) -> Result<Action, Error> {
+    reconcile_at(s, ctx, Utc::now()).await
+}
+
+/// Reconcile as if it were `now` (tests drive the clock).
+///
+/// # Errors
+/// API failures.
+pub async fn reconcile_at(
+    s: Arc<BackupSchedule>,
+    ctx: Arc<Context>,
+    now: DateTime<Utc>,
+) -> Result<Action, Error> {
+    let ns = s
+        .namespace()
+        .ok_or_else(|| Error::Invalid("BackupSchedule without namespace".into()))?;
+    let name = s.name_any();
+    let generation = s.meta().generation;
+    let schedules: Api<BackupSchedule> = Api::namespaced(ctx.client.clone(), &ns);
+    let old = s.status.clone().unwrap_or_default();
+    let mut status = BackupScheduleStatus {
+        observed_generation: generation,
+        ..old.clone()
+    };
+    let old_reason = old.conditions.first().map(|c| c.reason.clone());
+
+    // 1. The spec: problems the schema cannot catch become a condition.
+    let parsed = Schedule::parse(&s.spec.schedule, s.spec.time_zone.as_deref()).and_then(|sch| {
+        let jitter = s.spec.jitter.as_deref().map(parse_jitter).transpose()?;
+        Ok((sch, jitter.unwrap_or(0)))
+    });
+    let (schedule, jitter_max) = match parsed {
+        Ok(p) => p,
+        Err(e) => {
+            let msg = e.to_string();
+            status.conditions = vec![condition(false, "InvalidSpec", &msg, generation)];
+            status.next_schedule_time = None;
+            if old_reason.as_deref() != Some("InvalidSpec") {
+                publish(&ctx, &s, EventType::Warning, "InvalidSpec", msg).await;
+            }
+            patch_status(&schedules, &name, &status).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    let repos: Api<BackupRepository> = Api::namespaced(ctx.client.clone(), &ns);
+    if repos.get_opt(&s.spec.repository.name).await?.is_none() {
+        let msg = format!(
+            "BackupRepository {:?} not found in namespace {ns}",
+            s.spec.repository.name
+        );
+        status.conditions = vec![condition(false, "RepositoryNotFound", &msg, generation)];
+        if old_reason.as_deref() != Some("RepositoryNotFound") {
+            publish(&ctx, &s, EventType::Warning, "RepositoryNotFound", msg).await;
+        }
+        patch_status(&schedules, &name, &status).await?;
+        return Ok(Action::requeue(Duration::from_secs(60)));
+    }
+
+    // 2. History: this schedule's Backups.
+    let backups: Api<Backup> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut history: Vec<Backup> = backups
+        .list(&ListParams::default().labels(&format!("{SCHEDULE_LABEL}={name}")))
+        .await?
+        .items;
+    history.sort_by_key(|b| b.metadata.creation_timestamp.as_ref().map(|t| t.0));
+    status.last_successful = last_successful(&history);
+    prune_history(&backups, &history, &s).await?;
+
+    // 3. Is a run due?
+    let uid = s.metadata.uid.clone().unwrap_or_default();
+    let since = old
+        .last_schedule_time
+        .as_ref()
+        .map(to_chrono)
+        .or_else(|| s.metadata.creation_timestamp.as_ref().map(to_chrono))
+        .unwrap_or(now);
+    let mut requeue_at = None;
+    let mut ready = condition(true, "Scheduled", "the schedule is active", generation);
+    if s.spec.suspend {
+        status.conditions = vec![condition(
+            true,
+            "Suspended",
+            "the schedule is suspended",
+            generation,
+        )];
+        status.next_schedule_time = None;
+        patch_status(&schedules, &name, &status).await?;
+        return Ok(Action::await_change());
+    }
+    if let Some(due) = schedule.due(since, now) {
+        let deadline = s
+            .spec
+            .starting_deadline_seconds
+            .unwrap_or(DEFAULT_STARTING_DEADLINE);
+        let start_at =
+            due + chrono::Duration::seconds(jitter_seconds(&uid, due, jitter_max) as i64);
+        if (now - due).num_seconds() > deadline + jitter_max as i64 {
+            status.last_schedule_time = Some(to_time(due));
+            publish(
+                &ctx,
+                &s,
+                EventType::Warning,
+                "MissedRun",
+                format!("the run due at {due} was missed by more than {deadline} s and is skipped"),
+            )
+            .await;
+        } else if now < start_at {
+            requeue_at = Some(start_at);
+        } else if let Some(active) = history.iter().find(|b| {
+            !matches!(
+                b.status.as_ref().map(|st| st.phase),
+                Some(Phase::Succeeded | Phase::Failed)
+            )
+        }) {
+            status.last_schedule_time = Some(to_time(due));
+            publish(
+                &ctx,
+                &s,
+                EventType::Warning,
+                "Skipped",
+                format!(
+                    "the run due at {due} is skipped: {} is still running",
+                    active.name_any()
+                ),
+            )
+            .await;
+        } else {
+            let pvcs = target_pvcs(&ctx, &ns, &s).await?;
+            if pvcs.is_empty() {
+                let msg = "no PVC matches pvcs/selector (or all are excluded)".to_string();
+                ready = condition(false, "NoVolumes", &msg, generation);
+                status.last_schedule_time = Some(to_time(due));
+                publish(&ctx, &s, EventType::Warning, "NoVolumes", msg).await;
+            } else {
+                let run = run_name(&name, due);
+                let backup = Backup {
+                    metadata: ObjectMeta {
+                        name: Some(run.clone()),
+                        namespace: Some(ns.clone()),
+                        labels: Some(BTreeMap::from([(SCHEDULE_LABEL.to_string(), name.clone())])),
+                        owner_references: s.controller_owner_ref(&()).map(|r| vec![r]),
+                        ..ObjectMeta::default()
+                    },
+                    spec: BackupSpec {
+                        repository: s.spec.repository.clone(),
+                        pvcs,
+                        tags: s.spec.tags.clone(),
+                        retention: s.spec.retention.clone(),
+                        job: s.spec.job.clone(),
+                    },
+                    status: None,
+                };
+                match backups.create(&PostParams::default(), &backup).await {
+                    Ok(_) => {
+                        publish(
+                            &ctx,
+                            &s,
+                            EventType::Normal,
+                            "Scheduled",
+                            format!("created Backup {run}"),
+                        )
+                        .await;
+                    }
+                    Err(kube::Error::Api(e)) if e.code == 409 => {}
+                    Err(e) => return Err(e.into()),
+                }
+                status.last_schedule_time = Some(to_time(due));
+            }
+        }
+    }
+    status.conditions = vec![ready];
+
+    // 4. The next run.
+    let next = schedule
+        .next_after(now)
+        .map(|n| n + chrono::Duration::seconds(jitter_seconds(&uid, n, jitter_max) as i64));
+    status.next_schedule_time = next.map(to_time);
+    patch_status(&schedules, &name, &status).await?;
+    let wake = requeue_at
+        .or(next)
+        .unwrap_or(now + chrono::Duration::hours(1));
+    let secs = (wake - now).num_seconds().clamp(1, 24 * 3600) as u64;
+    Ok(Action::requeue(Duration::from_secs(secs)))
+}
+
+/// The PVCs a run covers: named ones plus selected ones, minus those
+/// annotated `cairn.dev/exclude: "true"`.
+async fn target_pvcs(ctx: &Context, ns: &str, s: &BackupSchedule) -> Result<Vec<String>, Error> {
+    let mut out: Vec<String> = s.spec.pvcs.clone();
+    if let Some(sel) = &s.spec.selector {
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+        let lp = ListParams::default().labels(&selector_string(sel));
+        for c in claims.list(&lp).await? {
+            let excluded = c
+                .annotations()
+                .get(EXCLUDE_ANNOTATION)
+                .is_some_and(|v| v == "true");
+            if !excluded && !out.contains(&c.name_any()) {
+                out.push(c.name_any());
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn last_successful(history: &[Backup]) -> Vec<PvcBackupStatus> {
+    let mut by_pvc: BTreeMap<String, PvcBackupStatus> = BTreeMap::new();
+    for b in history {
+        let Some(st) = &b.status else { continue };
+        if st.phase != Phase::Succeeded {
+            continue;
+        }
+        for snap in &st.snapshots {
+            by_pvc.insert(
+                snap.pvc.clone(),
+                PvcBackupStatus {
+                    pvc: snap.pvc.clone(),
+                    time: st.completion_time.clone(),
+                    snapshot_id: snap.snapshot_id.clone(),
+                    bytes_added: snap.bytes_added,
+                    duration_seconds: snap.duration_seconds,
+                },
+            );
+        }
+    }
+    by_pvc.into_values().collect()
+}
+
+async fn prune_history(
+    api: &Api<Backup>,
+    history: &[Backup],
+    s: &BackupSchedule,
+) -> Result<(), Error> {
+    for (phase, limit) in [
+        (
+            Phase::Succeeded,
+            s.spec.successful_history_limit.unwrap_or(DEFAULT_HISTORY),
+        ),
+        (
+            Phase::Failed,
+            s.spec.failed_history_limit.unwrap_or(DEFAULT_HISTORY),
+        ),
+    ] {
+        let done: Vec<&Backup> = history
+            .iter()
+            .filter(|b| b.status.as_ref().map(|st| st.phase) == Some(phase))
+            .collect();
+        let excess = done
+            .len()
+            .saturating_sub(usize::try_from(limit.max(0)).unwrap_or(0));
+        for b in done.into_iter().take(excess) {
+            match api.delete(&b.name_any(), &DeleteParams::background()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
+}
