@@ -263,12 +263,14 @@ pub async fn reconcile(b: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Erro
         );
         status.conditions = vec![condition("Ready", true, "Succeeded", &msg, generation)];
         publish(&ctx, &b, EventType::Normal, "Succeeded", msg).await;
+        crate::metrics::BACKUPS_SUCCEEDED.inc();
     } else {
         status.phase = Phase::Failed;
         let msg = failures.join("; ");
         status.message = Some(msg.clone());
         status.conditions = vec![condition("Ready", false, "Failed", &msg, generation)];
         publish(&ctx, &b, EventType::Warning, "Failed", msg).await;
+        crate::metrics::BACKUPS_FAILED.inc();
     }
     patch_status(&backups, &name, &status).await?;
     Ok(Action::await_change())

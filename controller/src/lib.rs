@@ -1,15 +1,20 @@
 //! Cairn's Kubernetes controller: the pieces that turn `Backup`, `Restore`
 //! and `BackupSchedule` resources into agent Jobs and results into status.
 //!
-//! Built so far: the `Backup` reconciler ([`backup`], tested against an
-//! in-process fake API), Job construction ([`jobs`]), schedule computation
-//! ([`schedule`]) and reading the agent's result ([`result`]), each tested
-//! without a cluster. Still to come: the `BackupSchedule`, `Restore` and
-//! `BackupRepository` reconcilers, the kube-runtime watch loops in the
-//! binary, leader election, health endpoints and metrics.
+//! Built: the `Backup` reconciler ([`backup`]) and the `BackupSchedule`
+//! reconciler ([`schedules`]), tested against an in-process fake API server
+//! (controller/tests/reconcile.rs); Job construction ([`jobs`]); schedules
+//! ([`schedule`]); the agent's result ([`result`]); Lease-based leader
+//! election ([`leader`]); Prometheus counters ([`metrics`]). The binary runs
+//! both loops under leader election with `/healthz`, `/readyz`, `/metrics`.
+//!
+//! Not built yet: the `Restore` and `BackupRepository` reconcilers, per-repository
+//! and per-node concurrency limits, the prune Job, and the Helm chart.
 
 pub mod backup;
 pub mod jobs;
+pub mod leader;
+pub mod metrics;
 pub mod result;
 pub mod schedule;
 pub mod schedules;

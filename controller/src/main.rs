@@ -1,15 +1,180 @@
-//! Cairn's Kubernetes controller binary.
+//! Cairn's Kubernetes controller binary: leader election, the `Backup` and
+//! `BackupSchedule` watch loops, and `/healthz`, `/readyz`, `/metrics`.
 //!
-//! The reconcile loops are not built yet (the library has the Job, schedule
-//! and result logic they will use). Running this binary says so and exits
-//! non-zero rather than pretending.
+//! Configuration (environment): `CAIRN_AGENT_IMAGE` (required),
+//! `CAIRN_AGENT_PULL_POLICY` (IfNotPresent), `CAIRN_WATCH_NAMESPACE` (all
+//! namespaces when empty), `CAIRN_HTTP_ADDR` (0.0.0.0:8080), `POD_NAME` and
+//! `POD_NAMESPACE` (from the downward API; the Lease lives there).
 
-fn main() {
-    eprintln!(
-        "cairn-controller: the reconcile loops are not implemented in this version (API group {}/{}); \
-         use `cairn agent` Jobs directly for now",
-        cairn_crds::GROUP,
-        cairn_crds::VERSION
-    );
-    std::process::exit(2);
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_controller::backup::{self, Context};
+use cairn_controller::jobs::JobConfig;
+use cairn_controller::{leader, metrics, schedules};
+use cairn_crds::{Backup, BackupSchedule};
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+static READY: AtomicBool = AtomicBool::new(false);
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_string())
+}
+
+/// A minimal HTTP endpoint for probes and Prometheus.
+async fn serve_http(addr: String) {
+    let listener = match tokio::net::TcpListener::bind(&addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("cannot listen on {addr}: {e}");
+            std::process::exit(1);
+        }
+    };
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let n = sock.read(&mut buf).await.unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let path = req.split_whitespace().nth(1).unwrap_or("/");
+            let (code, body) = match path {
+                "/healthz" => ("200 OK", "ok\n".to_string()),
+                "/readyz" if READY.load(Ordering::Relaxed) => ("200 OK", "ok\n".to_string()),
+                "/readyz" => ("503 Service Unavailable", "not ready\n".to_string()),
+                "/metrics" => ("200 OK", metrics::render()),
+                _ => ("404 Not Found", "not found\n".to_string()),
+            };
+            let resp = format!(
+                "HTTP/1.1 {code}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(resp.as_bytes()).await;
+        });
+    }
+}
+
+fn schedule_error_policy(_s: Arc<BackupSchedule>, e: &backup::Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!("schedule reconcile failed: {e}");
+    metrics::RECONCILE_ERRORS.inc();
+    Action::requeue(Duration::from_secs(15))
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber_init();
+    let Some(image) = std::env::var("CAIRN_AGENT_IMAGE")
+        .ok()
+        .filter(|v| !v.is_empty())
+    else {
+        eprintln!(
+            "cairn-controller: set CAIRN_AGENT_IMAGE to the agent image (the Helm chart does)"
+        );
+        std::process::exit(2);
+    };
+    let client = match Client::try_default().await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cairn-controller: cannot reach the Kubernetes API: {e}");
+            std::process::exit(1);
+        }
+    };
+    tokio::spawn(serve_http(env_or("CAIRN_HTTP_ADDR", "0.0.0.0:8080")));
+
+    let identity = env_or("POD_NAME", "cairn-controller-local");
+    let lease_ns = env_or("POD_NAMESPACE", "default");
+    // Only the Lease holder reconciles; losing the Lease ends the process so
+    // that two replicas never act at once.
+    leader::acquire(&client, &lease_ns, &identity).await;
+    tokio::spawn(leader::keep(client.clone(), lease_ns, identity.clone()));
+    READY.store(true, Ordering::Relaxed);
+    tracing::info!("{identity} is the leader; starting controllers");
+
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        jobs: JobConfig {
+            image,
+            pull_policy: env_or("CAIRN_AGENT_PULL_POLICY", "IfNotPresent"),
+            ..JobConfig::default()
+        },
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "cairn-controller".into(),
+                instance: Some(identity),
+            },
+        ),
+    });
+    let ns = std::env::var("CAIRN_WATCH_NAMESPACE").unwrap_or_default();
+    let (backups, jobs, schedules_api, backups_owned): (
+        Api<Backup>,
+        Api<Job>,
+        Api<BackupSchedule>,
+        Api<Backup>,
+    ) = if ns.is_empty() {
+        (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+        )
+    } else {
+        (
+            Api::namespaced(client.clone(), &ns),
+            Api::namespaced(client.clone(), &ns),
+            Api::namespaced(client.clone(), &ns),
+            Api::namespaced(client.clone(), &ns),
+        )
+    };
+    let managed =
+        watcher::Config::default().labels("app.kubernetes.io/managed-by=cairn-controller");
+    let backup_loop = Controller::new(backups, watcher::Config::default())
+        .owns(jobs, managed)
+        .shutdown_on_signal()
+        .run(
+            |b, ctx| async move {
+                metrics::RECONCILES.inc();
+                backup::reconcile(b, ctx).await
+            },
+            |b, e, ctx| {
+                metrics::RECONCILE_ERRORS.inc();
+                backup::error_policy(b, e, ctx)
+            },
+            ctx.clone(),
+        )
+        .for_each(|_| futures::future::ready(()));
+    let schedule_loop = Controller::new(schedules_api, watcher::Config::default())
+        .owns(backups_owned, watcher::Config::default())
+        .shutdown_on_signal()
+        .run(
+            |s, ctx| async move {
+                metrics::RECONCILES.inc();
+                schedules::reconcile(s, ctx).await
+            },
+            schedule_error_policy,
+            ctx,
+        )
+        .for_each(|_| futures::future::ready(()));
+    tokio::join!(backup_loop, schedule_loop);
+    tracing::info!("controllers stopped; exiting");
+}
+
+fn tracing_subscriber_init() {
+    let filter = std::env::var("CAIRN_LOG").unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }

@@ -670,3 +670,33 @@ async fn history_is_kept_within_its_limits() {
         assert!(api.get(&format!("{BACKUPS}/{kept}")).is_some(), "{kept}");
     }
 }
+
+// ---- leader election ----
+
+#[tokio::test]
+async fn only_one_replica_holds_the_lease() {
+    use cairn_controller::leader::try_acquire;
+    let api = FakeApi::default();
+    let client = api.client();
+    assert!(try_acquire(&client, NS, "replica-a").await.unwrap());
+    assert!(
+        !try_acquire(&client, NS, "replica-b").await.unwrap(),
+        "a fresh lease is not taken over"
+    );
+    assert!(
+        try_acquire(&client, NS, "replica-a").await.unwrap(),
+        "the holder renews"
+    );
+    let key = "/apis/coordination.k8s.io/v1/namespaces/shop/leases/cairn-controller";
+    assert_eq!(api.get(key).unwrap()["spec"]["holderIdentity"], "replica-a");
+
+    // replica-a stopped renewing a minute ago: replica-b takes over.
+    let mut lease = api.get(key).unwrap();
+    lease["spec"]["renewTime"] = json!("2020-01-01T00:00:00.000000Z");
+    api.insert(key, lease);
+    assert!(try_acquire(&client, NS, "replica-b").await.unwrap());
+    let lease = api.get(key).unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "replica-b");
+    assert_eq!(lease["spec"]["leaseTransitions"], 1);
+    assert!(!try_acquire(&client, NS, "replica-a").await.unwrap());
+}
