@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use cairn_controller::backup::{self, Context};
 use cairn_controller::jobs::JobConfig;
-use cairn_controller::{leader, metrics, schedules};
-use cairn_crds::{Backup, BackupSchedule};
+use cairn_controller::{leader, metrics, restores, schedules};
+use cairn_crds::{Backup, BackupSchedule, Restore};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use kube::runtime::controller::{Action, Controller};
@@ -163,10 +163,37 @@ async fn main() {
                 schedules::reconcile(s, ctx).await
             },
             schedule_error_policy,
-            ctx,
+            ctx.clone(),
         )
         .for_each(|_| futures::future::ready(()));
-    tokio::join!(backup_loop, schedule_loop);
+    let (restores_api, restore_jobs): (Api<Restore>, Api<Job>) = if ns.is_empty() {
+        (Api::all(client.clone()), Api::all(client.clone()))
+    } else {
+        (
+            Api::namespaced(client.clone(), &ns),
+            Api::namespaced(client.clone(), &ns),
+        )
+    };
+    let restore_loop = Controller::new(restores_api, watcher::Config::default())
+        .owns(
+            restore_jobs,
+            watcher::Config::default().labels("app.kubernetes.io/managed-by=cairn-controller"),
+        )
+        .shutdown_on_signal()
+        .run(
+            |r, ctx| async move {
+                metrics::RECONCILES.inc();
+                restores::reconcile(r, ctx).await
+            },
+            |_r, e, _ctx| {
+                tracing::warn!("restore reconcile failed: {e}");
+                metrics::RECONCILE_ERRORS.inc();
+                Action::requeue(Duration::from_secs(15))
+            },
+            ctx.clone(),
+        )
+        .for_each(|_| futures::future::ready(()));
+    tokio::join!(backup_loop, schedule_loop, restore_loop);
     tracing::info!("controllers stopped; exiting");
 }
 

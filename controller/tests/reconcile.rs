@@ -127,6 +127,7 @@ impl FakeApi {
                         "pods",
                         "backups",
                         "backupschedules",
+                        "restores",
                         "backuprepositories",
                         "persistentvolumeclaims",
                         "events",
@@ -699,4 +700,72 @@ async fn only_one_replica_holds_the_lease() {
     assert_eq!(lease["spec"]["holderIdentity"], "replica-b");
     assert_eq!(lease["spec"]["leaseTransitions"], 1);
     assert!(!try_acquire(&client, NS, "replica-a").await.unwrap());
+}
+
+// ---- Restore ----
+
+use cairn_crds::Restore;
+
+const RESTORES: &str = "/apis/cairn.dev/v1alpha1/namespaces/shop/restores";
+
+fn restore_obj(api: &FakeApi) -> Arc<Restore> {
+    Arc::new(
+        serde_json::from_value(api.get(&format!("{RESTORES}/postgres-rehearsal")).unwrap())
+            .unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn restore_creates_the_volume_runs_one_job_and_records_the_result() {
+    let (api, ctx) = setup(true);
+    let mut r = yaml("restore.yaml");
+    r["metadata"]["uid"] = json!("restore-uid");
+    r["metadata"]["generation"] = json!(1);
+    api.insert(&format!("{RESTORES}/postgres-rehearsal"), r);
+
+    cairn_controller::restores::reconcile(restore_obj(&api), ctx.clone())
+        .await
+        .unwrap();
+    let pvc = api
+        .get(&format!("{PVCS}/postgres-data-restored"))
+        .expect("target PVC created");
+    assert_eq!(pvc["spec"]["resources"]["requests"]["storage"], "20Gi");
+    let job_name = jobs::restore_job_name("postgres-rehearsal");
+    let job = api.get(&format!("{JOBS}/{job_name}")).expect("job");
+    assert_eq!(job["metadata"]["ownerReferences"][0]["uid"], "restore-uid");
+    let st = restore_obj(&api).status.clone().unwrap();
+    assert_eq!(st.phase, Phase::Running);
+    assert_eq!(st.target_pvc.as_deref(), Some("postgres-data-restored"));
+
+    // Idempotent.
+    cairn_controller::restores::reconcile(restore_obj(&api), ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(api.requests("POST", "/jobs"), 1);
+    assert_eq!(api.requests("POST", "/persistentvolumeclaims"), 1);
+
+    let msg = r#"{"command":"restore","ok":true,"exitCode":0,"snapshotId":"d29ea22c","files":2,"bytesProcessed":3145734,"durationSeconds":0.4}"#;
+    finish_job(&api, &job_name, true, msg, 0);
+    cairn_controller::restores::reconcile(restore_obj(&api), ctx.clone())
+        .await
+        .unwrap();
+    let st = restore_obj(&api).status.clone().unwrap();
+    assert_eq!(st.phase, Phase::Succeeded);
+    assert_eq!(st.snapshot_id.as_deref(), Some("d29ea22c"));
+    assert_eq!((st.files, st.bytes), (2, 3145734));
+    assert!(events(&api).contains(&"Normal Succeeded".to_string()));
+}
+
+#[tokio::test]
+async fn restore_into_a_missing_pvc_waits_with_a_condition() {
+    let (api, ctx) = setup(true);
+    let mut r = yaml("restore.yaml");
+    r["spec"]["target"] = json!({"pvc": "nope"});
+    api.insert(&format!("{RESTORES}/postgres-rehearsal"), r);
+    cairn_controller::restores::reconcile(restore_obj(&api), ctx.clone())
+        .await
+        .unwrap();
+    let st = restore_obj(&api).status.clone().unwrap();
+    assert_eq!(st.conditions[0].reason, "TargetNotFound");
+    assert!(api.under(JOBS).is_empty());
 }

@@ -1,0 +1,218 @@
+//! The `Restore` reconciler: creates the target PVC when asked to, runs one
+//! agent Job that restores into it, and records the result in status.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_crds::{BackupRepository, Phase, Restore, RestoreStatus};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Api, Resource, ResourceExt};
+
+use crate::backup::{Context, Error};
+use crate::jobs;
+use crate::result::AgentResult;
+
+fn condition(ok: bool, reason: &str, message: &str, generation: Option<i64>) -> Condition {
+    Condition {
+        type_: "Ready".into(),
+        status: if ok { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: generation,
+        last_transition_time: Time(Timestamp::now()),
+    }
+}
+
+async fn publish(ctx: &Context, r: &Restore, type_: EventType, reason: &str, note: String) {
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Restore".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &r.object_ref(&())).await {
+        tracing::warn!(
+            "event {reason} for restore {} not recorded: {e}",
+            r.name_any()
+        );
+    }
+}
+
+async fn patch_status(api: &Api<Restore>, name: &str, status: &RestoreStatus) -> Result<(), Error> {
+    let patch = serde_json::json!({ "status": status });
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+/// Reconcile one `Restore`.
+///
+/// # Errors
+/// API failures.
+pub async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = r
+        .namespace()
+        .ok_or_else(|| Error::Invalid("Restore without namespace".into()))?;
+    let name = r.name_any();
+    let generation = r.meta().generation;
+    let old = r.status.clone().unwrap_or_default();
+    if matches!(old.phase, Phase::Succeeded | Phase::Failed) {
+        return Ok(Action::await_change());
+    }
+    let api: Api<Restore> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut status = RestoreStatus {
+        observed_generation: generation,
+        ..old.clone()
+    };
+    let repos: Api<BackupRepository> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(repo) = repos.get_opt(&r.spec.repository.name).await? else {
+        let msg = format!(
+            "BackupRepository {:?} not found in namespace {ns}",
+            r.spec.repository.name
+        );
+        status.conditions = vec![condition(false, "RepositoryNotFound", &msg, generation)];
+        if old.conditions.first().map(|c| c.reason.as_str()) != Some("RepositoryNotFound") {
+            publish(&ctx, &r, EventType::Warning, "RepositoryNotFound", msg).await;
+        }
+        patch_status(&api, &name, &status).await?;
+        return Ok(Action::requeue(Duration::from_secs(60)));
+    };
+
+    // The target volume: an existing claim, or one we create (owned by the
+    // Restore? no: a restored volume outlives its Restore, so no owner).
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    let target = match (&r.spec.target.pvc, &r.spec.target.new_pvc) {
+        (Some(existing), _) => {
+            if claims.get_opt(existing).await?.is_none() {
+                let msg = format!("target PVC {existing:?} not found");
+                status.conditions = vec![condition(false, "TargetNotFound", &msg, generation)];
+                if old.conditions.first().map(|c| c.reason.as_str()) != Some("TargetNotFound") {
+                    publish(&ctx, &r, EventType::Warning, "TargetNotFound", msg).await;
+                }
+                patch_status(&api, &name, &status).await?;
+                return Ok(Action::requeue(Duration::from_secs(60)));
+            }
+            existing.clone()
+        }
+        (None, Some(new)) => {
+            if claims.get_opt(&new.name).await?.is_none() {
+                let pvc = PersistentVolumeClaim {
+                    metadata: ObjectMeta {
+                        name: Some(new.name.clone()),
+                        namespace: Some(ns.clone()),
+                        labels: Some([(jobs::labels::RESTORE.to_string(), name.clone())].into()),
+                        ..ObjectMeta::default()
+                    },
+                    spec: Some(new.spec.clone()),
+                    status: None,
+                };
+                match claims.create(&PostParams::default(), &pvc).await {
+                    Ok(_) => {
+                        publish(
+                            &ctx,
+                            &r,
+                            EventType::Normal,
+                            "VolumeCreated",
+                            format!("created PVC {}", new.name),
+                        )
+                        .await;
+                    }
+                    Err(kube::Error::Api(e)) if e.code == 409 => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            new.name.clone()
+        }
+        (None, None) => {
+            let msg = "spec.target names no PVC".to_string();
+            status.conditions = vec![condition(false, "InvalidSpec", &msg, generation)];
+            patch_status(&api, &name, &status).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    status.target_pvc = Some(target.clone());
+
+    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+    let job_name = jobs::restore_job_name(&name);
+    let job = match jobs_api.get_opt(&job_name).await? {
+        Some(j) => j,
+        None => {
+            let job = jobs::restore_job(&r, &repo, &target, None, &ctx.jobs);
+            match jobs_api.create(&PostParams::default(), &job).await {
+                Ok(j) => {
+                    publish(
+                        &ctx,
+                        &r,
+                        EventType::Normal,
+                        "Started",
+                        format!("restoring into PVC {target} with Job {job_name}"),
+                    )
+                    .await;
+                    j
+                }
+                Err(kube::Error::Api(e)) if e.code == 409 => jobs_api.get(&job_name).await?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    status.job_name = Some(job_name.clone());
+    if status.start_time.is_none() {
+        status.start_time = Some(Time(Timestamp::now()));
+    }
+    let st = job.status.clone().unwrap_or_default();
+    let finished = st.succeeded.unwrap_or(0) > 0
+        || st
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "Failed" && c.status == "True");
+    if !finished {
+        status.phase = Phase::Running;
+        status.conditions = vec![condition(
+            true,
+            "Running",
+            "the restore Job is running",
+            generation,
+        )];
+        patch_status(&api, &name, &status).await?;
+        return Ok(Action::requeue(Duration::from_secs(60)));
+    }
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = pods
+        .list(&ListParams::default().labels(&format!("job-name={job_name}")))
+        .await?
+        .items
+        .iter()
+        .filter_map(AgentResult::from_pod)
+        .max_by_key(|r| r.ok)
+        .unwrap_or_else(|| AgentResult {
+            ok: st.succeeded.unwrap_or(0) > 0,
+            error: Some("the Job finished but its pod (and result) is gone".into()),
+            ..AgentResult::default()
+        });
+    status.completion_time = Some(Time(Timestamp::now()));
+    status.snapshot_id = result.snapshot_id.clone();
+    status.files = result.files.unwrap_or(0);
+    status.bytes = result.bytes_processed.unwrap_or(0);
+    if result.ok {
+        status.phase = Phase::Succeeded;
+        let msg = format!("restored {} files into PVC {target}", status.files);
+        status.conditions = vec![condition(true, "Succeeded", &msg, generation)];
+        publish(&ctx, &r, EventType::Normal, "Succeeded", msg).await;
+    } else {
+        status.phase = Phase::Failed;
+        let msg = result.error.unwrap_or_else(|| "the restore failed".into());
+        status.message = Some(msg.clone());
+        status.conditions = vec![condition(false, "Failed", &msg, generation)];
+        publish(&ctx, &r, EventType::Warning, "Failed", msg).await;
+    }
+    patch_status(&api, &name, &status).await?;
+    Ok(Action::await_change())
+}
