@@ -11,15 +11,16 @@ use std::time::Duration;
 use cairn_crds::{Backup, BackupRepository, BackupStatus, Phase};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{ListParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{EventType, Recorder};
 use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::jobs::{self, JobConfig};
 use crate::result::AgentResult;
+use crate::status::{patch_status, publish, ready};
 
 /// Shared state of the reconcilers.
 pub struct Context {
@@ -40,39 +41,6 @@ pub enum Error {
     /// An object without namespace or name.
     #[error("{0}")]
     Invalid(String),
-}
-
-fn condition(
-    type_: &str,
-    ok: bool,
-    reason: &str,
-    message: &str,
-    generation: Option<i64>,
-) -> Condition {
-    Condition {
-        type_: type_.into(),
-        status: if ok { "True" } else { "False" }.into(),
-        reason: reason.into(),
-        message: message.into(),
-        observed_generation: generation,
-        last_transition_time: Time(Timestamp::now()),
-    }
-}
-
-async fn publish(ctx: &Context, b: &Backup, type_: EventType, reason: &str, note: String) {
-    let ev = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: "Backup".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&ev, &b.object_ref(&())).await {
-        tracing::warn!(
-            "event {reason} for backup {} not recorded: {e}",
-            b.name_any()
-        );
-    }
 }
 
 /// The node of a running pod that mounts `pvc`, when the claim is
@@ -174,15 +142,16 @@ pub async fn reconcile(b: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Erro
             b.spec.repository.name
         );
         status.phase = Phase::Pending;
-        status.conditions = vec![condition(
-            "Ready",
-            false,
-            "RepositoryNotFound",
-            &msg,
-            generation,
-        )];
+        status.conditions = vec![ready(false, "RepositoryNotFound", &msg, generation)];
         if old.conditions.first().map(|c| c.reason.as_str()) != Some("RepositoryNotFound") {
-            publish(&ctx, &b, EventType::Warning, "RepositoryNotFound", msg).await;
+            publish(
+                &ctx,
+                b.as_ref(),
+                EventType::Warning,
+                "RepositoryNotFound",
+                msg,
+            )
+            .await;
         }
         patch_status(&backups, &name, &status).await?;
         return Ok(Action::requeue(Duration::from_secs(60)));
@@ -204,7 +173,7 @@ pub async fn reconcile(b: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Erro
                     Ok(j) => {
                         publish(
                             &ctx,
-                            &b,
+                            b.as_ref(),
                             EventType::Normal,
                             "Started",
                             format!("backing up PVC {pvc} with Job {job_name}"),
@@ -233,13 +202,7 @@ pub async fn reconcile(b: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Erro
         .collect();
     if running {
         status.phase = Phase::Running;
-        status.conditions = vec![condition(
-            "Ready",
-            true,
-            "Running",
-            "agent Jobs are running",
-            generation,
-        )];
+        status.conditions = vec![ready(true, "Running", "agent Jobs are running", generation)];
         patch_status(&backups, &name, &status).await?;
         return Ok(Action::requeue(Duration::from_secs(60)));
     }
@@ -261,26 +224,19 @@ pub async fn reconcile(b: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Erro
                 String::new()
             }
         );
-        status.conditions = vec![condition("Ready", true, "Succeeded", &msg, generation)];
-        publish(&ctx, &b, EventType::Normal, "Succeeded", msg).await;
+        status.conditions = vec![ready(true, "Succeeded", &msg, generation)];
+        publish(&ctx, b.as_ref(), EventType::Normal, "Succeeded", msg).await;
         crate::metrics::BACKUPS_SUCCEEDED.inc();
     } else {
         status.phase = Phase::Failed;
         let msg = failures.join("; ");
         status.message = Some(msg.clone());
-        status.conditions = vec![condition("Ready", false, "Failed", &msg, generation)];
-        publish(&ctx, &b, EventType::Warning, "Failed", msg).await;
+        status.conditions = vec![ready(false, "Failed", &msg, generation)];
+        publish(&ctx, b.as_ref(), EventType::Warning, "Failed", msg).await;
         crate::metrics::BACKUPS_FAILED.inc();
     }
     patch_status(&backups, &name, &status).await?;
     Ok(Action::await_change())
-}
-
-async fn patch_status(api: &Api<Backup>, name: &str, status: &BackupStatus) -> Result<(), Error> {
-    let patch = serde_json::json!({ "status": status });
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
-    Ok(())
 }
 
 /// Requeue policy after an error.

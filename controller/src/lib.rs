@@ -19,3 +19,4 @@ pub mod restores;
 pub mod result;
 pub mod schedule;
 pub mod schedules;
+pub mod status;

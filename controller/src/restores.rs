@@ -7,50 +7,17 @@ use std::time::Duration;
 use cairn_crds::{BackupRepository, Phase, Restore, RestoreStatus};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{ListParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 
 use crate::backup::{Context, Error};
 use crate::jobs;
 use crate::result::AgentResult;
-
-fn condition(ok: bool, reason: &str, message: &str, generation: Option<i64>) -> Condition {
-    Condition {
-        type_: "Ready".into(),
-        status: if ok { "True" } else { "False" }.into(),
-        reason: reason.into(),
-        message: message.into(),
-        observed_generation: generation,
-        last_transition_time: Time(Timestamp::now()),
-    }
-}
-
-async fn publish(ctx: &Context, r: &Restore, type_: EventType, reason: &str, note: String) {
-    let ev = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: "Restore".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&ev, &r.object_ref(&())).await {
-        tracing::warn!(
-            "event {reason} for restore {} not recorded: {e}",
-            r.name_any()
-        );
-    }
-}
-
-async fn patch_status(api: &Api<Restore>, name: &str, status: &RestoreStatus) -> Result<(), Error> {
-    let patch = serde_json::json!({ "status": status });
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
-    Ok(())
-}
+use crate::status::{patch_status, publish, ready};
 
 /// Reconcile one `Restore`.
 ///
@@ -77,9 +44,16 @@ pub async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Err
             "BackupRepository {:?} not found in namespace {ns}",
             r.spec.repository.name
         );
-        status.conditions = vec![condition(false, "RepositoryNotFound", &msg, generation)];
+        status.conditions = vec![ready(false, "RepositoryNotFound", &msg, generation)];
         if old.conditions.first().map(|c| c.reason.as_str()) != Some("RepositoryNotFound") {
-            publish(&ctx, &r, EventType::Warning, "RepositoryNotFound", msg).await;
+            publish(
+                &ctx,
+                r.as_ref(),
+                EventType::Warning,
+                "RepositoryNotFound",
+                msg,
+            )
+            .await;
         }
         patch_status(&api, &name, &status).await?;
         return Ok(Action::requeue(Duration::from_secs(60)));
@@ -92,9 +66,9 @@ pub async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Err
         (Some(existing), _) => {
             if claims.get_opt(existing).await?.is_none() {
                 let msg = format!("target PVC {existing:?} not found");
-                status.conditions = vec![condition(false, "TargetNotFound", &msg, generation)];
+                status.conditions = vec![ready(false, "TargetNotFound", &msg, generation)];
                 if old.conditions.first().map(|c| c.reason.as_str()) != Some("TargetNotFound") {
-                    publish(&ctx, &r, EventType::Warning, "TargetNotFound", msg).await;
+                    publish(&ctx, r.as_ref(), EventType::Warning, "TargetNotFound", msg).await;
                 }
                 patch_status(&api, &name, &status).await?;
                 return Ok(Action::requeue(Duration::from_secs(60)));
@@ -117,7 +91,7 @@ pub async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Err
                     Ok(_) => {
                         publish(
                             &ctx,
-                            &r,
+                            r.as_ref(),
                             EventType::Normal,
                             "VolumeCreated",
                             format!("created PVC {}", new.name),
@@ -132,7 +106,7 @@ pub async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Err
         }
         (None, None) => {
             let msg = "spec.target names no PVC".to_string();
-            status.conditions = vec![condition(false, "InvalidSpec", &msg, generation)];
+            status.conditions = vec![ready(false, "InvalidSpec", &msg, generation)];
             patch_status(&api, &name, &status).await?;
             return Ok(Action::await_change());
         }
@@ -149,7 +123,7 @@ pub async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Err
                 Ok(j) => {
                     publish(
                         &ctx,
-                        &r,
+                        r.as_ref(),
                         EventType::Normal,
                         "Started",
                         format!("restoring into PVC {target} with Job {job_name}"),
@@ -175,7 +149,7 @@ pub async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Err
             .any(|c| c.type_ == "Failed" && c.status == "True");
     if !finished {
         status.phase = Phase::Running;
-        status.conditions = vec![condition(
+        status.conditions = vec![ready(
             true,
             "Running",
             "the restore Job is running",
@@ -204,14 +178,14 @@ pub async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Err
     if result.ok {
         status.phase = Phase::Succeeded;
         let msg = format!("restored {} files into PVC {target}", status.files);
-        status.conditions = vec![condition(true, "Succeeded", &msg, generation)];
-        publish(&ctx, &r, EventType::Normal, "Succeeded", msg).await;
+        status.conditions = vec![ready(true, "Succeeded", &msg, generation)];
+        publish(&ctx, r.as_ref(), EventType::Normal, "Succeeded", msg).await;
     } else {
         status.phase = Phase::Failed;
         let msg = result.error.unwrap_or_else(|| "the restore failed".into());
         status.message = Some(msg.clone());
-        status.conditions = vec![condition(false, "Failed", &msg, generation)];
-        publish(&ctx, &r, EventType::Warning, "Failed", msg).await;
+        status.conditions = vec![ready(false, "Failed", &msg, generation)];
+        publish(&ctx, r.as_ref(), EventType::Warning, "Failed", msg).await;
     }
     patch_status(&api, &name, &status).await?;
     Ok(Action::await_change())

@@ -18,15 +18,16 @@ use cairn_crds::{
 };
 use chrono::{DateTime, TimeZone, Utc};
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 
 use crate::backup::{Context, Error};
 use crate::schedule::{jitter_seconds, parse_jitter, Schedule};
+use crate::status::{patch_status, publish, ready};
 
 /// Label on `Backup`s created by a schedule.
 pub const SCHEDULE_LABEL: &str = "cairn.dev/schedule";
@@ -41,17 +42,6 @@ fn to_chrono(t: &Time) -> DateTime<Utc> {
 
 fn to_time(t: DateTime<Utc>) -> Time {
     Time(Timestamp::from_second(t.timestamp()).unwrap_or(Timestamp::UNIX_EPOCH))
-}
-
-fn condition(ok: bool, reason: &str, message: &str, generation: Option<i64>) -> Condition {
-    Condition {
-        type_: "Ready".into(),
-        status: if ok { "True" } else { "False" }.into(),
-        reason: reason.into(),
-        message: message.into(),
-        observed_generation: generation,
-        last_transition_time: Time(Timestamp::now()),
-    }
 }
 
 /// A label selector as the API's query string (`a=b,c in (d,e),!f`).
@@ -77,33 +67,6 @@ pub fn selector_string(s: &LabelSelector) -> String {
 /// Name of the `Backup` for the run scheduled at `t`.
 pub fn run_name(schedule: &str, t: DateTime<Utc>) -> String {
     crate::jobs::bounded_name(&format!("{schedule}-{}", t.format("%Y%m%d-%H%M")))
-}
-
-async fn publish(ctx: &Context, s: &BackupSchedule, type_: EventType, reason: &str, note: String) {
-    let ev = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: "Schedule".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&ev, &s.object_ref(&())).await {
-        tracing::warn!(
-            "event {reason} for schedule {} not recorded: {e}",
-            s.name_any()
-        );
-    }
-}
-
-async fn patch_status(
-    api: &Api<BackupSchedule>,
-    name: &str,
-    status: &BackupScheduleStatus,
-) -> Result<(), Error> {
-    let patch = serde_json::json!({ "status": status });
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
-    Ok(())
 }
 
 /// Reconcile one `BackupSchedule` at the current time.
@@ -145,10 +108,10 @@ pub async fn reconcile_at(
         Ok(p) => p,
         Err(e) => {
             let msg = e.to_string();
-            status.conditions = vec![condition(false, "InvalidSpec", &msg, generation)];
+            status.conditions = vec![ready(false, "InvalidSpec", &msg, generation)];
             status.next_schedule_time = None;
             if old_reason.as_deref() != Some("InvalidSpec") {
-                publish(&ctx, &s, EventType::Warning, "InvalidSpec", msg).await;
+                publish(&ctx, s.as_ref(), EventType::Warning, "InvalidSpec", msg).await;
             }
             patch_status(&schedules, &name, &status).await?;
             return Ok(Action::await_change());
@@ -160,9 +123,16 @@ pub async fn reconcile_at(
             "BackupRepository {:?} not found in namespace {ns}",
             s.spec.repository.name
         );
-        status.conditions = vec![condition(false, "RepositoryNotFound", &msg, generation)];
+        status.conditions = vec![ready(false, "RepositoryNotFound", &msg, generation)];
         if old_reason.as_deref() != Some("RepositoryNotFound") {
-            publish(&ctx, &s, EventType::Warning, "RepositoryNotFound", msg).await;
+            publish(
+                &ctx,
+                s.as_ref(),
+                EventType::Warning,
+                "RepositoryNotFound",
+                msg,
+            )
+            .await;
         }
         patch_status(&schedules, &name, &status).await?;
         return Ok(Action::requeue(Duration::from_secs(60)));
@@ -187,9 +157,9 @@ pub async fn reconcile_at(
         .or_else(|| s.metadata.creation_timestamp.as_ref().map(to_chrono))
         .unwrap_or(now);
     let mut requeue_at = None;
-    let mut ready = condition(true, "Scheduled", "the schedule is active", generation);
+    let mut ready_now = ready(true, "Scheduled", "the schedule is active", generation);
     if s.spec.suspend {
-        status.conditions = vec![condition(
+        status.conditions = vec![ready(
             true,
             "Suspended",
             "the schedule is suspended",
@@ -210,7 +180,7 @@ pub async fn reconcile_at(
             status.last_schedule_time = Some(to_time(due));
             publish(
                 &ctx,
-                &s,
+                s.as_ref(),
                 EventType::Warning,
                 "MissedRun",
                 format!("the run due at {due} was missed by more than {deadline} s and is skipped"),
@@ -227,7 +197,7 @@ pub async fn reconcile_at(
             status.last_schedule_time = Some(to_time(due));
             publish(
                 &ctx,
-                &s,
+                s.as_ref(),
                 EventType::Warning,
                 "Skipped",
                 format!(
@@ -240,9 +210,9 @@ pub async fn reconcile_at(
             let pvcs = target_pvcs(&ctx, &ns, &s).await?;
             if pvcs.is_empty() {
                 let msg = "no PVC matches pvcs/selector (or all are excluded)".to_string();
-                ready = condition(false, "NoVolumes", &msg, generation);
+                ready_now = ready(false, "NoVolumes", &msg, generation);
                 status.last_schedule_time = Some(to_time(due));
-                publish(&ctx, &s, EventType::Warning, "NoVolumes", msg).await;
+                publish(&ctx, s.as_ref(), EventType::Warning, "NoVolumes", msg).await;
             } else {
                 let run = run_name(&name, due);
                 let backup = Backup {
@@ -266,7 +236,7 @@ pub async fn reconcile_at(
                     Ok(_) => {
                         publish(
                             &ctx,
-                            &s,
+                            s.as_ref(),
                             EventType::Normal,
                             "Scheduled",
                             format!("created Backup {run}"),
@@ -280,7 +250,7 @@ pub async fn reconcile_at(
             }
         }
     }
-    status.conditions = vec![ready];
+    status.conditions = vec![ready_now];
 
     // 4. The next run.
     let next = schedule
