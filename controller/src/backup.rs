@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_crds::{Backup, BackupRepository, BackupStatus, Phase};
+use cairn_crds::{Backup, BackupStatus, Phase};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -20,7 +20,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::jobs::{self, JobConfig};
 use crate::result::AgentResult;
-use crate::status::{patch_status, publish, ready};
+use crate::status::{patch_status, publish, ready, repository, warn_once};
 
 /// Shared state of the reconcilers.
 pub struct Context {
@@ -135,26 +135,15 @@ pub async fn reconcile(b: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Erro
     };
 
     // The repository must exist; otherwise wait (it may be applied next).
-    let repos: Api<BackupRepository> = Api::namespaced(ctx.client.clone(), &ns);
-    let Some(repo) = repos.get_opt(&b.spec.repository.name).await? else {
-        let msg = format!(
-            "BackupRepository {:?} not found in namespace {ns}",
-            b.spec.repository.name
-        );
-        status.phase = Phase::Pending;
-        status.conditions = vec![ready(false, "RepositoryNotFound", &msg, generation)];
-        if old.conditions.first().map(|c| c.reason.as_str()) != Some("RepositoryNotFound") {
-            publish(
-                &ctx,
-                b.as_ref(),
-                EventType::Warning,
-                "RepositoryNotFound",
-                msg,
-            )
-            .await;
+    let repo = match repository(&ctx, &ns, &b.spec.repository.name).await? {
+        Ok(r) => r,
+        Err(msg) => {
+            status.phase = Phase::Pending;
+            status.conditions = vec![ready(false, "RepositoryNotFound", &msg, generation)];
+            warn_once(&ctx, b.as_ref(), &old.conditions, "RepositoryNotFound", msg).await;
+            patch_status(&backups, &name, &status).await?;
+            return Ok(Action::requeue(Duration::from_secs(60)));
         }
-        patch_status(&backups, &name, &status).await?;
-        return Ok(Action::requeue(Duration::from_secs(60)));
     };
 
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);

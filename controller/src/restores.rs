@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_crds::{BackupRepository, Phase, Restore, RestoreStatus};
+use cairn_crds::{Phase, Restore, RestoreStatus};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -17,7 +17,7 @@ use kube::{Api, Resource, ResourceExt};
 use crate::backup::{Context, Error};
 use crate::jobs;
 use crate::result::AgentResult;
-use crate::status::{patch_status, publish, ready};
+use crate::status::{patch_status, publish, ready, repository, warn_once};
 
 /// Reconcile one `Restore`.
 ///
@@ -38,25 +38,14 @@ pub async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Err
         observed_generation: generation,
         ..old.clone()
     };
-    let repos: Api<BackupRepository> = Api::namespaced(ctx.client.clone(), &ns);
-    let Some(repo) = repos.get_opt(&r.spec.repository.name).await? else {
-        let msg = format!(
-            "BackupRepository {:?} not found in namespace {ns}",
-            r.spec.repository.name
-        );
-        status.conditions = vec![ready(false, "RepositoryNotFound", &msg, generation)];
-        if old.conditions.first().map(|c| c.reason.as_str()) != Some("RepositoryNotFound") {
-            publish(
-                &ctx,
-                r.as_ref(),
-                EventType::Warning,
-                "RepositoryNotFound",
-                msg,
-            )
-            .await;
+    let repo = match repository(&ctx, &ns, &r.spec.repository.name).await? {
+        Ok(r) => r,
+        Err(msg) => {
+            status.conditions = vec![ready(false, "RepositoryNotFound", &msg, generation)];
+            warn_once(&ctx, r.as_ref(), &old.conditions, "RepositoryNotFound", msg).await;
+            patch_status(&api, &name, &status).await?;
+            return Ok(Action::requeue(Duration::from_secs(60)));
         }
-        patch_status(&api, &name, &status).await?;
-        return Ok(Action::requeue(Duration::from_secs(60)));
     };
 
     // The target volume: an existing claim, or one we create (owned by the
@@ -67,9 +56,7 @@ pub async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Err
             if claims.get_opt(existing).await?.is_none() {
                 let msg = format!("target PVC {existing:?} not found");
                 status.conditions = vec![ready(false, "TargetNotFound", &msg, generation)];
-                if old.conditions.first().map(|c| c.reason.as_str()) != Some("TargetNotFound") {
-                    publish(&ctx, r.as_ref(), EventType::Warning, "TargetNotFound", msg).await;
-                }
+                warn_once(&ctx, r.as_ref(), &old.conditions, "TargetNotFound", msg).await;
                 patch_status(&api, &name, &status).await?;
                 return Ok(Action::requeue(Duration::from_secs(60)));
             }

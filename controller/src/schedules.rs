@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_crds::{
-    Backup, BackupRepository, BackupSchedule, BackupScheduleStatus, BackupSpec, Phase,
-    PvcBackupStatus, EXCLUDE_ANNOTATION,
+    Backup, BackupSchedule, BackupScheduleStatus, BackupSpec, Phase, PvcBackupStatus,
+    EXCLUDE_ANNOTATION,
 };
 use chrono::{DateTime, TimeZone, Utc};
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
@@ -27,7 +27,7 @@ use kube::{Api, Resource, ResourceExt};
 
 use crate::backup::{Context, Error};
 use crate::schedule::{jitter_seconds, parse_jitter, Schedule};
-use crate::status::{patch_status, publish, ready};
+use crate::status::{patch_status, publish, ready, repository, warn_once};
 
 /// Label on `Backup`s created by a schedule.
 pub const SCHEDULE_LABEL: &str = "cairn.dev/schedule";
@@ -97,7 +97,6 @@ pub async fn reconcile_at(
         observed_generation: generation,
         ..old.clone()
     };
-    let old_reason = old.conditions.first().map(|c| c.reason.clone());
 
     // 1. The spec: problems the schema cannot catch become a condition.
     let parsed = Schedule::parse(&s.spec.schedule, s.spec.time_zone.as_deref()).and_then(|sch| {
@@ -110,30 +109,14 @@ pub async fn reconcile_at(
             let msg = e.to_string();
             status.conditions = vec![ready(false, "InvalidSpec", &msg, generation)];
             status.next_schedule_time = None;
-            if old_reason.as_deref() != Some("InvalidSpec") {
-                publish(&ctx, s.as_ref(), EventType::Warning, "InvalidSpec", msg).await;
-            }
+            warn_once(&ctx, s.as_ref(), &old.conditions, "InvalidSpec", msg).await;
             patch_status(&schedules, &name, &status).await?;
             return Ok(Action::await_change());
         }
     };
-    let repos: Api<BackupRepository> = Api::namespaced(ctx.client.clone(), &ns);
-    if repos.get_opt(&s.spec.repository.name).await?.is_none() {
-        let msg = format!(
-            "BackupRepository {:?} not found in namespace {ns}",
-            s.spec.repository.name
-        );
+    if let Err(msg) = repository(&ctx, &ns, &s.spec.repository.name).await? {
         status.conditions = vec![ready(false, "RepositoryNotFound", &msg, generation)];
-        if old_reason.as_deref() != Some("RepositoryNotFound") {
-            publish(
-                &ctx,
-                s.as_ref(),
-                EventType::Warning,
-                "RepositoryNotFound",
-                msg,
-            )
-            .await;
-        }
+        warn_once(&ctx, s.as_ref(), &old.conditions, "RepositoryNotFound", msg).await;
         patch_status(&schedules, &name, &status).await?;
         return Ok(Action::requeue(Duration::from_secs(60)));
     }

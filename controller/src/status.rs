@@ -59,3 +59,35 @@ where
         .await?;
     Ok(())
 }
+
+/// Record a Warning Event only when `reason` is new: a condition that stays
+/// the same across reconciles is reported once, not on every requeue.
+pub async fn warn_once<K>(
+    ctx: &Context,
+    obj: &K,
+    previous: &[Condition],
+    reason: &str,
+    note: String,
+) where
+    K: Resource<DynamicType = ()>,
+{
+    if previous.first().map(|c| c.reason.as_str()) != Some(reason) {
+        publish(ctx, obj, EventType::Warning, reason, note).await;
+    }
+}
+
+/// The named `BackupRepository`, or the message saying it is missing.
+///
+/// # Errors
+/// API failures.
+pub async fn repository(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+) -> Result<Result<cairn_crds::BackupRepository, String>, Error> {
+    let repos: Api<cairn_crds::BackupRepository> = Api::namespaced(ctx.client.clone(), ns);
+    Ok(repos
+        .get_opt(name)
+        .await?
+        .ok_or_else(|| format!("BackupRepository {name:?} not found in namespace {ns}")))
+}
