@@ -283,8 +283,8 @@ struct JobParts<'a> {
     owner: Option<OwnerReference>,
     args: Vec<String>,
     repo: &'a BackupRepository,
-    data_claim: String,
-    data_read_only: bool,
+    /// The volume to back up or restore into, and whether read-only.
+    data: Option<(String, bool)>,
     node: Option<String>,
     overrides: Option<&'a JobOverrides>,
 }
@@ -307,20 +307,22 @@ fn build(p: JobParts<'_>, cfg: &JobConfig) -> Job {
             ..VolumeMount::default()
         });
     }
-    volumes.push(Volume {
-        name: "data".into(),
-        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-            claim_name: p.data_claim,
-            read_only: Some(p.data_read_only),
-        }),
-        ..Volume::default()
-    });
-    mounts.push(VolumeMount {
-        name: "data".into(),
-        mount_path: DATA_MOUNT.into(),
-        read_only: Some(p.data_read_only),
-        ..VolumeMount::default()
-    });
+    if let Some((claim, read_only)) = p.data {
+        volumes.push(Volume {
+            name: "data".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: claim,
+                read_only: Some(read_only),
+            }),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            name: "data".into(),
+            mount_path: DATA_MOUNT.into(),
+            read_only: Some(read_only),
+            ..VolumeMount::default()
+        });
+    }
     let o = p.overrides;
     let (pod_security, security) = default_security(o);
     let mut node_selector = o.map(|o| o.node_selector.clone()).unwrap_or_default();
@@ -440,8 +442,7 @@ pub fn backup_job(
             owner: owner_ref(backup),
             args,
             repo,
-            data_claim: pvc.to_string(),
-            data_read_only: true,
+            data: Some((pvc.to_string(), true)),
             node,
             overrides: backup.spec.job.as_ref(),
         },
@@ -496,10 +497,36 @@ pub fn restore_job(
             owner: owner_ref(restore),
             args,
             repo,
-            data_claim: target_pvc.to_string(),
-            data_read_only: false,
+            data: Some((target_pvc.to_string(), false)),
             node,
             overrides: restore.spec.job.as_ref(),
+        },
+        cfg,
+    )
+}
+
+/// Name of the Job that initialises or checks a repository at a generation of
+/// its spec (a changed spec is checked again).
+pub fn repository_job_name(repo: &str, generation: i64) -> String {
+    bounded_name(&format!("cairn-repo-{repo}-g{generation}"))
+}
+
+/// The Job that creates the repository unless it exists and reports what it
+/// holds (`cairn agent init`).
+pub fn repository_job(repo: &BackupRepository, cfg: &JobConfig) -> Job {
+    let name = repo.name_any();
+    let generation = repo.meta().generation.unwrap_or(0);
+    build(
+        JobParts {
+            name: repository_job_name(&name, generation),
+            namespace: repo.namespace(),
+            labels: base_labels("repository", &name),
+            owner: owner_ref(repo),
+            args: vec!["agent".into(), "init".into()],
+            repo,
+            data: None,
+            node: None,
+            overrides: None,
         },
         cfg,
     )

@@ -1,20 +1,22 @@
 //! Cairn's Kubernetes controller: the pieces that turn `Backup`, `Restore`
 //! and `BackupSchedule` resources into agent Jobs and results into status.
 //!
-//! Built: the `Backup` ([`backup`]), `BackupSchedule` ([`schedules`]) and
-//! `Restore` ([`restores`]) reconcilers, tested against an in-process fake API server
+//! Built: the `Backup` ([`backup`]), `BackupSchedule` ([`schedules`]),
+//! `Restore` ([`restores`]) and `BackupRepository` ([`repositories`])
+//! reconcilers, tested against an in-process fake API server
 //! (controller/tests/reconcile.rs); Job construction ([`jobs`]); schedules
 //! ([`schedule`]); the agent's result ([`result`]); Lease-based leader
 //! election ([`leader`]); Prometheus counters ([`metrics`]). The binary runs
-//! the three loops under leader election with `/healthz`, `/readyz`, `/metrics`.
+//! the four loops under leader election with `/healthz`, `/readyz`, `/metrics`.
 //!
-//! Not built yet: the `BackupRepository` reconciler (init Job, Ready), per-repository
-//! and per-node concurrency limits, the prune Job, and the Helm chart.
+//! Not built yet: per-repository and per-node concurrency limits, the prune
+//! Job, and the Helm chart.
 
 pub mod backup;
 pub mod jobs;
 pub mod leader;
 pub mod metrics;
+pub mod repositories;
 pub mod restores;
 pub mod result;
 pub mod schedule;

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use cairn_controller::backup::{self, Context};
 use cairn_controller::jobs::JobConfig;
-use cairn_controller::{leader, metrics, restores, schedules};
-use cairn_crds::{Backup, BackupSchedule, Restore};
+use cairn_controller::{leader, metrics, repositories, restores, schedules};
+use cairn_crds::{Backup, BackupRepository, BackupSchedule, Restore};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use kube::runtime::controller::{Action, Controller};
@@ -193,7 +193,34 @@ async fn main() {
             ctx.clone(),
         )
         .for_each(|_| futures::future::ready(()));
-    tokio::join!(backup_loop, schedule_loop, restore_loop);
+    let (repos_api, repo_jobs): (Api<BackupRepository>, Api<Job>) = if ns.is_empty() {
+        (Api::all(client.clone()), Api::all(client.clone()))
+    } else {
+        (
+            Api::namespaced(client.clone(), &ns),
+            Api::namespaced(client.clone(), &ns),
+        )
+    };
+    let repository_loop = Controller::new(repos_api, watcher::Config::default())
+        .owns(
+            repo_jobs,
+            watcher::Config::default().labels("app.kubernetes.io/managed-by=cairn-controller"),
+        )
+        .shutdown_on_signal()
+        .run(
+            |r, ctx| async move {
+                metrics::RECONCILES.inc();
+                repositories::reconcile(r, ctx).await
+            },
+            |_r, e, _ctx| {
+                tracing::warn!("repository reconcile failed: {e}");
+                metrics::RECONCILE_ERRORS.inc();
+                Action::requeue(Duration::from_secs(15))
+            },
+            ctx.clone(),
+        )
+        .for_each(|_| futures::future::ready(()));
+    tokio::join!(backup_loop, schedule_loop, restore_loop, repository_loop);
     tracing::info!("controllers stopped; exiting");
 }
 

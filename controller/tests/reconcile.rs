@@ -769,3 +769,91 @@ async fn restore_into_a_missing_pvc_waits_with_a_condition() {
     assert_eq!(st.conditions[0].reason, "TargetNotFound");
     assert!(api.under(JOBS).is_empty());
 }
+
+// ---- BackupRepository ----
+
+fn repo_obj(api: &FakeApi) -> Arc<cairn_crds::BackupRepository> {
+    Arc::new(serde_json::from_value(api.get(&format!("{REPOS}/offsite")).unwrap()).unwrap())
+}
+
+#[tokio::test]
+async fn repository_is_checked_once_per_generation_and_reports_ready() {
+    use cairn_controller::repositories::reconcile as reconcile_repo;
+    let (api, ctx) = setup(true);
+    let key = format!("{REPOS}/offsite");
+    let mut r = api.get(&key).unwrap();
+    r["metadata"]["generation"] = json!(1);
+    api.insert(&key, r);
+
+    reconcile_repo(repo_obj(&api), ctx.clone()).await.unwrap();
+    let job_name = jobs::repository_job_name("offsite", 1);
+    let job = api.get(&format!("{JOBS}/{job_name}")).expect("init job");
+    assert_eq!(
+        job["spec"]["template"]["spec"]["containers"][0]["args"],
+        json!(["agent", "init"])
+    );
+    assert!(job["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|v| v["name"] != "data"));
+    let st = repo_obj(&api).status.clone().unwrap();
+    assert_eq!(
+        (
+            st.conditions[0].status.as_str(),
+            st.conditions[0].reason.as_str()
+        ),
+        ("False", "Checking")
+    );
+
+    finish_job(
+        &api,
+        &job_name,
+        false,
+        r#"{"command":"init","ok":false,"exitCode":1,"error":"wrong password: no key in the repository matches it"}"#,
+        1,
+    );
+    reconcile_repo(repo_obj(&api), ctx.clone()).await.unwrap();
+    let st = repo_obj(&api).status.clone().unwrap();
+    assert_eq!(st.conditions[0].reason, "Unreachable");
+    assert!(st.conditions[0].message.contains("wrong password"));
+    assert!(events(&api).contains(&"Warning Unreachable".to_string()));
+    // Checked again only after the retry interval, not on every reconcile.
+    reconcile_repo(repo_obj(&api), ctx.clone()).await.unwrap();
+    assert_eq!(api.requests("POST", "/jobs"), 1);
+
+    // The spec changes (generation 2): checked again, now fine.
+    let mut r = api.get(&key).unwrap();
+    r["metadata"]["generation"] = json!(2);
+    api.insert(&key, r);
+    reconcile_repo(repo_obj(&api), ctx.clone()).await.unwrap();
+    let job2 = jobs::repository_job_name("offsite", 2);
+    finish_job(
+        &api,
+        &job2,
+        true,
+        r#"{"command":"init","ok":true,"exitCode":0,"initialized":false,"snapshots":12,"storedBytes":123456}"#,
+        0,
+    );
+    reconcile_repo(repo_obj(&api), ctx.clone()).await.unwrap();
+    let st = repo_obj(&api).status.clone().unwrap();
+    assert_eq!(
+        (
+            st.conditions[0].status.as_str(),
+            st.conditions[0].reason.as_str()
+        ),
+        ("True", "Reachable")
+    );
+    assert_eq!(
+        (st.snapshot_count, st.stored_bytes, st.observed_generation),
+        (Some(12), Some(123456), Some(2))
+    );
+    assert!(st.last_check_time.is_some());
+    let posts = api.requests("POST", "/jobs");
+    reconcile_repo(repo_obj(&api), ctx.clone()).await.unwrap();
+    assert_eq!(
+        api.requests("POST", "/jobs"),
+        posts,
+        "a Ready repository is not re-checked"
+    );
+}
