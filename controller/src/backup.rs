@@ -77,6 +77,64 @@ async fn rwo_node(client: &Client, ns: &str, pvc: &str) -> Result<Option<String>
     Ok(None)
 }
 
+/// Why a new backup Job must wait, if it must: the repository or the node
+/// already runs as many backup Jobs as allowed.
+async fn at_limit(
+    ctx: &Context,
+    ns: &str,
+    repo: &str,
+    node: Option<&str>,
+) -> Result<Option<String>, Error> {
+    let api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
+    let lp = ListParams::default().labels(&format!(
+        "{}=backup,{}=cairn-controller",
+        jobs::labels::COMPONENT,
+        jobs::labels::MANAGED_BY
+    ));
+    let active: Vec<Job> =
+        api.list(&lp)
+            .await?
+            .items
+            .into_iter()
+            .filter(|j| {
+                let st = j.status.clone().unwrap_or_default();
+                st.succeeded.unwrap_or(0) == 0
+                    && !st.conditions.iter().flatten().any(|c| {
+                        (c.type_ == "Failed" || c.type_ == "Complete") && c.status == "True"
+                    })
+            })
+            .collect();
+    let same_repo = active
+        .iter()
+        .filter(|j| j.labels().get(jobs::labels::REPOSITORY).map(String::as_str) == Some(repo))
+        .count();
+    if same_repo >= ctx.jobs.max_per_repository {
+        return Ok(Some(format!(
+            "{same_repo} backups already run against repository {repo}"
+        )));
+    }
+    if let Some(node) = node {
+        let on_node = active
+            .iter()
+            .filter(|j| {
+                j.spec
+                    .as_ref()
+                    .and_then(|s| s.template.spec.as_ref())
+                    .and_then(|p| p.node_selector.as_ref())
+                    .and_then(|n| n.get("kubernetes.io/hostname"))
+                    .map(String::as_str)
+                    == Some(node)
+            })
+            .count();
+        if on_node >= ctx.jobs.max_per_node {
+            return Ok(Some(format!(
+                "{on_node} backups already run on node {node}"
+            )));
+        }
+    }
+    Ok(None)
+}
+
 /// What one PVC's Job has come to.
 enum JobOutcome {
     Running,
@@ -150,6 +208,7 @@ pub async fn reconcile(b: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Erro
     let mut results = Vec::new();
     let mut running = false;
     let mut job_names = Vec::new();
+    let mut queued = Vec::new();
     for pvc in &b.spec.pvcs {
         let job_name = jobs::backup_job_name(&name, pvc);
         job_names.push(job_name.clone());
@@ -157,6 +216,11 @@ pub async fn reconcile(b: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Erro
             Some(j) => j,
             None => {
                 let node = rwo_node(&ctx.client, &ns, pvc).await?;
+                if let Some(why) = at_limit(&ctx, &ns, &repo.name_any(), node.as_deref()).await? {
+                    queued.push(format!("{pvc} ({why})"));
+                    job_names.pop();
+                    continue;
+                }
                 let job = jobs::backup_job(&b, &repo, pvc, node, &ctx.jobs);
                 match jobs_api.create(&PostParams::default(), &job).await {
                     Ok(j) => {
@@ -189,11 +253,29 @@ pub async fn reconcile(b: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Erro
         .iter()
         .map(|(pvc, r)| r.snapshot_result(pvc))
         .collect();
-    if running {
-        status.phase = Phase::Running;
-        status.conditions = vec![ready(true, "Running", "agent Jobs are running", generation)];
+    if running || !queued.is_empty() {
+        let (phase, reason, msg) = if queued.is_empty() {
+            (
+                Phase::Running,
+                "Running",
+                "agent Jobs are running".to_string(),
+            )
+        } else {
+            (
+                if running {
+                    Phase::Running
+                } else {
+                    Phase::Pending
+                },
+                "Queued",
+                format!("waiting for a concurrency slot: {}", queued.join(", ")),
+            )
+        };
+        status.phase = phase;
+        status.conditions = vec![ready(true, reason, &msg, generation)];
         patch_status(&backups, &name, &status).await?;
-        return Ok(Action::requeue(Duration::from_secs(60)));
+        let wait = if queued.is_empty() { 60 } else { 20 };
+        return Ok(Action::requeue(Duration::from_secs(wait)));
     }
     status.completion_time = Some(Time(Timestamp::now()));
     let failures: Vec<String> = results

@@ -29,6 +29,10 @@ pub struct JobConfig {
     pub ttl_seconds_after_finished: i32,
     /// Retries of a failed pod.
     pub backoff_limit: i32,
+    /// Backup Jobs running at once against one repository.
+    pub max_per_repository: usize,
+    /// Backup Jobs running at once on one node (counted for node-pinned Jobs).
+    pub max_per_node: usize,
 }
 
 impl Default for JobConfig {
@@ -39,6 +43,8 @@ impl Default for JobConfig {
             active_deadline_seconds: 6 * 3600,
             ttl_seconds_after_finished: 24 * 3600,
             backoff_limit: 1,
+            max_per_repository: 4,
+            max_per_node: 2,
         }
     }
 }

@@ -9,8 +9,8 @@
 //! election ([`leader`]); Prometheus counters ([`metrics`]). The binary runs
 //! the four loops under leader election with `/healthz`, `/readyz`, `/metrics`.
 //!
-//! Not built yet: per-repository and per-node concurrency limits, the prune
-//! Job, and the Helm chart.
+//! Per-repository and per-node limits on concurrent backup Jobs are applied
+//! by the `Backup` reconciler. Not built yet: the prune Job and the Helm chart.
 
 pub mod backup;
 pub mod jobs;

@@ -2,7 +2,8 @@
 //! `BackupSchedule` watch loops, and `/healthz`, `/readyz`, `/metrics`.
 //!
 //! Configuration (environment): `CAIRN_AGENT_IMAGE` (required),
-//! `CAIRN_AGENT_PULL_POLICY` (IfNotPresent), `CAIRN_WATCH_NAMESPACE` (all
+//! `CAIRN_AGENT_PULL_POLICY` (IfNotPresent), `CAIRN_MAX_JOBS_PER_REPOSITORY`
+//! (4), `CAIRN_MAX_JOBS_PER_NODE` (2), `CAIRN_WATCH_NAMESPACE` (all
 //! namespaces when empty), `CAIRN_HTTP_ADDR` (0.0.0.0:8080), `POD_NAME` and
 //! `POD_NAMESPACE` (from the downward API; the Lease lives there).
 
@@ -106,6 +107,10 @@ async fn main() {
         jobs: JobConfig {
             image,
             pull_policy: env_or("CAIRN_AGENT_PULL_POLICY", "IfNotPresent"),
+            max_per_repository: env_or("CAIRN_MAX_JOBS_PER_REPOSITORY", "4")
+                .parse()
+                .unwrap_or(4),
+            max_per_node: env_or("CAIRN_MAX_JOBS_PER_NODE", "2").parse().unwrap_or(2),
             ..JobConfig::default()
         },
         recorder: Recorder::new(

@@ -235,6 +235,10 @@ fn yaml(path: &str) -> Value {
 }
 
 fn setup(with_repo: bool) -> (FakeApi, Arc<Context>) {
+    setup_with(with_repo, JobConfig::default())
+}
+
+fn setup_with(with_repo: bool, jobs_cfg: JobConfig) -> (FakeApi, Arc<Context>) {
     let api = FakeApi::default();
     if with_repo {
         let mut repo = yaml("repository-s3.yaml");
@@ -270,7 +274,7 @@ fn setup(with_repo: bool) -> (FakeApi, Arc<Context>) {
     );
     let ctx = Arc::new(Context {
         client,
-        jobs: JobConfig::default(),
+        jobs: jobs_cfg,
         recorder,
     });
     (api, ctx)
@@ -855,5 +859,47 @@ async fn repository_is_checked_once_per_generation_and_reports_ready() {
         api.requests("POST", "/jobs"),
         posts,
         "a Ready repository is not re-checked"
+    );
+}
+
+#[tokio::test]
+async fn backups_wait_for_a_repository_slot() {
+    let (api, ctx) = setup_with(
+        true,
+        JobConfig {
+            max_per_repository: 1,
+            ..JobConfig::default()
+        },
+    );
+    reconcile(backup(&api), ctx.clone()).await.unwrap();
+    assert_eq!(api.under(JOBS).len(), 1, "one slot for the repository");
+    let st = backup(&api).status.clone().unwrap();
+    assert_eq!(st.phase, Phase::Running);
+    assert_eq!(st.conditions[0].reason, "Queued");
+    assert!(
+        st.conditions[0]
+            .message
+            .contains("already run against repository offsite"),
+        "{}",
+        st.conditions[0].message
+    );
+    assert_eq!(st.job_names.len(), 1);
+
+    let ok = r#"{"command":"backup","ok":true,"exitCode":0,"snapshotId":"aaaa1111","files":1,"bytesProcessed":1,"bytesAdded":1,"durationSeconds":1.0}"#;
+    finish_job(
+        &api,
+        &api.under(JOBS)[0]["metadata"]["name"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+        true,
+        ok,
+        0,
+    );
+    reconcile(backup(&api), ctx.clone()).await.unwrap();
+    assert_eq!(
+        api.under(JOBS).len(),
+        2,
+        "the slot freed, the second Job starts"
     );
 }
