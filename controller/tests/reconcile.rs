@@ -888,10 +888,7 @@ async fn backups_wait_for_a_repository_slot() {
     let ok = r#"{"command":"backup","ok":true,"exitCode":0,"snapshotId":"aaaa1111","files":1,"bytesProcessed":1,"bytesAdded":1,"durationSeconds":1.0}"#;
     finish_job(
         &api,
-        &api.under(JOBS)[0]["metadata"]["name"]
-            .as_str()
-            .unwrap()
-            .to_string(),
+        api.under(JOBS)[0]["metadata"]["name"].as_str().unwrap(),
         true,
         ok,
         0,
