@@ -898,6 +898,16 @@ fn agent_commands_write_a_result_for_the_controller() {
     assert_eq!(other["snapshotsForgotten"], 0);
     assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 3);
 
+    // Prune (no backup running) reports in the same format.
+    let (code, p) = agent(&["prune", "--grace", "0"]);
+    assert_eq!(code, Some(0), "{p}");
+    assert_eq!(
+        (&p["command"], &p["ok"]),
+        (&serde_json::json!("prune"), &serde_json::json!(true))
+    );
+    assert_eq!(p["snapshots"], 3);
+    assert!(p["storedBytes"].as_u64().unwrap() > 1 << 20, "{p}");
+
     let out = env.path("out");
     let (code, r) = agent(&[
         "restore",

@@ -537,3 +537,37 @@ pub fn repository_job(repo: &BackupRepository, cfg: &JobConfig) -> Job {
         cfg,
     )
 }
+
+/// Name of the prune Job for the run scheduled at `run` (`YYYYMMDD-HHMM`).
+pub fn prune_job_name(repo: &str, run: &str) -> String {
+    bounded_name(&format!("cairn-prune-{repo}-{run}"))
+}
+
+/// The Job that prunes a repository (`cairn agent prune`).
+pub fn prune_job(repo: &BackupRepository, job_name: &str, cfg: &JobConfig) -> Job {
+    let name = repo.name_any();
+    let m = repo.spec.maintenance.clone().unwrap_or_default();
+    let mut args: Vec<String> = vec!["agent".into(), "prune".into()];
+    if let Some(g) = m.grace {
+        args.push("--grace".into());
+        args.push(g);
+    }
+    if let Some(u) = m.max_unused {
+        args.push("--max-unused".into());
+        args.push(u);
+    }
+    build(
+        JobParts {
+            name: job_name.to_string(),
+            namespace: repo.namespace(),
+            labels: base_labels("prune", &name),
+            owner: owner_ref(repo),
+            args,
+            repo,
+            data: None,
+            node: None,
+            overrides: None,
+        },
+        cfg,
+    )
+}

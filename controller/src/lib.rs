@@ -10,7 +10,9 @@
 //! the four loops under leader election with `/healthz`, `/readyz`, `/metrics`.
 //!
 //! Per-repository and per-node limits on concurrent backup Jobs are applied
-//! by the `Backup` reconciler. Not built yet: the prune Job and the Helm chart.
+//! by the `Backup` reconciler. Scheduled prune Jobs (at most one per repository) are run by the
+//! `BackupRepository` reconciler. Not built yet: the container image and the
+//! Helm chart.
 
 pub mod backup;
 pub mod jobs;

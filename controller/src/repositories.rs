@@ -5,6 +5,8 @@
 //! access denied, ...) with the snapshot count and stored size.
 
 use std::sync::Arc;
+
+use chrono::{DateTime, TimeZone, Utc};
 use std::time::Duration;
 
 use cairn_crds::{BackupRepository, BackupRepositoryStatus};
@@ -20,6 +22,7 @@ use kube::{Api, Resource, ResourceExt};
 use crate::backup::{Context, Error};
 use crate::jobs;
 use crate::result::AgentResult;
+use crate::schedule::Schedule;
 use crate::status::{patch_status, publish, ready, warn_once};
 
 /// How often an unreachable repository is checked again.
@@ -41,7 +44,7 @@ pub async fn reconcile(r: Arc<BackupRepository>, ctx: Arc<Context>) -> Result<Ac
     let reason = old.conditions.first().map(|c| c.reason.as_str());
     if old.observed_generation == generation {
         match reason {
-            Some("Initialized" | "Reachable") => return Ok(Action::await_change()),
+            Some("Initialized" | "Reachable") => return maintain(&r, &ctx, Utc::now()).await,
             // Unreachable: check again every RETRY (a Secret or bucket may
             // have been fixed without the spec changing).
             Some("Unreachable") => {
@@ -136,11 +139,161 @@ pub async fn reconcile(r: Arc<BackupRepository>, ctx: Arc<Context>) -> Result<Ac
         status.conditions = vec![ready(false, "Unreachable", &msg, generation)];
         warn_once(&ctx, r.as_ref(), &old.conditions, "Unreachable", msg).await;
     }
-    let next = if result.ok {
-        Action::await_change()
-    } else {
-        Action::requeue(RETRY)
-    };
     patch_status(&api, &name, &status).await?;
-    Ok(next)
+    if result.ok {
+        let mut r = (*r).clone();
+        r.status = Some(status);
+        return maintain(&r, &ctx, Utc::now()).await;
+    }
+    Ok(Action::requeue(RETRY))
+}
+
+/// Scheduled prune: at most one prune Job per repository at a time, one per
+/// scheduled run (deterministic names), its outcome in status and an Event.
+///
+/// # Errors
+/// API failures.
+pub async fn maintain(
+    r: &BackupRepository,
+    ctx: &Context,
+    now: DateTime<Utc>,
+) -> Result<Action, Error> {
+    let Some(m) = &r.spec.maintenance else {
+        return Ok(Action::await_change());
+    };
+    let ns = r.namespace().unwrap_or_default();
+    let name = r.name_any();
+    let schedule = match Schedule::parse(&m.prune_schedule, None) {
+        Ok(s) => s,
+        Err(e) => {
+            publish(
+                ctx,
+                r,
+                EventType::Warning,
+                "InvalidMaintenance",
+                e.to_string(),
+            )
+            .await;
+            return Ok(Action::await_change());
+        }
+    };
+    let api: Api<BackupRepository> = Api::namespaced(ctx.client.clone(), &ns);
+    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut status = r.status.clone().unwrap_or_default();
+
+    // The outcome of the last run, once.
+    if let (Some(job_name), None) = (&status.last_prune_job, &status.last_prune_result) {
+        if let Some(job) = jobs_api.get_opt(job_name).await? {
+            let st = job.status.clone().unwrap_or_default();
+            let finished = st.succeeded.unwrap_or(0) > 0
+                || st
+                    .conditions
+                    .iter()
+                    .flatten()
+                    .any(|c| c.type_ == "Failed" && c.status == "True");
+            if !finished {
+                return Ok(Action::requeue(Duration::from_secs(60)));
+            }
+            let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+            let result = pods
+                .list(&ListParams::default().labels(&format!("job-name={job_name}")))
+                .await?
+                .items
+                .iter()
+                .filter_map(AgentResult::from_pod)
+                .max_by_key(|r| r.ok)
+                .unwrap_or_default();
+            let (kind, reason, msg) = if result.ok {
+                (
+                    EventType::Normal,
+                    "Pruned",
+                    format!(
+                        "prune deleted {} packs ({} bytes), marked {}",
+                        result.packs_deleted.unwrap_or(0),
+                        result.bytes_deleted.unwrap_or(0),
+                        result.packs_marked.unwrap_or(0)
+                    ),
+                )
+            } else {
+                (
+                    EventType::Warning,
+                    "PruneFailed",
+                    format!("prune failed: {}", result.error.unwrap_or_default()),
+                )
+            };
+            status.last_prune_result = Some(msg.clone());
+            if result.ok {
+                status.stored_bytes = result.stored_bytes.or(status.stored_bytes);
+                status.snapshot_count = result.snapshots.or(status.snapshot_count);
+            }
+            publish(ctx, r, kind, reason, msg).await;
+            patch_status(&api, &name, &status).await?;
+        }
+    }
+
+    // At most one maintenance Job per repository, whatever the status says.
+    let lp = ListParams::default().labels(&format!(
+        "{}=prune,{}={name}",
+        jobs::labels::COMPONENT,
+        jobs::labels::REPOSITORY
+    ));
+    let active = jobs_api.list(&lp).await?.items.iter().any(|j| {
+        let st = j.status.clone().unwrap_or_default();
+        st.succeeded.unwrap_or(0) == 0
+            && !st
+                .conditions
+                .iter()
+                .flatten()
+                .any(|c| (c.type_ == "Failed" || c.type_ == "Complete") && c.status == "True")
+    });
+    if active {
+        return Ok(Action::requeue(Duration::from_secs(60)));
+    }
+
+    let since = status
+        .last_prune_time
+        .as_ref()
+        .or(r.metadata.creation_timestamp.as_ref())
+        .map_or(now, |t| {
+            Utc.timestamp_opt(t.0.as_second(), 0)
+                .single()
+                .unwrap_or(now)
+        });
+    if let Some(due) = schedule.due(since, now) {
+        // A run missed by more than a day is skipped; the next one comes.
+        if (now - due).num_hours() < 24 {
+            let job_name = jobs::prune_job_name(&name, &due.format("%Y%m%d-%H%M").to_string());
+            match jobs_api
+                .create(
+                    &PostParams::default(),
+                    &jobs::prune_job(r, &job_name, &ctx.jobs),
+                )
+                .await
+            {
+                Ok(_) => {
+                    publish(
+                        ctx,
+                        r,
+                        EventType::Normal,
+                        "PruneStarted",
+                        format!("Job {job_name}"),
+                    )
+                    .await;
+                }
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+            status.last_prune_job = Some(job_name);
+            status.last_prune_result = None;
+        }
+        status.last_prune_time = Some(Time(
+            Timestamp::from_second(due.timestamp()).unwrap_or(Timestamp::UNIX_EPOCH),
+        ));
+        patch_status(&api, &name, &status).await?;
+        return Ok(Action::requeue(Duration::from_secs(60)));
+    }
+    let wait = schedule
+        .next_after(now)
+        .map_or(3600, |n| (n - now).num_seconds().clamp(1, 24 * 3600) as u64);
+    Ok(Action::requeue(Duration::from_secs(wait)))
 }

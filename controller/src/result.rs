@@ -37,6 +37,12 @@ pub struct AgentResult {
     pub snapshots: Option<u64>,
     /// `init`: bytes stored in the repository.
     pub stored_bytes: Option<u64>,
+    /// `prune`: packs deleted.
+    pub packs_deleted: Option<u64>,
+    /// `prune`: bytes deleted.
+    pub bytes_deleted: Option<u64>,
+    /// `prune`: packs marked for deletion.
+    pub packs_marked: Option<u64>,
     /// What went wrong.
     pub error: Option<String>,
 }

@@ -46,7 +46,18 @@ where
     }
 }
 
-/// Merge `status` into the object's status subresource.
+/// Optional status fields a reconciler may clear. Statuses are always built
+/// whole (from the old one), so a field missing from the new status is meant
+/// to be gone: a merge patch needs an explicit null for that.
+const CLEARABLE: &[&str] = &[
+    "nextScheduleTime",
+    "lastPruneResult",
+    "message",
+    "completionTime",
+];
+
+/// Write `status` into the object's status subresource (a merge patch that
+/// also clears the optional fields `status` leaves out).
 ///
 /// # Errors
 /// API failures.
@@ -54,7 +65,13 @@ pub async fn patch_status<K>(api: &Api<K>, name: &str, status: &impl Serialize) 
 where
     K: Clone + DeserializeOwned + Debug,
 {
-    let patch = serde_json::json!({ "status": status });
+    let mut value = serde_json::to_value(status).unwrap_or_default();
+    if let Some(obj) = value.as_object_mut() {
+        for f in CLEARABLE {
+            obj.entry(f.to_string()).or_insert(serde_json::Value::Null);
+        }
+    }
+    let patch = serde_json::json!({ "status": value });
     api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
     Ok(())

@@ -639,12 +639,26 @@ async fn invalid_schedule_and_suspend_are_conditions() {
         format!("{:?}", kube::runtime::controller::Action::await_change())
     );
 
-    let (api, ctx) = schedule_setup(|s| s["spec"]["suspend"] = json!(true));
+    let (api, ctx) = schedule_setup(|_| {});
+    reconcile_schedule(schedule(&api), ctx.clone(), at(1, 1, 0))
+        .await
+        .unwrap();
+    assert!(schedule(&api)
+        .status
+        .clone()
+        .unwrap()
+        .next_schedule_time
+        .is_some());
+    let key = format!("{SCHEDULES}/nightly");
+    let mut s = api.get(&key).unwrap();
+    s["spec"]["suspend"] = json!(true);
+    api.insert(&key, s);
     reconcile_schedule(schedule(&api), ctx.clone(), at(1, 3, 0))
         .await
         .unwrap();
     let st = schedule(&api).status.clone().unwrap();
     assert_eq!(st.conditions[0].reason, "Suspended");
+    assert!(st.next_schedule_time.is_none(), "cleared while suspended");
     assert_eq!(api.requests("POST", "/backups"), 0);
 }
 
@@ -899,4 +913,61 @@ async fn backups_wait_for_a_repository_slot() {
         2,
         "the slot freed, the second Job starts"
     );
+}
+
+#[tokio::test]
+async fn scheduled_prune_runs_one_job_per_repository_at_a_time() {
+    use cairn_controller::repositories::maintain;
+    let (api, ctx) = setup(true);
+    let key = format!("{REPOS}/offsite");
+    let mut r = api.get(&key).unwrap();
+    r["metadata"]["creationTimestamp"] = json!("2026-03-01T00:00:00Z");
+    r["spec"]["maintenance"] =
+        json!({"pruneSchedule": "0 3 * * *", "grace": "2d", "maxUnused": "10%"});
+    r["status"] = json!({"conditions":[{"type":"Ready","status":"True","reason":"Reachable","message":"","lastTransitionTime":"2026-03-01T00:00:00Z"}]});
+    api.insert(&key, r);
+
+    maintain(
+        &repo_obj(&api),
+        &ctx,
+        at(1, 3, 0) + chrono::Duration::seconds(30),
+    )
+    .await
+    .unwrap();
+    let first = jobs::prune_job_name("offsite", "20260301-0300");
+    let job = api.get(&format!("{JOBS}/{first}")).expect("prune job");
+    assert_eq!(
+        job["spec"]["template"]["spec"]["containers"][0]["args"],
+        json!(["agent", "prune", "--grace", "2d", "--max-unused", "10%"])
+    );
+    assert_eq!(
+        repo_obj(&api)
+            .status
+            .clone()
+            .unwrap()
+            .last_prune_job
+            .as_deref(),
+        Some(first.as_str())
+    );
+
+    // Reconciled again, and the next day while it still runs: no second Job.
+    maintain(&repo_obj(&api), &ctx, at(1, 3, 1)).await.unwrap();
+    maintain(&repo_obj(&api), &ctx, at(2, 3, 1)).await.unwrap();
+    assert_eq!(api.requests("POST", "/jobs"), 1);
+
+    // It finishes: the outcome lands in status and an Event; the due run starts.
+    let out = r#"{"command":"prune","ok":true,"exitCode":0,"packsDeleted":5,"bytesDeleted":80000000,"packsMarked":2,"snapshots":9,"storedBytes":1000}"#;
+    finish_job(&api, &first, true, out, 0);
+    maintain(&repo_obj(&api), &ctx, at(2, 3, 5)).await.unwrap();
+    let st = repo_obj(&api).status.clone().unwrap();
+    assert_eq!(st.stored_bytes, Some(1000));
+    assert!(events(&api).contains(&"Normal Pruned".to_string()));
+    assert_eq!(api.requests("POST", "/jobs"), 2);
+    assert!(api
+        .get(&format!(
+            "{JOBS}/{}",
+            jobs::prune_job_name("offsite", "20260302-0300")
+        ))
+        .is_some());
+    assert_eq!(st.last_prune_result, None, "a new run is under way");
 }

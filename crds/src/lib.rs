@@ -150,6 +150,29 @@ pub struct BackupRepositorySpec {
     pub volume: Option<VolumeStorage>,
     /// The repository password (encryption is always on).
     pub password_secret_ref: SecretKeyRef,
+    /// Scheduled maintenance (prune). The controller runs at most one
+    /// maintenance Job per repository at a time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<Maintenance>,
+}
+
+/// Scheduled repository maintenance.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Maintenance {
+    /// When to prune (five-field cron or `@daily`, `@weekly`, ...), in UTC.
+    #[schemars(length(min = 1, max = 128))]
+    pub prune_schedule: String,
+    /// Prune's grace period (`24h`): must exceed the longest backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^(0|([0-9]+[smhdw])+)$')").message("grace must look like 24h, 90m or 2d"))]
+    #[schemars(length(max = 32))]
+    pub grace: Option<String>,
+    /// Unused space tolerated in kept packs (`5%`, or `unlimited`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == 'unlimited' || self.matches('^[0-9]+([.][0-9]+)?%$')").message("maxUnused must look like 5% or be unlimited"))]
+    #[schemars(length(max = 16))]
+    pub max_unused: Option<String>,
 }
 
 /// S3 storage settings.
@@ -244,6 +267,15 @@ pub struct BackupRepositoryStatus {
     /// When the repository was last checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_check_time: Option<Time>,
+    /// Scheduled time of the last prune run started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_prune_time: Option<Time>,
+    /// The Job of the last prune run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_prune_job: Option<String>,
+    /// Outcome of the last finished prune run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_prune_result: Option<String>,
 }
 
 // ---------------------------------------------------------------- BackupSchedule

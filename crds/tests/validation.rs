@@ -117,3 +117,19 @@ fn backup_and_restore_specs_are_immutable() {
         "{e}"
     );
 }
+
+#[test]
+fn maintenance_rules() {
+    let mut r: BackupRepository = example("repository-s3.yaml");
+    r.spec.maintenance = Some(cairn_crds::Maintenance {
+        prune_schedule: "@weekly".into(),
+        grace: Some("2d".into()),
+        max_unused: Some("2.5%".into()),
+    });
+    validate_cel(&r).unwrap();
+    r.spec.maintenance.as_mut().unwrap().max_unused = Some("lots".into());
+    rejected(&r, "maxUnused must look like 5% or be unlimited");
+    r.spec.maintenance.as_mut().unwrap().max_unused = Some("unlimited".into());
+    r.spec.maintenance.as_mut().unwrap().grace = Some("a day".into());
+    rejected(&r, "grace must look like 24h, 90m or 2d");
+}

@@ -17,7 +17,7 @@ use cairn::backend::{self, FileKind};
 use cairn::restore::{self, RestoreOptions};
 use cairn::{Error, Repository};
 
-use super::{password, Cli, KdfArgs, KeepArgs};
+use super::{password, Cli, KdfArgs, KeepArgs, PruneOpts};
 
 /// Kubernetes keeps at most 4096 bytes of a termination message.
 const TERMINATION_MESSAGE_MAX: usize = 4096;
@@ -33,6 +33,11 @@ pub enum AgentCommand {
     Backup(AgentBackupArgs),
     /// Restore a snapshot into a directory.
     Restore(AgentRestoreArgs),
+    /// Prune the repository (lock-free; see `cairn prune`).
+    Prune {
+        #[command(flatten)]
+        opts: PruneOpts,
+    },
 }
 
 #[derive(Args)]
@@ -103,6 +108,12 @@ struct AgentResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     stored_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    packs_deleted: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes_deleted: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    packs_marked: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
 }
 
@@ -112,11 +123,13 @@ pub fn run(cli: &Cli, cmd: &AgentCommand) -> ExitCode {
         AgentCommand::Init { .. } => "init",
         AgentCommand::Backup(_) => "backup",
         AgentCommand::Restore(_) => "restore",
+        AgentCommand::Prune { .. } => "prune",
     };
     let outcome = match cmd {
         AgentCommand::Init { kdf } => init(cli, kdf),
         AgentCommand::Backup(a) => backup(cli, a),
         AgentCommand::Restore(a) => restore(cli, a),
+        AgentCommand::Prune { opts } => prune(cli, opts),
     };
     let mut result = match outcome {
         Ok(r) => r,
@@ -290,6 +303,22 @@ fn restore(cli: &Cli, args: &AgentRestoreArgs) -> Result<AgentResult> {
         duration_seconds: Some(started.elapsed().as_secs_f64()),
         error: (!summary.errors.is_empty())
             .then(|| format!("{} entries could not be restored", summary.errors.len())),
+        ..AgentResult::default()
+    })
+}
+
+fn prune(cli: &Cli, opts: &PruneOpts) -> Result<AgentResult> {
+    let options = opts.options(false)?;
+    let mut repo = super::open_repo(cli)?;
+    let started = std::time::Instant::now();
+    let r = cairn::prune::prune(&mut repo, &options)?;
+    Ok(AgentResult {
+        packs_deleted: Some(r.packs_deleted),
+        bytes_deleted: Some(r.bytes_deleted),
+        packs_marked: Some(r.packs_marked),
+        snapshots: Some(r.snapshots),
+        stored_bytes: Some((r.pack_bytes + r.bytes_written).saturating_sub(r.bytes_deleted)),
+        duration_seconds: Some(started.elapsed().as_secs_f64()),
         ..AgentResult::default()
     })
 }
