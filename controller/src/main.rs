@@ -92,6 +92,9 @@ async fn main() {
         }
     };
     tokio::spawn(serve_http(env_or("CAIRN_HTTP_ADDR", "0.0.0.0:8080")));
+    // Ready once the API is reachable: a standby replica waiting for the Lease
+    // is healthy and must not block a rollout.
+    READY.store(true, Ordering::Relaxed);
 
     let identity = env_or("POD_NAME", "cairn-controller-local");
     let lease_ns = env_or("POD_NAMESPACE", "default");
@@ -99,7 +102,6 @@ async fn main() {
     // that two replicas never act at once.
     leader::acquire(&client, &lease_ns, &identity).await;
     tokio::spawn(leader::keep(client.clone(), lease_ns, identity.clone()));
-    READY.store(true, Ordering::Relaxed);
     tracing::info!("{identity} is the leader; starting controllers");
 
     let ctx = Arc::new(Context {

@@ -971,3 +971,239 @@ async fn scheduled_prune_runs_one_job_per_repository_at_a_time() {
         .is_some());
     assert_eq!(st.last_prune_result, None, "a new run is under way");
 }
+
+// ---- deploy/controller.yaml: RBAC covers exactly what the reconcilers call ----
+
+/// (API group, resource, verb) of a request the fake API logged.
+fn permission(line: &str) -> (String, String, String) {
+    let (method, path) = line.split_once(' ').unwrap();
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let (group, rest) = if parts[0] == "api" {
+        (String::new(), &parts[2..])
+    } else {
+        (parts[1].to_string(), &parts[3..])
+    };
+    // namespaces/{ns}/{resource}[/{name}[/{sub}]]
+    let rest = if rest.first() == Some(&"namespaces") {
+        &rest[2..]
+    } else {
+        rest
+    };
+    let mut resource = rest[0].to_string();
+    if rest.len() > 2 {
+        resource = format!("{resource}/{}", rest[2]);
+    }
+    let verb = match (method, rest.len()) {
+        ("GET", 1) => "list",
+        ("GET", _) => "get",
+        ("POST", _) => "create",
+        ("PATCH", _) => "patch",
+        ("DELETE", _) => "delete",
+        (m, _) => panic!("unexpected method {m}"),
+    };
+    (group, resource, verb.to_string())
+}
+
+#[tokio::test]
+async fn rbac_in_deploy_manifest_covers_every_request_and_no_more() {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, Role};
+    // Run every reconciler once through its main paths, collecting requests.
+    let mut logged: Vec<String> = Vec::new();
+    {
+        let (api, ctx) = setup(true);
+        reconcile(backup(&api), ctx.clone()).await.unwrap();
+        let ok = r#"{"command":"backup","ok":true,"exitCode":0,"snapshotId":"aaaa1111"}"#;
+        for pvc in ["postgres-data", "uploads"] {
+            finish_job(
+                &api,
+                &jobs::backup_job_name("before-upgrade", pvc),
+                true,
+                ok,
+                0,
+            );
+        }
+        reconcile(backup(&api), ctx.clone()).await.unwrap();
+        logged.extend(api.log.lock().unwrap().clone());
+    }
+    {
+        let (api, ctx) = schedule_setup(|s| s["spec"]["successfulHistoryLimit"] = json!(0));
+        api.insert(
+            &format!("{BACKUPS}/old"),
+            json!({"apiVersion":"cairn.dev/v1alpha1","kind":"Backup",
+                "metadata":{"name":"old","namespace":NS,"labels":{"cairn.dev/schedule":"nightly"}},
+                "spec":{"repository":{"name":"offsite"},"pvcs":["db"]},"status":{"phase":"Succeeded"}}),
+        );
+        reconcile_schedule(schedule(&api), ctx.clone(), at(1, 2, 1))
+            .await
+            .unwrap();
+        logged.extend(api.log.lock().unwrap().clone());
+    }
+    {
+        let (api, ctx) = setup(true);
+        api.insert(
+            &format!("{RESTORES}/postgres-rehearsal"),
+            yaml("restore.yaml"),
+        );
+        cairn_controller::restores::reconcile(restore_obj(&api), ctx.clone())
+            .await
+            .unwrap();
+        logged.extend(api.log.lock().unwrap().clone());
+    }
+    {
+        let (api, ctx) = setup(true);
+        let key = format!("{REPOS}/offsite");
+        let mut r = api.get(&key).unwrap();
+        r["metadata"]["generation"] = json!(1);
+        r["spec"]["maintenance"] = json!({"pruneSchedule": "@hourly"});
+        api.insert(&key, r);
+        cairn_controller::repositories::reconcile(repo_obj(&api), ctx.clone())
+            .await
+            .unwrap();
+        finish_job(
+            &api,
+            &jobs::repository_job_name("offsite", 1),
+            false,
+            r#"{"command":"init","ok":false,"exitCode":1,"error":"x"}"#,
+            1,
+        );
+        cairn_controller::repositories::reconcile(repo_obj(&api), ctx.clone())
+            .await
+            .unwrap();
+        // The retry after the interval deletes the failed check Job.
+        let mut r = api.get(&key).unwrap();
+        r["status"]["lastCheckTime"] = json!("2020-01-01T00:00:00Z");
+        api.insert(&key, r);
+        cairn_controller::repositories::reconcile(repo_obj(&api), ctx.clone())
+            .await
+            .unwrap();
+        cairn_controller::repositories::maintain(&repo_obj(&api), &ctx, Utc::now())
+            .await
+            .unwrap();
+        let client = api.client();
+        cairn_controller::leader::try_acquire(&client, "cairn-system", "me")
+            .await
+            .unwrap();
+        cairn_controller::leader::try_acquire(&client, "cairn-system", "me")
+            .await
+            .unwrap();
+        logged.extend(api.log.lock().unwrap().clone());
+    }
+    let used: std::collections::BTreeSet<(String, String, String)> =
+        logged.iter().map(|l| permission(l)).collect();
+
+    let text = std::fs::read_to_string(format!(
+        "{}/../deploy/controller.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let mut granted = std::collections::BTreeSet::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let v: Value = serde::Deserialize::deserialize(doc).unwrap();
+        let rules = match v["kind"].as_str() {
+            Some("ClusterRole") => serde_json::from_value::<ClusterRole>(v)
+                .unwrap()
+                .rules
+                .unwrap(),
+            Some("Role") => serde_json::from_value::<Role>(v).unwrap().rules.unwrap(),
+            _ => continue,
+        };
+        for rule in rules {
+            for g in rule.api_groups.clone().unwrap() {
+                for r in rule.resources.clone().unwrap() {
+                    for verb in &rule.verbs {
+                        assert!(g != "*" && r != "*" && verb != "*", "no wildcards");
+                        assert_ne!(r, "secrets", "the controller never reads Secrets");
+                        granted.insert((g.clone(), r.clone(), verb.clone()));
+                    }
+                }
+            }
+        }
+    }
+    let missing: Vec<_> = used.difference(&granted).collect();
+    assert!(
+        missing.is_empty(),
+        "requests without permission: {missing:?}"
+    );
+    // Granted but not exercised here: only what the watch loops of the binary
+    // need (list and watch of the kinds they watch).
+    let watched = [
+        "backuprepositories",
+        "backupschedules",
+        "backups",
+        "restores",
+        "jobs",
+    ];
+    let extra: Vec<_> = granted
+        .difference(&used)
+        .filter(|(_, r, v)| !(watched.contains(&r.as_str()) && (v == "list" || v == "watch")))
+        .collect();
+    assert!(extra.is_empty(), "granted but never used: {extra:?}");
+}
+
+#[test]
+fn deploy_manifest_runs_the_controller_restricted() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let text = std::fs::read_to_string(format!(
+        "{}/../deploy/controller.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let mut kinds = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let v: Value = serde::Deserialize::deserialize(doc).unwrap();
+        kinds.push(v["kind"].as_str().unwrap().to_string());
+        if v["kind"] == "Deployment" {
+            let d: Deployment = serde_json::from_value(v).unwrap();
+            let pod = d.spec.unwrap().template.spec.unwrap();
+            assert_eq!(pod.security_context.unwrap().run_as_non_root, Some(true));
+            let c = &pod.containers[0];
+            let sc = c.security_context.as_ref().unwrap();
+            assert_eq!(sc.read_only_root_filesystem, Some(true));
+            assert_eq!(sc.allow_privilege_escalation, Some(false));
+            let env: Vec<&str> = c
+                .env
+                .as_ref()
+                .unwrap()
+                .iter()
+                .map(|e| e.name.as_str())
+                .collect();
+            for needed in ["CAIRN_AGENT_IMAGE", "POD_NAME", "POD_NAMESPACE"] {
+                assert!(env.contains(&needed), "{needed}");
+            }
+            assert_eq!(
+                c.readiness_probe
+                    .as_ref()
+                    .unwrap()
+                    .http_get
+                    .as_ref()
+                    .unwrap()
+                    .path
+                    .as_deref(),
+                Some("/readyz")
+            );
+            assert_eq!(
+                c.liveness_probe
+                    .as_ref()
+                    .unwrap()
+                    .http_get
+                    .as_ref()
+                    .unwrap()
+                    .path
+                    .as_deref(),
+                Some("/healthz")
+            );
+        }
+    }
+    for k in [
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "Deployment",
+        "Service",
+    ] {
+        assert!(kinds.iter().any(|x| x == k), "{k}");
+    }
+}
