@@ -559,13 +559,22 @@ fn copy_suite(src: &Env, target: &Env, shared_ids: bool) {
     assert_eq!(third["copied"].as_array().unwrap().len(), 1, "{third}");
     let stored = third["blobs_stored"].as_u64().unwrap();
     let read = third["blobs_read"].as_u64().unwrap();
-    assert!(stored * 2 < stored_first, "{first}\n{third}");
+    // About the 1 MiB of the changed file, of the 6 MiB the first copy stored.
+    let (bytes_first, bytes_third) = (
+        first["bytes_stored"].as_u64().unwrap(),
+        third["bytes_stored"].as_u64().unwrap(),
+    );
+    assert!(bytes_third * 3 < bytes_first, "{first}\n{third}");
     if shared_ids {
         // The new chunks of f0 and the two trees above them.
         assert!(read <= stored, "{third}");
     } else {
-        // Every blob of the snapshot.
-        assert!(read >= stored_first, "{first}\n{third}");
+        // Every blob of the snapshot (chunk counts vary with the random
+        // chunker key, so compare loosely): far more than it stores.
+        assert!(
+            read >= stored + 6 && read * 2 > stored_first,
+            "{first}\n{third}"
+        );
     }
 
     // The target verifies and restores byte for byte.

@@ -1,8 +1,10 @@
 //! Prometheus metrics of the controller, in the text exposition format.
-//! Counters only for now; per-backup gauges come with the status of
-//! schedules (docs/METRICS.md will list them).
+//! Counters for the controller's work and gauges per schedule and PVC and
+//! per repository, which the alert rules in deploy/alerts.yaml use.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 /// A monotonically increasing counter.
 pub struct Counter {
@@ -48,6 +50,69 @@ pub static BACKUPS_SUCCEEDED: Counter = Counter::new(
 pub static BACKUPS_FAILED: Counter =
     Counter::new("cairn_backups_failed_total", "Backup runs that failed.");
 
+/// A gauge with labels.
+pub struct LabeledGauge {
+    name: &'static str,
+    help: &'static str,
+    values: Mutex<BTreeMap<Vec<(&'static str, String)>, f64>>,
+}
+
+impl LabeledGauge {
+    const fn new(name: &'static str, help: &'static str) -> LabeledGauge {
+        LabeledGauge {
+            name,
+            help,
+            values: Mutex::new(BTreeMap::new()),
+        }
+    }
+    /// Set the value for these labels.
+    pub fn set(&self, labels: &[(&'static str, &str)], v: f64) {
+        let key = labels.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        self.values
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key, v);
+    }
+    fn render(&self, out: &mut String) {
+        out.push_str(&format!(
+            "# HELP {} {}\n# TYPE {} gauge\n",
+            self.name, self.help, self.name
+        ));
+        let values = self
+            .values
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (labels, v) in values.iter() {
+            let l: Vec<String> = labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
+                .collect();
+            out.push_str(&format!("{}{{{}}} {v}\n", self.name, l.join(",")));
+        }
+    }
+}
+
+/// Unix time of the last successful backup of a PVC by a schedule.
+pub static LAST_SUCCESS: LabeledGauge = LabeledGauge::new(
+    "cairn_backup_last_success_timestamp_seconds",
+    "Unix time of the last successful backup of a PVC by a BackupSchedule.",
+);
+/// Bytes the last successful backup added to the repository.
+pub static LAST_BYTES_ADDED: LabeledGauge = LabeledGauge::new(
+    "cairn_backup_last_bytes_added",
+    "New bytes the last successful backup of a PVC added to the repository.",
+);
+/// Duration of the last successful backup.
+pub static LAST_DURATION: LabeledGauge = LabeledGauge::new(
+    "cairn_backup_last_duration_seconds",
+    "Duration of the last successful backup of a PVC.",
+);
+/// Whether a repository is Ready (1) or not (0).
+pub static REPOSITORY_READY: LabeledGauge = LabeledGauge::new(
+    "cairn_repository_ready",
+    "1 when the BackupRepository is reachable and initialised, else 0.",
+);
+
 /// All metrics as Prometheus text.
 pub fn render() -> String {
     let mut out = String::new();
@@ -66,6 +131,14 @@ pub fn render() -> String {
             c.get()
         ));
     }
+    for g in [
+        &LAST_SUCCESS,
+        &LAST_BYTES_ADDED,
+        &LAST_DURATION,
+        &REPOSITORY_READY,
+    ] {
+        g.render(&mut out);
+    }
     out
 }
 
@@ -77,5 +150,18 @@ mod tests {
         let t = super::render();
         assert!(t.contains("# TYPE cairn_backups_failed_total counter\n"));
         assert!(t.contains("\ncairn_backups_failed_total 1\n"));
+        super::LAST_SUCCESS.set(
+            &[
+                ("namespace", "shop"),
+                ("schedule", "nightly"),
+                ("pvc", "d\"b"),
+            ],
+            1.5e9,
+        );
+        let t = super::render();
+        assert!(
+            t.contains("cairn_backup_last_success_timestamp_seconds{namespace=\"shop\",schedule=\"nightly\",pvc=\"d\\\"b\"} 1500000000\n"),
+            "{t}"
+        );
     }
 }

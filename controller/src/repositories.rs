@@ -42,6 +42,11 @@ pub async fn reconcile(r: Arc<BackupRepository>, ctx: Arc<Context>) -> Result<Ac
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
     let job_name = jobs::repository_job_name(&name, generation.unwrap_or(0));
     let reason = old.conditions.first().map(|c| c.reason.as_str());
+    let ready_now = matches!(reason, Some("Initialized" | "Reachable"));
+    crate::metrics::REPOSITORY_READY.set(
+        &[("namespace", ns.as_str()), ("repository", name.as_str())],
+        if ready_now { 1.0 } else { 0.0 },
+    );
     if old.observed_generation == generation {
         match reason {
             Some("Initialized" | "Reachable") => return maintain(&r, &ctx, Utc::now()).await,

@@ -129,6 +129,18 @@ pub async fn reconcile_at(
         .items;
     history.sort_by_key(|b| b.metadata.creation_timestamp.as_ref().map(|t| t.0));
     status.last_successful = last_successful(&history);
+    for p in &status.last_successful {
+        let labels = [
+            ("namespace", ns.as_str()),
+            ("schedule", name.as_str()),
+            ("pvc", p.pvc.as_str()),
+        ];
+        if let Some(t) = &p.time {
+            crate::metrics::LAST_SUCCESS.set(&labels, t.0.as_second() as f64);
+        }
+        crate::metrics::LAST_BYTES_ADDED.set(&labels, p.bytes_added as f64);
+        crate::metrics::LAST_DURATION.set(&labels, p.duration_seconds);
+    }
     prune_history(&backups, &history, &s).await?;
 
     // 3. Is a run due?

@@ -1207,3 +1207,36 @@ fn deploy_manifest_runs_the_controller_restricted() {
         assert!(kinds.iter().any(|x| x == k), "{k}");
     }
 }
+
+#[test]
+fn alert_rules_use_real_metrics_and_have_runbooks() {
+    let root = format!("{}/..", env!("CARGO_MANIFEST_DIR"));
+    let rules: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(format!("{root}/deploy/alerts.yaml")).unwrap(),
+    )
+    .unwrap();
+    let ops = std::fs::read_to_string(format!("{root}/docs/OPERATIONS.md"))
+        .unwrap()
+        .to_lowercase();
+    let exposed = cairn_controller::metrics::render();
+    let rules = rules["spec"]["groups"][0]["rules"].as_array().unwrap();
+    assert!(rules.len() >= 4);
+    for r in rules {
+        let alert = r["alert"].as_str().unwrap();
+        let expr = r["expr"].as_str().unwrap();
+        for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if word.starts_with("cairn_") {
+                assert!(
+                    exposed.contains(&format!("# TYPE {word} ")),
+                    "{alert}: {word} is not a metric the controller exposes"
+                );
+            }
+        }
+        let runbook = r["annotations"]["runbook"].as_str().unwrap();
+        let anchor = runbook.split('#').nth(1).unwrap();
+        assert!(
+            ops.contains(&format!("## {anchor}")),
+            "{alert}: no runbook section for #{anchor}"
+        );
+    }
+}
