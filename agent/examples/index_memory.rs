@@ -5,8 +5,6 @@
 //! pack, as with 16 MiB packs of ~160 KiB stored chunks) and reports the growth
 //! of the resident set size.
 
-use std::collections::HashSet;
-
 use cairn::blob::BlobType;
 use cairn::index::{Index, IndexFile};
 use cairn::pack::PackedBlob;
@@ -59,8 +57,12 @@ fn main() {
     index.finish();
     let index_bytes = rss_bytes() - before;
 
+    // Prune marks needed blobs with one bit per index position.
     let before = rss_bytes();
-    let used: HashSet<(BlobType, Id)> = index.iter().map(|(t, id, _)| (t, id)).collect();
+    let mut used = vec![0u64; index.len().div_ceil(64)];
+    for (i, _) in index.iter().enumerate() {
+        used[i / 64] |= 1 << (i % 64);
+    }
     let used_bytes = rss_bytes() - before;
 
     let per_m = |b: u64| b as f64 / millions as f64 / (1 << 20) as f64;
@@ -75,12 +77,15 @@ fn main() {
         per_m(records)
     );
     println!(
-        "prune, set of needed blobs: {:.1} MiB per million blobs",
+        "prune, bit set of needed blobs: {:.2} MiB per million blobs",
         per_m(used_bytes)
     );
     println!(
         "prune total: {:.1} MiB per million blobs",
         per_m(records + index_bytes + used_bytes)
     );
-    assert_eq!(index.len(), used.len());
+    assert_eq!(
+        used.iter().map(|w| w.count_ones() as usize).sum::<usize>(),
+        index.len()
+    );
 }

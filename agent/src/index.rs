@@ -201,6 +201,25 @@ impl Index {
             .map(|i| &self.entries[i])
     }
 
+    /// Position of the blob in the sorted index (`0..len()`), if indexed: a
+    /// dense key for per-blob bit sets (prune marks needed blobs with one bit).
+    pub fn position(&self, t: BlobType, id: &Id) -> Option<usize> {
+        debug_assert!(self.sorted, "Index::finish must be called before lookups");
+        self.entries
+            .binary_search_by(|e| e.key().cmp(&(*id, t)))
+            .ok()
+    }
+
+    /// Location of the blob at `position`.
+    pub fn location_at(&self, position: usize) -> Option<BlobLocation> {
+        self.entries.get(position).map(|e| BlobLocation {
+            pack: self.packs[(e.pack_and_type & !TREE_BIT) as usize],
+            offset: e.offset,
+            length: e.length,
+            raw_length: e.raw_length,
+        })
+    }
+
     /// Where the blob is stored, if indexed.
     pub fn lookup(&self, t: BlobType, id: &Id) -> Option<BlobLocation> {
         self.find(t, id).map(|e| BlobLocation {

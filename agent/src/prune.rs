@@ -214,12 +214,37 @@ fn parallel<T: Sync>(
 }
 
 /// Blobs (type, ID) reachable from all snapshots; errors if any is not indexed.
+/// One bit per indexed blob, by [`Index::position`].
+struct BitSet(Vec<u64>);
+
+impl BitSet {
+    fn new(n: usize) -> BitSet {
+        BitSet(vec![0; n.div_ceil(64)])
+    }
+    /// Set bit `i`; true if it was clear.
+    fn insert(&mut self, i: usize) -> bool {
+        let (w, b) = (i / 64, 1u64 << (i % 64));
+        let was = self.0[w] & b != 0;
+        self.0[w] |= b;
+        !was
+    }
+    fn contains(&self, i: usize) -> bool {
+        self.0[i / 64] & (1 << (i % 64)) != 0
+    }
+    fn count(&self) -> u64 {
+        self.0.iter().map(|w| u64::from(w.count_ones())).sum()
+    }
+}
+
+/// Blobs reachable from all snapshots, as a bit set over index positions;
+/// errors if any is not indexed.
 fn used_blobs(
     repo: &Repository,
     snapshots: Vec<crate::backend::FileInfo>,
     report: &mut PruneReport,
-) -> Result<HashSet<(BlobType, Id)>> {
-    let mut used = HashSet::new();
+) -> Result<BitSet> {
+    let index = repo.index();
+    let mut used = BitSet::new(index.len());
     for f in snapshots {
         let Ok(id) = f.name.parse::<Id>() else {
             continue;
@@ -233,27 +258,26 @@ fn used_blobs(
         report.snapshots += 1;
         let mut stack = vec![snap.tree];
         while let Some(tree_id) = stack.pop() {
-            if !used.insert((BlobType::Tree, tree_id)) {
-                continue;
-            }
-            if !repo.index().contains(BlobType::Tree, &tree_id) {
+            let Some(pos) = index.position(BlobType::Tree, &tree_id) else {
                 return Err(refuse(format!(
                     "snapshot {} refers to tree {tree_id}, which is in no index",
                     id.short()
                 )));
+            };
+            if !used.insert(pos) {
+                continue;
             }
             let tree = repo.load_tree(&tree_id).map_err(refuse)?;
             for node in tree.nodes {
                 for b in node.content {
-                    if used.insert((BlobType::Data, b))
-                        && !repo.index().contains(BlobType::Data, &b)
-                    {
+                    let Some(pos) = index.position(BlobType::Data, &b) else {
                         return Err(refuse(format!(
                             "snapshot {} refers to data blob {b} (in {}), which is in no index",
                             id.short(),
                             node.name.display()
                         )));
-                    }
+                    };
+                    used.insert(pos);
                 }
                 if let Some(sub) = node.subtree {
                     stack.push(sub);
@@ -328,11 +352,11 @@ pub fn prune(repo: &mut Repository, opts: &PruneOptions) -> Result<PruneReport> 
 
     // 2. What the snapshots need.
     let used = used_blobs(repo, snapshot_files, &mut report)?;
-    report.used_blobs = used.len() as u64;
+    report.used_blobs = used.count();
     tracing::info!(
         "prune: {} snapshots need {} blobs ({:.1?})",
         report.snapshots,
-        used.len(),
+        report.used_blobs,
         started.elapsed()
     );
 
@@ -357,11 +381,13 @@ pub fn prune(repo: &mut Repository, opts: &PruneOptions) -> Result<PruneReport> 
         let mut need = Vec::new();
         let mut unused = 0u64;
         for b in &rec.blobs {
-            let chosen = used.contains(&(b.blob_type, b.id))
-                && repo
-                    .index()
-                    .lookup(b.blob_type, &b.id)
-                    .is_some_and(|l| l.pack == *pack && l.offset == b.offset);
+            // Needed, and this record holds the copy the index prefers.
+            let chosen = repo
+                .index()
+                .position(b.blob_type, &b.id)
+                .filter(|&p| used.contains(p))
+                .and_then(|p| repo.index().location_at(p))
+                .is_some_and(|l| l.pack == *pack && l.offset == b.offset);
             if chosen {
                 need.push(b.clone());
             } else {
