@@ -19,8 +19,9 @@ use kube::runtime::events::{EventType, Recorder};
 use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::jobs::{self, JobConfig};
-use crate::result::AgentResult;
-use crate::status::{patch_status, publish, ready, repository, warn_once};
+use crate::status::{
+    job_finished, job_result, patch_status, publish, ready, repository, warn_once,
+};
 
 /// Shared state of the reconcilers.
 pub struct Context {
@@ -91,19 +92,13 @@ async fn at_limit(
         jobs::labels::COMPONENT,
         jobs::labels::MANAGED_BY
     ));
-    let active: Vec<Job> =
-        api.list(&lp)
-            .await?
-            .items
-            .into_iter()
-            .filter(|j| {
-                let st = j.status.clone().unwrap_or_default();
-                st.succeeded.unwrap_or(0) == 0
-                    && !st.conditions.iter().flatten().any(|c| {
-                        (c.type_ == "Failed" || c.type_ == "Complete") && c.status == "True"
-                    })
-            })
-            .collect();
+    let active: Vec<Job> = api
+        .list(&lp)
+        .await?
+        .items
+        .into_iter()
+        .filter(|j| !job_finished(j))
+        .collect();
     let same_repo = active
         .iter()
         .filter(|j| j.labels().get(jobs::labels::REPOSITORY).map(String::as_str) == Some(repo))
@@ -133,43 +128,6 @@ async fn at_limit(
         }
     }
     Ok(None)
-}
-
-/// What one PVC's Job has come to.
-enum JobOutcome {
-    Running,
-    Done(Box<AgentResult>),
-}
-
-async fn job_outcome(client: &Client, ns: &str, job: &Job) -> Result<JobOutcome, Error> {
-    let st = job.status.clone().unwrap_or_default();
-    let finished = st.succeeded.unwrap_or(0) > 0
-        || st
-            .conditions
-            .iter()
-            .flatten()
-            .any(|c| (c.type_ == "Failed" || c.type_ == "Complete") && c.status == "True");
-    if !finished {
-        return Ok(JobOutcome::Running);
-    }
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let lp = ListParams::default().labels(&format!("job-name={}", job.name_any()));
-    let mut newest: Option<AgentResult> = None;
-    for p in pods.list(&lp).await? {
-        if let Some(r) = AgentResult::from_pod(&p) {
-            if newest.as_ref().is_none_or(|n| !n.ok || r.ok) {
-                newest = Some(r);
-            }
-        }
-    }
-    Ok(JobOutcome::Done(Box::new(newest.unwrap_or_else(|| {
-        AgentResult {
-            ok: st.succeeded.unwrap_or(0) > 0,
-            exit_code: if st.succeeded.unwrap_or(0) > 0 { 0 } else { 1 },
-            error: Some("the Job finished but its pod (and result) is gone".into()),
-            ..AgentResult::default()
-        }
-    }))))
 }
 
 /// Reconcile one `Backup`.
@@ -240,9 +198,9 @@ pub async fn reconcile(b: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Erro
                 }
             }
         };
-        match job_outcome(&ctx.client, &ns, &job).await? {
-            JobOutcome::Running => running = true,
-            JobOutcome::Done(r) => results.push((pvc.clone(), *r)),
+        match job_result(&ctx.client, &ns, &job).await? {
+            None => running = true,
+            Some(r) => results.push((pvc.clone(), r)),
         }
     }
     status.job_names = job_names;

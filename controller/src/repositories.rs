@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use cairn_crds::{BackupRepository, BackupRepositoryStatus};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, PostParams};
@@ -21,9 +20,8 @@ use kube::{Api, Resource, ResourceExt};
 
 use crate::backup::{Context, Error};
 use crate::jobs;
-use crate::result::AgentResult;
 use crate::schedule::Schedule;
-use crate::status::{patch_status, publish, ready, warn_once};
+use crate::status::{job_finished, job_result, patch_status, publish, ready, warn_once};
 
 /// How often an unreachable repository is checked again.
 pub const RETRY: Duration = Duration::from_secs(600);
@@ -90,14 +88,7 @@ pub async fn reconcile(r: Arc<BackupRepository>, ctx: Arc<Context>) -> Result<Ac
             }
         }
     };
-    let st = job.status.clone().unwrap_or_default();
-    let finished = st.succeeded.unwrap_or(0) > 0
-        || st
-            .conditions
-            .iter()
-            .flatten()
-            .any(|c| c.type_ == "Failed" && c.status == "True");
-    if !finished {
+    let Some(result) = job_result(&ctx.client, &ns, &job).await? else {
         status.conditions = vec![ready(
             false,
             "Checking",
@@ -106,20 +97,7 @@ pub async fn reconcile(r: Arc<BackupRepository>, ctx: Arc<Context>) -> Result<Ac
         )];
         patch_status(&api, &name, &status).await?;
         return Ok(Action::requeue(Duration::from_secs(30)));
-    }
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let result = pods
-        .list(&ListParams::default().labels(&format!("job-name={job_name}")))
-        .await?
-        .items
-        .iter()
-        .filter_map(AgentResult::from_pod)
-        .max_by_key(|r| r.ok)
-        .unwrap_or_else(|| AgentResult {
-            ok: st.succeeded.unwrap_or(0) > 0,
-            error: Some("the check Job finished but its pod (and result) is gone".into()),
-            ..AgentResult::default()
-        });
+    };
     status.last_check_time = Some(Time(Timestamp::now()));
     if result.ok {
         status.snapshot_count = result.snapshots;
@@ -189,25 +167,9 @@ pub async fn maintain(
     // The outcome of the last run, once.
     if let (Some(job_name), None) = (&status.last_prune_job, &status.last_prune_result) {
         if let Some(job) = jobs_api.get_opt(job_name).await? {
-            let st = job.status.clone().unwrap_or_default();
-            let finished = st.succeeded.unwrap_or(0) > 0
-                || st
-                    .conditions
-                    .iter()
-                    .flatten()
-                    .any(|c| c.type_ == "Failed" && c.status == "True");
-            if !finished {
+            let Some(result) = job_result(&ctx.client, &ns, &job).await? else {
                 return Ok(Action::requeue(Duration::from_secs(60)));
-            }
-            let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-            let result = pods
-                .list(&ListParams::default().labels(&format!("job-name={job_name}")))
-                .await?
-                .items
-                .iter()
-                .filter_map(AgentResult::from_pod)
-                .max_by_key(|r| r.ok)
-                .unwrap_or_default();
+            };
             let (kind, reason, msg) = if result.ok {
                 (
                     EventType::Normal,
@@ -242,15 +204,12 @@ pub async fn maintain(
         jobs::labels::COMPONENT,
         jobs::labels::REPOSITORY
     ));
-    let active = jobs_api.list(&lp).await?.items.iter().any(|j| {
-        let st = j.status.clone().unwrap_or_default();
-        st.succeeded.unwrap_or(0) == 0
-            && !st
-                .conditions
-                .iter()
-                .flatten()
-                .any(|c| (c.type_ == "Failed" || c.type_ == "Complete") && c.status == "True")
-    });
+    let active = jobs_api
+        .list(&lp)
+        .await?
+        .items
+        .iter()
+        .any(|j| !job_finished(j));
     if active {
         return Ok(Action::requeue(Duration::from_secs(60)));
     }

@@ -6,18 +6,17 @@ use std::time::Duration;
 
 use cairn_crds::{Phase, Restore, RestoreStatus};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ListParams, PostParams};
+use kube::api::PostParams;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 
 use crate::backup::{Context, Error};
 use crate::jobs;
-use crate::result::AgentResult;
-use crate::status::{patch_status, publish, ready, repository, warn_once};
+use crate::status::{job_result, patch_status, publish, ready, repository, warn_once};
 
 /// Reconcile one `Restore`.
 ///
@@ -127,14 +126,7 @@ pub async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Err
     if status.start_time.is_none() {
         status.start_time = Some(Time(Timestamp::now()));
     }
-    let st = job.status.clone().unwrap_or_default();
-    let finished = st.succeeded.unwrap_or(0) > 0
-        || st
-            .conditions
-            .iter()
-            .flatten()
-            .any(|c| c.type_ == "Failed" && c.status == "True");
-    if !finished {
+    let Some(result) = job_result(&ctx.client, &ns, &job).await? else {
         status.phase = Phase::Running;
         status.conditions = vec![ready(
             true,
@@ -144,20 +136,7 @@ pub async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Err
         )];
         patch_status(&api, &name, &status).await?;
         return Ok(Action::requeue(Duration::from_secs(60)));
-    }
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let result = pods
-        .list(&ListParams::default().labels(&format!("job-name={job_name}")))
-        .await?
-        .items
-        .iter()
-        .filter_map(AgentResult::from_pod)
-        .max_by_key(|r| r.ok)
-        .unwrap_or_else(|| AgentResult {
-            ok: st.succeeded.unwrap_or(0) > 0,
-            error: Some("the Job finished but its pod (and result) is gone".into()),
-            ..AgentResult::default()
-        });
+    };
     status.completion_time = Some(Time(Timestamp::now()));
     status.snapshot_id = result.snapshot_id.clone();
     status.files = result.files.unwrap_or(0);

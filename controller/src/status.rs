@@ -108,3 +108,47 @@ pub async fn repository(
         .await?
         .ok_or_else(|| format!("BackupRepository {name:?} not found in namespace {ns}")))
 }
+
+/// Whether a Job has finished (succeeded, or failed for good).
+pub fn job_finished(job: &k8s_openapi::api::batch::v1::Job) -> bool {
+    let st = job.status.clone().unwrap_or_default();
+    st.succeeded.unwrap_or(0) > 0
+        || st
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| (c.type_ == "Failed" || c.type_ == "Complete") && c.status == "True")
+}
+
+/// The agent's result of a finished Job (`None` while it runs): from its
+/// pods' termination messages, preferring a successful attempt; a Job whose
+/// pods are gone gets a result that says so.
+///
+/// # Errors
+/// API failures.
+pub async fn job_result(
+    client: &kube::Client,
+    ns: &str,
+    job: &k8s_openapi::api::batch::v1::Job,
+) -> Result<Option<crate::result::AgentResult>, Error> {
+    use crate::result::AgentResult;
+    if !job_finished(job) {
+        return Ok(None);
+    }
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), ns);
+    let lp = kube::api::ListParams::default().labels(&format!("job-name={}", job.name_any()));
+    let best = pods
+        .list(&lp)
+        .await?
+        .items
+        .iter()
+        .filter_map(AgentResult::from_pod)
+        .max_by_key(|r| r.ok);
+    let succeeded = job.status.as_ref().and_then(|s| s.succeeded).unwrap_or(0) > 0;
+    Ok(Some(best.unwrap_or_else(|| AgentResult {
+        ok: succeeded,
+        exit_code: if succeeded { 0 } else { 1 },
+        error: Some("the Job finished but its pod (and result) is gone".into()),
+        ..AgentResult::default()
+    })))
+}
