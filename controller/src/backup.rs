@@ -267,9 +267,3 @@ pub async fn reconcile(b: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Erro
     patch_status(&backups, &name, &status).await?;
     Ok(Action::await_change())
 }
-
-/// Requeue policy after an error.
-pub fn error_policy(_b: Arc<Backup>, e: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!("backup reconcile failed: {e}");
-    Action::requeue(Duration::from_secs(15))
-}

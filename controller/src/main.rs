@@ -66,8 +66,30 @@ async fn serve_http(addr: String) {
     }
 }
 
-fn schedule_error_policy(_s: Arc<BackupSchedule>, e: &backup::Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!("schedule reconcile failed: {e}");
+/// An API in the watched namespace, or in all namespaces when none is set.
+fn scoped<K>(client: &Client, ns: &str) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as kube::Resource>::DynamicType: Default,
+{
+    if ns.is_empty() {
+        Api::all(client.clone())
+    } else {
+        Api::namespaced(client.clone(), ns)
+    }
+}
+
+/// After an API error: count it, log it, retry soon.
+fn error_policy<K: kube::Resource<DynamicType = ()>>(
+    obj: Arc<K>,
+    e: &backup::Error,
+    _ctx: Arc<Context>,
+) -> Action {
+    tracing::warn!(
+        "reconcile of {} {} failed: {e}",
+        K::kind(&()),
+        obj.meta().name.as_deref().unwrap_or("")
+    );
     metrics::RECONCILE_ERRORS.inc();
     Action::requeue(Duration::from_secs(15))
 }
@@ -124,106 +146,53 @@ async fn main() {
         ),
     });
     let ns = std::env::var("CAIRN_WATCH_NAMESPACE").unwrap_or_default();
-    let (backups, jobs, schedules_api, backups_owned): (
-        Api<Backup>,
-        Api<Job>,
-        Api<BackupSchedule>,
-        Api<Backup>,
-    ) = if ns.is_empty() {
-        (
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-        )
-    } else {
-        (
-            Api::namespaced(client.clone(), &ns),
-            Api::namespaced(client.clone(), &ns),
-            Api::namespaced(client.clone(), &ns),
-            Api::namespaced(client.clone(), &ns),
-        )
-    };
-    let managed =
-        watcher::Config::default().labels("app.kubernetes.io/managed-by=cairn-controller");
-    let backup_loop = Controller::new(backups, watcher::Config::default())
-        .owns(jobs, managed)
+    let all = watcher::Config::default;
+    let managed = || all().labels("app.kubernetes.io/managed-by=cairn-controller");
+    let backup_loop = Controller::new(scoped::<Backup>(&client, &ns), all())
+        .owns(scoped::<Job>(&client, &ns), managed())
         .shutdown_on_signal()
         .run(
             |b, ctx| async move {
                 metrics::RECONCILES.inc();
                 backup::reconcile(b, ctx).await
             },
-            |b, e, ctx| {
-                metrics::RECONCILE_ERRORS.inc();
-                backup::error_policy(b, e, ctx)
-            },
+            error_policy,
             ctx.clone(),
         )
         .for_each(|_| futures::future::ready(()));
-    let schedule_loop = Controller::new(schedules_api, watcher::Config::default())
-        .owns(backups_owned, watcher::Config::default())
+    let schedule_loop = Controller::new(scoped::<BackupSchedule>(&client, &ns), all())
+        .owns(scoped::<Backup>(&client, &ns), all())
         .shutdown_on_signal()
         .run(
             |s, ctx| async move {
                 metrics::RECONCILES.inc();
                 schedules::reconcile(s, ctx).await
             },
-            schedule_error_policy,
+            error_policy,
             ctx.clone(),
         )
         .for_each(|_| futures::future::ready(()));
-    let (restores_api, restore_jobs): (Api<Restore>, Api<Job>) = if ns.is_empty() {
-        (Api::all(client.clone()), Api::all(client.clone()))
-    } else {
-        (
-            Api::namespaced(client.clone(), &ns),
-            Api::namespaced(client.clone(), &ns),
-        )
-    };
-    let restore_loop = Controller::new(restores_api, watcher::Config::default())
-        .owns(
-            restore_jobs,
-            watcher::Config::default().labels("app.kubernetes.io/managed-by=cairn-controller"),
-        )
+    let restore_loop = Controller::new(scoped::<Restore>(&client, &ns), all())
+        .owns(scoped::<Job>(&client, &ns), managed())
         .shutdown_on_signal()
         .run(
             |r, ctx| async move {
                 metrics::RECONCILES.inc();
                 restores::reconcile(r, ctx).await
             },
-            |_r, e, _ctx| {
-                tracing::warn!("restore reconcile failed: {e}");
-                metrics::RECONCILE_ERRORS.inc();
-                Action::requeue(Duration::from_secs(15))
-            },
+            error_policy,
             ctx.clone(),
         )
         .for_each(|_| futures::future::ready(()));
-    let (repos_api, repo_jobs): (Api<BackupRepository>, Api<Job>) = if ns.is_empty() {
-        (Api::all(client.clone()), Api::all(client.clone()))
-    } else {
-        (
-            Api::namespaced(client.clone(), &ns),
-            Api::namespaced(client.clone(), &ns),
-        )
-    };
-    let repository_loop = Controller::new(repos_api, watcher::Config::default())
-        .owns(
-            repo_jobs,
-            watcher::Config::default().labels("app.kubernetes.io/managed-by=cairn-controller"),
-        )
+    let repository_loop = Controller::new(scoped::<BackupRepository>(&client, &ns), all())
+        .owns(scoped::<Job>(&client, &ns), managed())
         .shutdown_on_signal()
         .run(
             |r, ctx| async move {
                 metrics::RECONCILES.inc();
                 repositories::reconcile(r, ctx).await
             },
-            |_r, e, _ctx| {
-                tracing::warn!("repository reconcile failed: {e}");
-                metrics::RECONCILE_ERRORS.inc();
-                Action::requeue(Duration::from_secs(15))
-            },
+            error_policy,
             ctx.clone(),
         )
         .for_each(|_| futures::future::ready(()));
