@@ -20,7 +20,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::jobs::{self, JobConfig};
 use crate::status::{
-    job_finished, job_result, patch_status, publish, ready, repository, warn_once,
+    job_finished, job_result, job_stuck, patch_status, publish, ready, repository, warn_once,
 };
 
 /// Shared state of the reconcilers.
@@ -167,6 +167,7 @@ pub async fn reconcile(b: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Erro
     let mut running = false;
     let mut job_names = Vec::new();
     let mut queued = Vec::new();
+    let mut stuck: Vec<String> = Vec::new();
     for pvc in &b.spec.pvcs {
         let job_name = jobs::backup_job_name(&name, pvc);
         job_names.push(job_name.clone());
@@ -199,7 +200,12 @@ pub async fn reconcile(b: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Erro
             }
         };
         match job_result(&ctx.client, &ns, &job).await? {
-            None => running = true,
+            None => {
+                running = true;
+                if let Some(why) = job_stuck(&ctx.client, &ns, &job).await? {
+                    stuck.push(format!("{pvc}: {why}"));
+                }
+            }
             Some(r) => results.push((pvc.clone(), r)),
         }
     }
@@ -212,7 +218,16 @@ pub async fn reconcile(b: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Erro
         .map(|(pvc, r)| r.snapshot_result(pvc))
         .collect();
     if running || !queued.is_empty() {
-        let (phase, reason, msg) = if queued.is_empty() {
+        let (phase, reason, msg) = if !stuck.is_empty() {
+            let msg = stuck.join("; ");
+            let previous = b
+                .status
+                .as_ref()
+                .map(|s| s.conditions.clone())
+                .unwrap_or_default();
+            warn_once(&ctx, b.as_ref(), &previous, "JobStuck", msg.clone()).await;
+            (Phase::Running, "JobStuck", msg)
+        } else if queued.is_empty() {
             (
                 Phase::Running,
                 "Running",
@@ -230,7 +245,7 @@ pub async fn reconcile(b: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Erro
             )
         };
         status.phase = phase;
-        status.conditions = vec![ready(true, reason, &msg, generation)];
+        status.conditions = vec![ready(reason != "JobStuck", reason, &msg, generation)];
         patch_status(&backups, &name, &status).await?;
         let wait = if queued.is_empty() { 60 } else { 20 };
         return Ok(Action::requeue(Duration::from_secs(wait)));

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod repositories;
 pub mod restores;
 pub mod result;
+pub mod run;
 pub mod schedule;
 pub mod schedules;
 pub mod status;

@@ -9,18 +9,12 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use cairn_controller::backup::{self, Context};
+use cairn_controller::backup::Context;
 use cairn_controller::jobs::JobConfig;
-use cairn_controller::{leader, metrics, repositories, restores, schedules};
-use cairn_crds::{Backup, BackupRepository, BackupSchedule, Restore};
-use futures::StreamExt;
-use k8s_openapi::api::batch::v1::Job;
-use kube::runtime::controller::{Action, Controller};
+use cairn_controller::{leader, metrics, run};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::watcher;
-use kube::{Api, Client};
+use kube::Client;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 static READY: AtomicBool = AtomicBool::new(false);
@@ -64,34 +58,6 @@ async fn serve_http(addr: String) {
             let _ = sock.write_all(resp.as_bytes()).await;
         });
     }
-}
-
-/// An API in the watched namespace, or in all namespaces when none is set.
-fn scoped<K>(client: &Client, ns: &str) -> Api<K>
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-    <K as kube::Resource>::DynamicType: Default,
-{
-    if ns.is_empty() {
-        Api::all(client.clone())
-    } else {
-        Api::namespaced(client.clone(), ns)
-    }
-}
-
-/// After an API error: count it, log it, retry soon.
-fn error_policy<K: kube::Resource<DynamicType = ()>>(
-    obj: Arc<K>,
-    e: &backup::Error,
-    _ctx: Arc<Context>,
-) -> Action {
-    tracing::warn!(
-        "reconcile of {} {} failed: {e}",
-        K::kind(&()),
-        obj.meta().name.as_deref().unwrap_or("")
-    );
-    metrics::RECONCILE_ERRORS.inc();
-    Action::requeue(Duration::from_secs(15))
 }
 
 #[tokio::main]
@@ -146,57 +112,7 @@ async fn main() {
         ),
     });
     let ns = std::env::var("CAIRN_WATCH_NAMESPACE").unwrap_or_default();
-    let all = watcher::Config::default;
-    let managed = || all().labels("app.kubernetes.io/managed-by=cairn-controller");
-    let backup_loop = Controller::new(scoped::<Backup>(&client, &ns), all())
-        .owns(scoped::<Job>(&client, &ns), managed())
-        .shutdown_on_signal()
-        .run(
-            |b, ctx| async move {
-                metrics::RECONCILES.inc();
-                backup::reconcile(b, ctx).await
-            },
-            error_policy,
-            ctx.clone(),
-        )
-        .for_each(|_| futures::future::ready(()));
-    let schedule_loop = Controller::new(scoped::<BackupSchedule>(&client, &ns), all())
-        .owns(scoped::<Backup>(&client, &ns), all())
-        .shutdown_on_signal()
-        .run(
-            |s, ctx| async move {
-                metrics::RECONCILES.inc();
-                schedules::reconcile(s, ctx).await
-            },
-            error_policy,
-            ctx.clone(),
-        )
-        .for_each(|_| futures::future::ready(()));
-    let restore_loop = Controller::new(scoped::<Restore>(&client, &ns), all())
-        .owns(scoped::<Job>(&client, &ns), managed())
-        .shutdown_on_signal()
-        .run(
-            |r, ctx| async move {
-                metrics::RECONCILES.inc();
-                restores::reconcile(r, ctx).await
-            },
-            error_policy,
-            ctx.clone(),
-        )
-        .for_each(|_| futures::future::ready(()));
-    let repository_loop = Controller::new(scoped::<BackupRepository>(&client, &ns), all())
-        .owns(scoped::<Job>(&client, &ns), managed())
-        .shutdown_on_signal()
-        .run(
-            |r, ctx| async move {
-                metrics::RECONCILES.inc();
-                repositories::reconcile(r, ctx).await
-            },
-            error_policy,
-            ctx.clone(),
-        )
-        .for_each(|_| futures::future::ready(()));
-    tokio::join!(backup_loop, schedule_loop, restore_loop, repository_loop);
+    run::controllers(ctx, &ns, true, std::future::pending::<()>()).await;
     tracing::info!("controllers stopped; exiting");
 }
 

@@ -21,7 +21,7 @@ use kube::{Api, Resource, ResourceExt};
 use crate::backup::{Context, Error};
 use crate::jobs;
 use crate::schedule::Schedule;
-use crate::status::{job_finished, job_result, patch_status, publish, ready, warn_once};
+use crate::status::{job_finished, job_result, job_stuck, patch_status, publish, ready, warn_once};
 
 /// How often an unreachable repository is checked again.
 pub const RETRY: Duration = Duration::from_secs(600);
@@ -89,12 +89,18 @@ pub async fn reconcile(r: Arc<BackupRepository>, ctx: Arc<Context>) -> Result<Ac
         }
     };
     let Some(result) = job_result(&ctx.client, &ns, &job).await? else {
-        status.conditions = vec![ready(
-            false,
-            "Checking",
-            &format!("Job {job_name} is checking the repository"),
-            generation,
-        )];
+        status.conditions = match job_stuck(&ctx.client, &ns, &job).await? {
+            Some(why) => {
+                warn_once(&ctx, r.as_ref(), &old.conditions, "JobStuck", why.clone()).await;
+                vec![ready(false, "JobStuck", &why, generation)]
+            }
+            None => vec![ready(
+                false,
+                "Checking",
+                &format!("Job {job_name} is checking the repository"),
+                generation,
+            )],
+        };
         patch_status(&api, &name, &status).await?;
         return Ok(Action::requeue(Duration::from_secs(30)));
     };

@@ -16,7 +16,7 @@ use kube::{Api, Resource, ResourceExt};
 
 use crate::backup::{Context, Error};
 use crate::jobs;
-use crate::status::{job_result, patch_status, publish, ready, repository, warn_once};
+use crate::status::{job_result, job_stuck, patch_status, publish, ready, repository, warn_once};
 
 /// Reconcile one `Restore`.
 ///
@@ -128,12 +128,23 @@ pub async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Err
     }
     let Some(result) = job_result(&ctx.client, &ns, &job).await? else {
         status.phase = Phase::Running;
-        status.conditions = vec![ready(
-            true,
-            "Running",
-            "the restore Job is running",
-            generation,
-        )];
+        status.conditions = match job_stuck(&ctx.client, &ns, &job).await? {
+            Some(why) => {
+                let previous = r
+                    .status
+                    .as_ref()
+                    .map(|s| s.conditions.clone())
+                    .unwrap_or_default();
+                warn_once(&ctx, r.as_ref(), &previous, "JobStuck", why.clone()).await;
+                vec![ready(false, "JobStuck", &why, generation)]
+            }
+            None => vec![ready(
+                true,
+                "Running",
+                "the restore Job is running",
+                generation,
+            )],
+        };
         patch_status(&api, &name, &status).await?;
         return Ok(Action::requeue(Duration::from_secs(60)));
     };

@@ -152,3 +152,62 @@ pub async fn job_result(
         ..AgentResult::default()
     })))
 }
+
+/// Container waiting reasons that will not resolve by waiting: the user has
+/// to act (create the Secret, fix the image, load it into the node).
+const STUCK_REASONS: &[&str] = &[
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "ErrImageNeverPull",
+];
+
+/// Why a running Job's pod cannot make progress, if it cannot: a container
+/// stuck on its configuration or image, or a pod the scheduler cannot place.
+/// Kubernetes keeps such pods waiting (the Job does not fail), so without
+/// this a missing Secret would show only as "running" until the deadline.
+pub fn pod_stuck(pod: &k8s_openapi::api::core::v1::Pod) -> Option<String> {
+    let name = pod.metadata.name.as_deref().unwrap_or("");
+    let st = pod.status.as_ref()?;
+    for c in st.container_statuses.iter().flatten() {
+        if let Some(w) = c.state.as_ref().and_then(|s| s.waiting.as_ref()) {
+            let reason = w.reason.as_deref().unwrap_or("");
+            if STUCK_REASONS.contains(&reason) {
+                return Some(format!(
+                    "pod {name} is stuck: {reason}: {}",
+                    w.message.as_deref().unwrap_or("")
+                ));
+            }
+        }
+    }
+    st.conditions.iter().flatten().find_map(|c| {
+        (c.type_ == "PodScheduled"
+            && c.status == "False"
+            && c.reason.as_deref() == Some("Unschedulable"))
+        .then(|| {
+            format!(
+                "pod {name} cannot be scheduled: {}",
+                c.message.as_deref().unwrap_or("")
+            )
+        })
+    })
+}
+
+/// [`pod_stuck`] for the pods of a Job that has not finished.
+///
+/// # Errors
+/// API failures.
+pub async fn job_stuck(
+    client: &kube::Client,
+    ns: &str,
+    job: &k8s_openapi::api::batch::v1::Job,
+) -> Result<Option<String>, Error> {
+    if job_finished(job) {
+        return Ok(None);
+    }
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), ns);
+    let lp = kube::api::ListParams::default().labels(&format!("job-name={}", job.name_any()));
+    Ok(pods.list(&lp).await?.items.iter().find_map(pod_stuck))
+}

@@ -1240,3 +1240,82 @@ fn alert_rules_use_real_metrics_and_have_runbooks() {
         );
     }
 }
+
+/// Give a Job a pod whose agent container waits for a reason that needs the
+/// user (a missing Secret, a bad image).
+fn stuck_pod(api: &FakeApi, job: &str, reason: &str, message: &str) {
+    api.insert(
+        &format!("{PODS}/{job}-stuck"),
+        json!({"apiVersion":"v1","kind":"Pod",
+               "metadata":{"name":format!("{job}-stuck"),"namespace":NS,"labels":{"job-name":job}},
+               "spec":{"containers":[{"name":"agent"}]},
+               "status":{"phase":"Pending",
+                 "containerStatuses":[{"name":"agent","image":"x","imageID":"","ready":false,"restartCount":0,
+                   "state":{"waiting":{"reason":reason,"message":message}}}]}}),
+    );
+}
+
+#[tokio::test]
+async fn stuck_job_pods_are_reported_not_shown_as_running() {
+    use cairn_controller::repositories::reconcile as reconcile_repo;
+    let (api, ctx) = setup(true);
+    let key = format!("{REPOS}/offsite");
+    let mut r = api.get(&key).unwrap();
+    r["metadata"]["generation"] = json!(1);
+    api.insert(&key, r);
+    reconcile_repo(repo_obj(&api), ctx.clone()).await.unwrap();
+    let job_name = jobs::repository_job_name("offsite", 1);
+    stuck_pod(
+        &api,
+        &job_name,
+        "CreateContainerConfigError",
+        "secret \"offsite-password\" not found",
+    );
+    reconcile_repo(repo_obj(&api), ctx.clone()).await.unwrap();
+    let st = repo_obj(&api).status.clone().unwrap();
+    assert_eq!(
+        (
+            st.conditions[0].status.as_str(),
+            st.conditions[0].reason.as_str()
+        ),
+        ("False", "JobStuck")
+    );
+    assert!(
+        st.conditions[0]
+            .message
+            .contains("secret \"offsite-password\" not found"),
+        "{}",
+        st.conditions[0].message
+    );
+    // Reported once, not on every requeue.
+    reconcile_repo(repo_obj(&api), ctx.clone()).await.unwrap();
+    let warnings = events(&api)
+        .iter()
+        .filter(|e| *e == "Warning JobStuck")
+        .count();
+    assert_eq!(warnings, 1);
+
+    // A backup whose image cannot be pulled says so per PVC.
+    reconcile(backup(&api), ctx.clone()).await.unwrap();
+    let job = api
+        .under(JOBS)
+        .into_iter()
+        .find(|j| {
+            j["metadata"]["labels"]["app.kubernetes.io/component"] == "backup"
+                && j["metadata"]["labels"]["cairn.dev/pvc"] == "uploads"
+        })
+        .expect("backup job for uploads");
+    let jname = job["metadata"]["name"].as_str().unwrap().to_string();
+    stuck_pod(
+        &api,
+        &jname,
+        "ImagePullBackOff",
+        "Back-off pulling image \"cairn:typo\"",
+    );
+    reconcile(backup(&api), ctx.clone()).await.unwrap();
+    let st = backup(&api).status.clone().unwrap();
+    assert_eq!(st.phase, Phase::Running);
+    assert_eq!(st.conditions[0].reason, "JobStuck");
+    assert!(st.conditions[0].message.starts_with("uploads: pod "));
+    assert!(st.conditions[0].message.contains("ImagePullBackOff"));
+}

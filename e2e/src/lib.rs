@@ -1,5 +1,23 @@
 //! End-to-end tests against a real Kubernetes cluster (from `KUBECONFIG`).
-//! See `e2e/README.md`. Without a cluster the tests report that they did not run.
+//! See `e2e/README.md`. Without a cluster the tests say that they did not run.
+//!
+//! This crate holds the helpers: finding the cluster, a throw-away namespace,
+//! applying the CRDs, running the controller in-process, and waiting for
+//! conditions with a deadline that names what it was waiting for.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_controller::backup::Context;
+use cairn_controller::jobs::JobConfig;
+use futures::FutureExt;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, LogParams, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
 
 /// The kubeconfig path the e2e tests would use, if any.
 pub fn kubeconfig() -> Option<std::path::PathBuf> {
@@ -9,4 +27,303 @@ pub fn kubeconfig() -> Option<std::path::PathBuf> {
     let home = std::env::var_os("HOME")?;
     let p = std::path::Path::new(&home).join(".kube/config");
     p.exists().then_some(p)
+}
+
+/// A client for the cluster, or `None` (with the reason printed) when there
+/// is no cluster to test against. With `CAIRN_E2E_REQUIRE=1` a missing
+/// cluster is a failure instead.
+pub async fn cluster() -> Option<Client> {
+    let why = match kubeconfig() {
+        None => "no KUBECONFIG and no ~/.kube/config".to_string(),
+        Some(p) if !p.exists() => format!("KUBECONFIG {} does not exist", p.display()),
+        Some(_) => match Client::try_default().await {
+            Err(e) => format!("cannot build a client: {e}"),
+            Ok(c) => {
+                match tokio::time::timeout(Duration::from_secs(15), c.apiserver_version()).await {
+                    Ok(Ok(_)) => return Some(c),
+                    Ok(Err(e)) => format!("the API server does not answer: {e}"),
+                    Err(_) => "the API server did not answer within 15 s".to_string(),
+                }
+            }
+        },
+    };
+    if std::env::var("CAIRN_E2E_REQUIRE").is_ok_and(|v| v == "1") {
+        panic!("e2e: CAIRN_E2E_REQUIRE=1 but {why}");
+    }
+    eprintln!("e2e: NOT RUN: {why} (see e2e/README.md)");
+    None
+}
+
+/// Apply every CRD of `crds/cairn.dev_crds.yaml` (server-side apply) and
+/// wait until each is Established.
+pub async fn apply_crds(client: &Client) {
+    let text = include_str!("../../crds/cairn.dev_crds.yaml");
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let pp = PatchParams::apply("cairn-e2e").force();
+    let mut names = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        let crd: CustomResourceDefinition =
+            serde::Deserialize::deserialize(doc).expect("crds/cairn.dev_crds.yaml parses");
+        let name = crd.metadata.name.clone().expect("CRD has a name");
+        api.patch(&name, &pp, &Patch::Apply(&crd))
+            .await
+            .unwrap_or_else(|e| panic!("apply CRD {name}: {e}"));
+        names.push(name);
+    }
+    for name in names {
+        wait_for(&api, &name, "Established", Duration::from_secs(60), |c| {
+            c.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                })
+        })
+        .await;
+    }
+}
+
+/// A namespace that is deleted when dropped (unless `CAIRN_E2E_KEEP=1`).
+pub struct TestNamespace {
+    /// Its name.
+    pub name: String,
+    client: Client,
+}
+
+impl TestNamespace {
+    /// Create `cairn-e2e-<suffix>-<time>` with the restricted Pod Security
+    /// level enforced, so the agent Jobs must comply with it.
+    pub async fn create(client: &Client, suffix: &str) -> Self {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let name = format!("cairn-e2e-{suffix}-{}", secs % 1_000_000);
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {
+                "name": name,
+                "labels": {"pod-security.kubernetes.io/enforce": "restricted"}
+            }
+        }))
+        .expect("namespace object");
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap_or_else(|e| panic!("create namespace {name}: {e}"));
+        eprintln!("e2e: namespace {name}");
+        TestNamespace {
+            name,
+            client: client.clone(),
+        }
+    }
+
+    /// Delete the namespace now (the drop guard only covers panics on a
+    /// runtime that is still alive).
+    pub async fn delete(&self) {
+        if std::env::var("CAIRN_E2E_KEEP").is_ok_and(|v| v == "1") {
+            eprintln!("e2e: keeping namespace {} (CAIRN_E2E_KEEP=1)", self.name);
+            return;
+        }
+        let _ = Api::<Namespace>::all(self.client.clone())
+            .delete(&self.name, &DeleteParams::background())
+            .await;
+    }
+}
+
+/// The controller, running in-process against the cluster and watching one
+/// namespace. Stopped when dropped.
+pub struct InProcessController {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl InProcessController {
+    /// Start the four loops. The agent image comes from
+    /// `CAIRN_E2E_AGENT_IMAGE` (default `cairn:e2e`, loaded into the cluster
+    /// beforehand, see e2e/README.md), its pull policy from
+    /// `CAIRN_E2E_PULL_POLICY` (default `IfNotPresent`).
+    pub fn start(client: &Client, ns: &str) -> Self {
+        let image = std::env::var("CAIRN_E2E_AGENT_IMAGE").unwrap_or_else(|_| "cairn:e2e".into());
+        let pull_policy =
+            std::env::var("CAIRN_E2E_PULL_POLICY").unwrap_or_else(|_| "IfNotPresent".into());
+        let ctx = Arc::new(Context {
+            client: client.clone(),
+            jobs: JobConfig {
+                image,
+                pull_policy,
+                ..JobConfig::default()
+            },
+            recorder: Recorder::new(
+                client.clone(),
+                Reporter {
+                    controller: "cairn-controller".into(),
+                    instance: Some("cairn-e2e".into()),
+                },
+            ),
+        });
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = rx.map(|_| ()).shared();
+        let ns = ns.to_string();
+        let task = tokio::spawn(async move {
+            cairn_controller::run::controllers(ctx, &ns, false, shutdown).await;
+        });
+        InProcessController {
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Stop the loops and wait for them.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
+        }
+    }
+}
+
+impl Drop for InProcessController {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+/// Poll `name` every two seconds until `done` holds; panic after `timeout`
+/// with the last state seen.
+pub async fn wait_for<K>(
+    api: &Api<K>,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    done: impl Fn(&K) -> bool,
+) -> K
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    let start = Instant::now();
+    let mut last;
+    loop {
+        match api.get_opt(name).await {
+            Ok(Some(obj)) => {
+                if done(&obj) {
+                    return obj;
+                }
+                last = Some(format!("{obj:?}"));
+            }
+            Ok(None) => last = Some("not found".into()),
+            Err(e) => last = Some(format!("error: {e}")),
+        }
+        if start.elapsed() > timeout {
+            panic!(
+                "e2e: timed out after {timeout:?} waiting for {name} to be {what}; last seen: {}",
+                last.unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// Run a pod to completion and return its log. The pod must exit 0.
+pub async fn run_pod(client: &Client, ns: &str, pod: serde_json::Value) -> String {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let pod: Pod = serde_json::from_value(pod).expect("pod object");
+    let name = pod.metadata.name.clone().expect("pod has a name");
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .unwrap_or_else(|e| panic!("create pod {name}: {e}"));
+    let done = wait_for(
+        &pods,
+        &name,
+        "finished",
+        Duration::from_secs(300),
+        |p: &Pod| {
+            matches!(
+                p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            )
+        },
+    )
+    .await;
+    let log = pods
+        .logs(&name, &LogParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("logs of pod {name}: {e}"));
+    let phase = done.status.and_then(|s| s.phase).unwrap_or_default();
+    assert_eq!(phase, "Succeeded", "pod {name} failed; its log:\n{log}");
+    log
+}
+
+/// A restricted-compliant busybox pod running `script` with `claims`
+/// mounted at `/<claim>`.
+pub fn shell_pod(name: &str, script: &str, claims: &[&str]) -> serde_json::Value {
+    let image = std::env::var("CAIRN_E2E_BUSYBOX_IMAGE").unwrap_or_else(|_| "busybox:1.36".into());
+    let volumes: Vec<_> = claims
+        .iter()
+        .map(|c| serde_json::json!({"name": c, "persistentVolumeClaim": {"claimName": c}}))
+        .collect();
+    let mounts: Vec<_> = claims
+        .iter()
+        .map(|c| serde_json::json!({"name": c, "mountPath": format!("/{c}")}))
+        .collect();
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "Never",
+            "securityContext": {
+                "runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
+                "fsGroup": 65532,
+                "seccompProfile": {"type": "RuntimeDefault"}
+            },
+            "containers": [{
+                "name": "sh",
+                "image": image,
+                "command": ["sh", "-euc", script],
+                "volumeMounts": mounts,
+                "securityContext": {
+                    "allowPrivilegeEscalation": false,
+                    "capabilities": {"drop": ["ALL"]}
+                }
+            }],
+            "volumes": volumes
+        }
+    })
+}
+
+/// A ReadWriteOnce PVC of `size` in the default storage class.
+pub fn pvc(name: &str, size: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": size}}
+        }
+    })
+}
+
+/// Create any namespaced object from JSON.
+pub async fn create<K>(client: &Client, ns: &str, obj: serde_json::Value) -> K
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + serde::Serialize
+        + Debug,
+    <K as Resource>::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let obj: K = serde_json::from_value(obj).expect("object parses");
+    api.create(&PostParams::default(), &obj)
+        .await
+        .unwrap_or_else(|e| panic!("create {:?}: {e}", obj.meta().name))
 }
