@@ -11,8 +11,8 @@
 //!
 //! Per-repository and per-node limits on concurrent backup Jobs are applied
 //! by the `Backup` reconciler. Scheduled prune Jobs (at most one per repository) are run by the
-//! `BackupRepository` reconciler. Not built yet: the container image and the
-//! Helm chart.
+//! `BackupRepository` reconciler. [`run`] holds the watch loops (the binary and
+//! the e2e tests run them); the Helm chart is `charts/cairn`.
 
 pub mod backup;
 pub mod jobs;

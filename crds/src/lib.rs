@@ -653,7 +653,7 @@ mod tests {
         let committed = std::fs::read_to_string(path).unwrap_or_default();
         assert!(
             committed == crds_yaml(),
-            "{path} is stale: run `cargo run -p cairn-crds --bin crdgen > crds/cairn.dev_crds.yaml`"
+            "{path} is stale: run `cargo run -p cairn-crds --bin crdgen -- --write`"
         );
     }
 
