@@ -73,6 +73,23 @@ impl LabeledGauge {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(key, v);
     }
+    /// Drop every series whose labels include all of `having` and for which
+    /// `keep` is false.
+    pub fn remove_where(
+        &self,
+        having: &[(&'static str, &str)],
+        keep: impl Fn(&[(&'static str, String)]) -> bool,
+    ) {
+        self.values
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|labels, _| {
+                let matches = having
+                    .iter()
+                    .all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v));
+                !matches || keep(labels)
+            });
+    }
     fn render(&self, out: &mut String) {
         out.push_str(&format!(
             "# HELP {} {}\n# TYPE {} gauge\n",
@@ -112,6 +129,40 @@ pub static REPOSITORY_READY: LabeledGauge = LabeledGauge::new(
     "cairn_repository_ready",
     "1 when the BackupRepository is reachable and initialised, else 0.",
 );
+
+/// Keep a schedule's per-PVC series only for `pvcs` (all of them go when the
+/// schedule is deleted or suspended), so that `CairnBackupTooOld` never fires
+/// for a PVC nobody backs up any more.
+pub fn retain_schedule(ns: &str, schedule: &str, pvcs: &[&str]) {
+    for g in [&LAST_SUCCESS, &LAST_BYTES_ADDED, &LAST_DURATION] {
+        g.remove_where(&[("namespace", ns), ("schedule", schedule)], |labels| {
+            labels
+                .iter()
+                .any(|(k, v)| *k == "pvc" && pvcs.contains(&v.as_str()))
+        });
+    }
+}
+
+/// Keep only the series of schedules and repositories in these sets of
+/// (namespace, name).
+pub fn retain_known(
+    schedules: &std::collections::HashSet<(String, String)>,
+    repositories: &std::collections::HashSet<(String, String)>,
+) {
+    let known = |labels: &[(&'static str, String)],
+                 kind: &str,
+                 set: &std::collections::HashSet<(String, String)>| {
+        let get = |k: &str| labels.iter().find(|(l, _)| *l == k).map(|(_, v)| v.clone());
+        match (get("namespace"), get(kind)) {
+            (Some(ns), Some(name)) => set.contains(&(ns, name)),
+            _ => true,
+        }
+    };
+    for g in [&LAST_SUCCESS, &LAST_BYTES_ADDED, &LAST_DURATION] {
+        g.remove_where(&[], |l| known(l, "schedule", schedules));
+    }
+    REPOSITORY_READY.remove_where(&[], |l| known(l, "repository", repositories));
+}
 
 /// All metrics as Prometheus text.
 pub fn render() -> String {
@@ -163,5 +214,29 @@ mod tests {
             t.contains("cairn_backup_last_success_timestamp_seconds{namespace=\"shop\",schedule=\"nightly\",pvc=\"d\\\"b\"} 1500000000\n"),
             "{t}"
         );
+        super::LAST_SUCCESS.set(
+            &[("namespace", "shop"), ("schedule", "nightly"), ("pvc", "x")],
+            1.0,
+        );
+        super::LAST_SUCCESS.set(
+            &[("namespace", "shop"), ("schedule", "hourly"), ("pvc", "x")],
+            1.0,
+        );
+        super::retain_schedule("shop", "nightly", &["x"]);
+        let t = super::render();
+        assert!(!t.contains("pvc=\"d\\\"b\""), "{t}");
+        assert!(t.contains("schedule=\"nightly\",pvc=\"x\""), "{t}");
+        super::retain_schedule("shop", "nightly", &[]);
+        let t = super::render();
+        assert!(!t.contains("schedule=\"nightly\""), "{t}");
+        assert!(t.contains("schedule=\"hourly\",pvc=\"x\""), "{t}");
+        super::REPOSITORY_READY.set(&[("namespace", "shop"), ("repository", "gone")], 1.0);
+        super::REPOSITORY_READY.set(&[("namespace", "shop"), ("repository", "here")], 1.0);
+        let here: std::collections::HashSet<_> = [("shop".to_string(), "here".to_string())].into();
+        super::retain_known(&std::collections::HashSet::new(), &here);
+        let t = super::render();
+        assert!(!t.contains("schedule=\"hourly\""), "{t}");
+        assert!(!t.contains("repository=\"gone\""), "{t}");
+        assert!(t.contains("repository=\"here\""), "{t}");
     }
 }

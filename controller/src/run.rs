@@ -1,6 +1,7 @@
 //! The four watch loops, runnable by the binary (under leader election) and
 //! by the e2e tests (in-process, against a real cluster).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,6 +9,7 @@ use cairn_crds::{Backup, BackupRepository, BackupSchedule, Restore};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Api, Client};
 
@@ -78,20 +80,49 @@ pub async fn controllers(
             .owns(scoped::<Job>(&client, ns), managed()),
         backup::reconcile
     );
-    let schedule_loop = run_loop!(
-        Controller::new(scoped::<BackupSchedule>(&client, ns), all())
-            .owns(scoped::<Backup>(&client, ns), all()),
-        schedules::reconcile
-    );
+    let schedule_ctrl = Controller::new(scoped::<BackupSchedule>(&client, ns), all())
+        .owns(scoped::<Backup>(&client, ns), all());
+    let schedule_store = schedule_ctrl.store();
+    let schedule_loop = run_loop!(schedule_ctrl, schedules::reconcile);
     let restore_loop = run_loop!(
         Controller::new(scoped::<Restore>(&client, ns), all())
             .owns(scoped::<Job>(&client, ns), managed()),
         restores::reconcile
     );
-    let repository_loop = run_loop!(
-        Controller::new(scoped::<BackupRepository>(&client, ns), all())
-            .owns(scoped::<Job>(&client, ns), managed()),
-        repositories::reconcile
-    );
-    tokio::join!(backup_loop, schedule_loop, restore_loop, repository_loop);
+    let repository_ctrl = Controller::new(scoped::<BackupRepository>(&client, ns), all())
+        .owns(scoped::<Job>(&client, ns), managed());
+    let repository_store = repository_ctrl.store();
+    let repository_loop = run_loop!(repository_ctrl, repositories::reconcile);
+    let gc = forget_deleted(schedule_store, repository_store);
+    tokio::select! {
+        _ = async { tokio::join!(backup_loop, schedule_loop, restore_loop, repository_loop) } => {}
+        () = gc => {}
+    }
+}
+
+/// Every minute, drop the metric series of schedules and repositories that
+/// no longer exist (reconcilers do not run for deleted objects), so that
+/// `CairnBackupTooOld` never fires for something that was deleted.
+async fn forget_deleted(schedules: Store<BackupSchedule>, repositories: Store<BackupRepository>) {
+    if schedules.wait_until_ready().await.is_err() || repositories.wait_until_ready().await.is_err()
+    {
+        return std::future::pending().await;
+    }
+    loop {
+        let key = |m: &kube::api::ObjectMeta| {
+            (
+                m.namespace.clone().unwrap_or_default(),
+                m.name.clone().unwrap_or_default(),
+            )
+        };
+        let live_schedules: HashSet<_> =
+            schedules.state().iter().map(|s| key(&s.metadata)).collect();
+        let live_repos: HashSet<_> = repositories
+            .state()
+            .iter()
+            .map(|r| key(&r.metadata))
+            .collect();
+        metrics::retain_known(&live_schedules, &live_repos);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
 }

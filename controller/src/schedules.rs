@@ -129,7 +129,17 @@ pub async fn reconcile_at(
         .items;
     history.sort_by_key(|b| b.metadata.creation_timestamp.as_ref().map(|t| t.0));
     status.last_successful = last_successful(&history);
-    for p in &status.last_successful {
+    let tracked: Vec<&str> = if s.spec.suspend {
+        Vec::new()
+    } else {
+        status
+            .last_successful
+            .iter()
+            .map(|p| p.pvc.as_str())
+            .collect()
+    };
+    crate::metrics::retain_schedule(&ns, &name, &tracked);
+    for p in status.last_successful.iter().filter(|_| !s.spec.suspend) {
         let labels = [
             ("namespace", ns.as_str()),
             ("schedule", name.as_str()),
