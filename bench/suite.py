@@ -14,8 +14,13 @@ repokey-blake2 and -C zstd,3) and the steps run interleaved (A B C, A B C ...):
   unchanged backup of the same, unchanged tree
   changed   backup after the dataset's edit (applied in place, once, to the
             tree all tools back up, so unchanged files keep inode and ctime)
-  restore   full restore of the latest snapshot into an empty directory,
-            then verified with `diff -r` against the tree (not timed)
+  restore   full restore of the latest snapshot into an empty directory, until
+            the data is on disk: the timed command is the tool's restore
+            followed by `sync` (Cairn syncs itself; restic, Borg and rustic
+            leave dirty pages behind), then verified with `diff -r` against
+            the tree (not timed)
+
+Before every timed step, `sync` flushes what earlier steps left dirty.
 
 Each step runs under /usr/bin/time (wall, user+sys CPU, peak RSS); repository
 bytes are measured after each backup. Results are appended as JSON lines to
@@ -346,6 +351,7 @@ def du(path):
 
 
 def measure(cmd, env, out):
+    os.sync()
     tfile = out / "time.txt"
     with open(out / "stderr.txt", "wb") as err:
         p = subprocess.run(["/usr/bin/time", "-f", "%e %U %S %M", "-o", str(tfile), *cmd],
@@ -407,7 +413,8 @@ def run_dataset(name, rep, tools, work, quick, results):
                 target = work / "restore" / t.name
                 shutil.rmtree(target, ignore_errors=True)
                 target.mkdir(parents=True)
-                m = measure(t.restore(str(repo), str(target)), t.env, work)
+                cmd = ["sh", "-c", '"$@" && sync', "sh", *t.restore(str(repo), str(target))]
+                m = measure(cmd, t.env, work)
                 ok, diff = verify(restored_root(target, live), live)
                 if not ok:
                     log(f"  {t.name} RESTORE DIFFERS:\n{diff}")
@@ -418,6 +425,7 @@ def run_dataset(name, rep, tools, work, quick, results):
                 record(step, t, m, repo_bytes=du(repo))
     for repo in repos.values():
         shutil.rmtree(repo, ignore_errors=True)
+    shutil.rmtree(live, ignore_errors=True)  # disk space: only the pristine copy stays
 
 
 def summarise(results, versions, work):
@@ -471,6 +479,7 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="small datasets, one repetition")
     ap.add_argument("--summary-only", action="store_true", help="summarise WORK/results.jsonl")
+    ap.add_argument("--prepare-only", action="store_true", help="prepare the datasets and stop")
     a = ap.parse_args()
     work = Path(a.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -483,6 +492,12 @@ def main():
         results = [json.loads(l) for l in open(work / "results.jsonl")]
         results = [r for r in results if r["dataset"] in names and r["tool"] in wanted]
         print(summarise(results, {}, work))
+        return
+    if a.prepare_only:
+        for d in names:
+            p = pristine(work, d, a.quick)
+            files, size = tree_stats(p)
+            log(f"{d}: {p} ({files} files, {size / 2**20:.0f} MiB)")
         return
     versions = ensure_tools(work, wanted)
     tools = [Tool(n, versions[n][0], work) for n in wanted]
