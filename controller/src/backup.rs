@@ -220,12 +220,7 @@ pub async fn reconcile(b: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Erro
     if running || !queued.is_empty() {
         let (phase, reason, msg) = if !stuck.is_empty() {
             let msg = stuck.join("; ");
-            let previous = b
-                .status
-                .as_ref()
-                .map(|s| s.conditions.clone())
-                .unwrap_or_default();
-            warn_once(&ctx, b.as_ref(), &previous, "JobStuck", msg.clone()).await;
+            warn_once(&ctx, b.as_ref(), &old.conditions, "JobStuck", msg.clone()).await;
             (Phase::Running, "JobStuck", msg)
         } else if queued.is_empty() {
             (

@@ -130,12 +130,7 @@ pub async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Err
         status.phase = Phase::Running;
         status.conditions = match job_stuck(&ctx.client, &ns, &job).await? {
             Some(why) => {
-                let previous = r
-                    .status
-                    .as_ref()
-                    .map(|s| s.conditions.clone())
-                    .unwrap_or_default();
-                warn_once(&ctx, r.as_ref(), &previous, "JobStuck", why.clone()).await;
+                warn_once(&ctx, r.as_ref(), &old.conditions, "JobStuck", why.clone()).await;
                 vec![ready(false, "JobStuck", &why, generation)]
             }
             None => vec![ready(

@@ -84,7 +84,8 @@ pub async fn apply_crds(client: &Client) {
     }
 }
 
-/// A namespace that is deleted when dropped (unless `CAIRN_E2E_KEEP=1`).
+/// A throw-away namespace. A test deletes it with [`TestNamespace::delete`]
+/// when it passes; a failed test leaves it behind for inspection.
 pub struct TestNamespace {
     /// Its name.
     pub name: String,
@@ -120,8 +121,7 @@ impl TestNamespace {
         }
     }
 
-    /// Delete the namespace now (the drop guard only covers panics on a
-    /// runtime that is still alive).
+    /// Delete the namespace (kept with `CAIRN_E2E_KEEP=1`).
     pub async fn delete(&self) {
         if std::env::var("CAIRN_E2E_KEEP").is_ok_and(|v| v == "1") {
             eprintln!("e2e: keeping namespace {} (CAIRN_E2E_KEEP=1)", self.name);
