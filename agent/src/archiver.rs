@@ -32,7 +32,7 @@ use crate::constants::{INDEX_FLUSH_BLOBS, INDEX_FLUSH_INTERVAL};
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::index::IndexFile;
-use crate::pack::{FinishedPack, PackWriter};
+use crate::pack::{FinishedPack, PackWriter, StagedPack, StagedPackWriter};
 use crate::repository::{hostname, username, Repository};
 use crate::snapshot::{Snapshot, Summary};
 use crate::tree::{Node, NodeType, RawName, Tree};
@@ -705,58 +705,135 @@ fn save_tree(
     Ok(id)
 }
 
-fn pack_blobs(shared: &Shared<'_>, sealed: Receiver<SealedBlob>, packs: Sender<FinishedPack>) {
+/// A pack being assembled: on the backend's storage when it can stage files
+/// (a local repository: no pack-sized buffers in memory), else in memory.
+enum OpenPack {
+    Memory(PackWriter),
+    Staged(Box<StagedPackWriter>),
+}
+
+/// A complete pack on its way to the uploaders.
+enum ReadyPack {
+    Memory(FinishedPack),
+    Staged(StagedPack),
+}
+
+impl OpenPack {
+    fn new(shared: &Shared<'_>) -> Result<OpenPack> {
+        Ok(match shared.repo.backend().stage(FileKind::Pack)? {
+            Some(file) => OpenPack::Staged(Box::new(StagedPackWriter::new(file))),
+            None => OpenPack::Memory(PackWriter::new()),
+        })
+    }
+
+    fn add(&mut self, b: &SealedBlob) -> Result<usize> {
+        Ok(match self {
+            OpenPack::Memory(w) => {
+                w.add(b.blob_type, b.id, &b.encoded, b.raw_len);
+                w.size()
+            }
+            OpenPack::Staged(w) => {
+                w.add(b.blob_type, b.id, &b.encoded, b.raw_len)?;
+                w.size()
+            }
+        })
+    }
+
+    fn finish(self, key: &crate::crypto::MasterKey) -> Result<ReadyPack> {
+        Ok(match self {
+            OpenPack::Memory(w) => ReadyPack::Memory(w.finish(key)),
+            OpenPack::Staged(w) => ReadyPack::Staged(w.finish(key)?),
+        })
+    }
+}
+
+fn pack_blobs(shared: &Shared<'_>, sealed: Receiver<SealedBlob>, packs: Sender<ReadyPack>) {
     let key = shared.repo.key();
     let target = shared.repo.config().pack_size;
-    let mut data = PackWriter::new();
-    let mut trees = PackWriter::new();
+    // [data, trees]: the two kinds go to separate packs.
+    let mut open: [Option<OpenPack>; 2] = [None, None];
     let c = &shared.counters;
     for b in sealed {
+        if shared.failed() {
+            continue; // drain so that upstream stages can finish
+        }
         match b.blob_type {
             BlobType::Data => add(&c.data_blobs_added, 1),
             BlobType::Tree => add(&c.tree_blobs_added, 1),
         }
         add(&c.bytes_added, u64::from(b.raw_len));
-        let w = if b.blob_type == BlobType::Data {
-            &mut data
-        } else {
-            &mut trees
-        };
-        w.add(b.blob_type, b.id, &b.encoded, b.raw_len);
-        if w.size() >= target {
-            let full = std::mem::take(w);
-            if packs.send(full.finish(key)).is_err() {
-                return;
+        let slot = &mut open[usize::from(b.blob_type == BlobType::Tree)];
+        let step = (|| -> Result<Option<ReadyPack>> {
+            if slot.is_none() {
+                *slot = Some(OpenPack::new(shared)?);
             }
+            let size = match slot.as_mut() {
+                Some(w) => w.add(&b)?,
+                None => return Ok(None),
+            };
+            match slot.take() {
+                Some(full) if size >= target => full.finish(key).map(Some),
+                other => {
+                    *slot = other;
+                    Ok(None)
+                }
+            }
+        })();
+        match step {
+            Ok(Some(ready)) => {
+                if packs.send(ready).is_err() {
+                    return;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => shared.fail(e),
         }
     }
-    for w in [data, trees] {
-        if !w.is_empty() && packs.send(w.finish(key)).is_err() {
-            return;
+    if shared.failed() {
+        return; // staged packs are removed when dropped
+    }
+    for w in open.into_iter().flatten() {
+        match w.finish(key) {
+            Ok(ready) => {
+                if packs.send(ready).is_err() {
+                    return;
+                }
+            }
+            Err(e) => shared.fail(e),
         }
     }
 }
 
-fn upload_packs(shared: &Shared<'_>, packs: Receiver<FinishedPack>) {
+fn upload_packs(shared: &Shared<'_>, packs: Receiver<ReadyPack>) {
     for p in packs {
         if shared.failed() {
             continue; // drain so that upstream stages can finish
         }
-        let size = p.bytes.len() as u64;
-        if let Err(e) = shared
-            .repo
-            .backend()
-            .write(FileKind::Pack, &p.id.to_hex(), p.bytes)
-        {
-            shared.fail(e);
-            continue;
-        }
+        let (id, size, stored) = match p {
+            ReadyPack::Memory(p) => {
+                let size = p.bytes.len() as u64;
+                let stored = shared
+                    .repo
+                    .backend()
+                    .write(FileKind::Pack, &p.id.to_hex(), p.bytes)
+                    .map(|()| p.blobs);
+                (p.id, size, stored)
+            }
+            ReadyPack::Staged(p) => (p.id, p.size, p.commit()),
+        };
+        let blobs = match stored {
+            Ok(blobs) => blobs,
+            Err(e) => {
+                shared.fail(e);
+                continue;
+            }
+        };
         add(&shared.counters.bytes_stored, size);
         shared
             .new_index
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .add_pack(p.id, &p.blobs);
+            .add_pack(id, &blobs);
         if let Err(e) = shared.flush_index(false) {
             shared.fail(e);
         }
@@ -833,7 +910,7 @@ pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupResult> {
         let (file_tx, file_rx) = bounded::<FileJob>(threads * 4);
         let (blob_tx, blob_rx) = bounded::<BlobJob>(threads * 2);
         let (sealed_tx, sealed_rx) = bounded::<SealedBlob>(threads * 2);
-        let (pack_tx, pack_rx) = bounded::<FinishedPack>(1);
+        let (pack_tx, pack_rx) = bounded::<ReadyPack>(1);
         let (event_tx, event_rx) = bounded::<Event>(8192);
         let shared = &shared;
 

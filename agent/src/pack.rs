@@ -7,6 +7,7 @@
 //! header entry = type u8 || id [32] || offset u32 || length u32 || raw_length u32
 //! ```
 
+use crate::backend::StagedFile;
 use crate::blob::BlobType;
 use crate::crypto::{aad, MasterKey};
 use crate::error::{Error, Result};
@@ -95,6 +96,109 @@ impl PackWriter {
             bytes: self.data,
             blobs: self.blobs,
         }
+    }
+}
+
+/// Builds one pack directly in a staged backend file ([`Backend::stage`]),
+/// hashing as it goes, so no pack-sized buffer is held in memory.
+///
+/// [`Backend::stage`]: crate::backend::Backend::stage
+pub struct StagedPackWriter {
+    out: Box<dyn StagedFile>,
+    hasher: blake3::Hasher,
+    len: usize,
+    blobs: Vec<PackedBlob>,
+}
+
+/// A finished staged pack: complete on storage under a temporary name until
+/// [`StagedPack::commit`] names it.
+pub struct StagedPack {
+    /// Name of the pack (hash of its bytes).
+    pub id: Id,
+    /// Size of the pack file in bytes.
+    pub size: u64,
+    /// The blobs it holds.
+    pub blobs: Vec<PackedBlob>,
+    file: Box<dyn StagedFile>,
+}
+
+impl StagedPack {
+    /// Flush the pack to stable storage and give it its name; returns its blobs.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn commit(self) -> Result<Vec<PackedBlob>> {
+        self.file.commit(&self.id.to_hex())?;
+        Ok(self.blobs)
+    }
+}
+
+impl StagedPackWriter {
+    /// An empty pack written to `out`.
+    pub fn new(out: Box<dyn StagedFile>) -> StagedPackWriter {
+        StagedPackWriter {
+            out,
+            hasher: blake3::Hasher::new(),
+            len: 0,
+            blobs: Vec::new(),
+        }
+    }
+
+    /// Bytes of blob data so far.
+    pub fn size(&self) -> usize {
+        self.len
+    }
+
+    /// True when no blob was added.
+    pub fn is_empty(&self) -> bool {
+        self.blobs.is_empty()
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> Result<()> {
+        self.out.write_all(bytes)?;
+        self.hasher.update(bytes);
+        self.len += bytes.len();
+        Ok(())
+    }
+
+    /// Append an encoded blob.
+    ///
+    /// # Errors
+    /// Storage errors (a full disk).
+    pub fn add(
+        &mut self,
+        blob_type: BlobType,
+        id: Id,
+        encoded: &[u8],
+        raw_length: u32,
+    ) -> Result<()> {
+        let offset = u32::try_from(self.len)
+            .map_err(|_| Error::Internal("pack larger than 4 GiB".into()))?;
+        self.append(encoded)?;
+        self.blobs.push(PackedBlob {
+            blob_type,
+            id,
+            offset,
+            length: encoded.len() as u32,
+            raw_length,
+        });
+        Ok(())
+    }
+
+    /// Append the encrypted header and name the pack (not yet committed).
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn finish(mut self, key: &MasterKey) -> Result<StagedPack> {
+        let header = key.seal(aad::PACK_HEADER, &encode_header(&self.blobs));
+        self.append(&header)?;
+        self.append(&(header.len() as u32).to_le_bytes())?;
+        Ok(StagedPack {
+            id: Id(*self.hasher.finalize().as_bytes()),
+            size: self.len as u64,
+            blobs: self.blobs,
+            file: self.out,
+        })
     }
 }
 
@@ -226,6 +330,55 @@ mod tests {
         for cut in [0, 1, 3, 4, 10, p.bytes.len() - 1] {
             assert!(read_header(&k, &p.id, &p.bytes[..cut]).is_err());
         }
+        // the same blobs written to a staged file give an equivalent pack
+        // (the header's nonce is random, so the bytes and name differ)
+        let dir = tempfile::tempdir().unwrap();
+        let backend = crate::backend::LocalBackend::new(dir.path());
+        use crate::backend::{Backend, FileKind};
+        backend.create().unwrap();
+        std::fs::write(dir.path().join("config"), b"x").unwrap();
+        let mut s = StagedPackWriter::new(backend.stage(FileKind::Pack).unwrap().unwrap());
+        for h in &p.blobs {
+            let enc = &p.bytes[h.offset as usize..(h.offset + h.length) as usize];
+            s.add(h.blob_type, h.id, enc, h.raw_length).unwrap();
+        }
+        let staged = s.finish(&k).unwrap();
+        let (sid, ssize) = (staged.id, staged.size);
+        assert_eq!(ssize, p.bytes.len() as u64);
+        assert_eq!(
+            backend.list(FileKind::Pack).unwrap(),
+            vec![],
+            "not visible before commit"
+        );
+        assert_eq!(staged.commit().unwrap(), p.blobs);
+        let stored = backend.read(FileKind::Pack, &sid.to_hex()).unwrap();
+        assert_eq!(Id::of_stored(&stored), sid);
+        assert_eq!(read_header(&k, &sid, &stored).unwrap(), p.blobs);
+        let data_end = p
+            .blobs
+            .last()
+            .map(|b| (b.offset + b.length) as usize)
+            .unwrap();
+        assert_eq!(stored[..data_end], p.bytes[..data_end]);
+        // committing the same name twice never replaces the file
+        let mut twice = StagedPackWriter::new(backend.stage(FileKind::Pack).unwrap().unwrap());
+        for h in &p.blobs {
+            let enc = &p.bytes[h.offset as usize..(h.offset + h.length) as usize];
+            twice.add(h.blob_type, h.id, enc, h.raw_length).unwrap();
+        }
+        let mut twice = twice.finish(&k).unwrap();
+        twice.id = sid;
+        let err = twice.commit().unwrap_err();
+        assert!(err.to_string().contains("already exists"), "{err}");
+        // an abandoned pack leaves nothing behind
+        let mut again = StagedPackWriter::new(backend.stage(FileKind::Pack).unwrap().unwrap());
+        again
+            .add(BlobType::Data, p.blobs[0].id, &p.bytes[..10], 10)
+            .unwrap();
+        drop(again);
+        let leftovers = std::fs::read_dir(dir.path().join("data")).unwrap().count();
+        assert_eq!(leftovers, 1, "only the pack's subdirectory");
+
         let mut bad = p.bytes.clone();
         let n = bad.len();
         bad[n - 10] ^= 0x40;

@@ -4,10 +4,10 @@
 //! an existing file is never replaced.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::io::{BufWriter, ErrorKind, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use super::{Backend, FileInfo, FileKind};
+use super::{Backend, FileInfo, FileKind, StagedFile};
 use crate::error::{Error, Result};
 
 /// Backend for a directory on a local filesystem.
@@ -44,6 +44,84 @@ impl LocalBackend {
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// A fresh temporary name in `dir` (skipped by `list`, never a real file's name).
+fn temp_name(dir: &Path, hint: &str) -> PathBuf {
+    let mut rnd = [0u8; 8];
+    crate::crypto::fill_random(&mut rnd);
+    dir.join(format!(".tmp-{}-{hint}", hex::encode(rnd)))
+}
+
+/// Write buffer of a staged file: small pieces (tree blobs) are gathered,
+/// large ones (data blobs) go straight to the file.
+const STAGE_BUFFER: usize = 256 * 1024;
+
+impl LocalBackend {
+    fn write_err(&self, kind: FileKind, name: &str, target: &Path, e: std::io::Error) -> Error {
+        if e.kind() == ErrorKind::AlreadyExists {
+            Error::Backend {
+                op: "write",
+                key: target.display().to_string(),
+                message: "file already exists (repository files are never overwritten)".into(),
+                source: Some(e),
+            }
+        } else {
+            self.err("write", kind, name, e)
+        }
+    }
+}
+
+/// A file written in place under a temporary name, then flushed and
+/// hard-linked to its final name like [`LocalBackend::write`] does.
+struct LocalStaged {
+    backend: LocalBackend,
+    kind: FileKind,
+    tmp: PathBuf,
+    file: Option<BufWriter<File>>,
+}
+
+impl StagedFile for LocalStaged {
+    fn write_all(&mut self, data: &[u8]) -> Result<()> {
+        let Some(f) = self.file.as_mut() else {
+            return Err(Error::Internal("staged file already closed".into()));
+        };
+        f.write_all(data).map_err(|e| Error::Backend {
+            op: "write",
+            key: self.tmp.display().to_string(),
+            message: e.to_string(),
+            source: Some(e),
+        })
+    }
+
+    fn commit(mut self: Box<Self>, name: &str) -> Result<()> {
+        let (kind, b) = (self.kind, &self.backend);
+        let target = b.path(kind, name);
+        let dir = target.parent().unwrap_or(&b.root).to_path_buf();
+        let file = self.file.take();
+        let result = (|| -> std::io::Result<()> {
+            let f = file
+                .ok_or_else(|| std::io::Error::other("staged file already closed"))?
+                .into_inner()
+                .map_err(std::io::IntoInnerError::into_error)?;
+            f.sync_all()?;
+            drop(f);
+            if !dir.is_dir() {
+                fs::create_dir_all(&dir)?;
+            }
+            fs::hard_link(&self.tmp, &target)?;
+            sync_dir(&dir)
+        })();
+        // Drop removes the temporary name.
+        result.map_err(|e| b.write_err(kind, name, &target, e))
+    }
+}
+
+impl Drop for LocalStaged {
+    fn drop(&mut self) {
+        self.file = None;
+        let _ = fs::remove_file(&self.tmp);
+    }
 }
 
 impl Backend for LocalBackend {
@@ -107,13 +185,7 @@ impl Backend for LocalBackend {
             }
             fs::create_dir_all(&dir).map_err(|e| self.err("write", kind, name, e))?;
         }
-        let mut rnd = [0u8; 8];
-        crate::crypto::fill_random(&mut rnd);
-        let tmp = dir.join(format!(
-            ".tmp-{}-{}",
-            hex::encode(rnd),
-            name.get(..16).unwrap_or(name)
-        ));
+        let tmp = temp_name(&dir, name.get(..16).unwrap_or(name));
         let result = (|| -> std::io::Result<()> {
             let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
             f.write_all(&data)?;
@@ -123,18 +195,37 @@ impl Backend for LocalBackend {
             sync_dir(&dir)
         })();
         let _ = fs::remove_file(&tmp);
-        result.map_err(|e| {
-            if e.kind() == ErrorKind::AlreadyExists {
-                Error::Backend {
-                    op: "write",
-                    key: target.display().to_string(),
-                    message: "file already exists (repository files are never overwritten)".into(),
-                    source: Some(e),
-                }
-            } else {
-                self.err("write", kind, name, e)
+        result.map_err(|e| self.write_err(kind, name, &target, e))
+    }
+
+    fn stage(&self, kind: FileKind) -> Result<Option<Box<dyn StagedFile>>> {
+        // Staged files live in the kind's top directory, on the same
+        // filesystem as their final place (hard links cannot cross filesystems).
+        let dir = match kind {
+            FileKind::Config => self.root.clone(),
+            FileKind::Key => self.root.join("keys"),
+            FileKind::Snapshot => self.root.join("snapshots"),
+            FileKind::Index => self.root.join("index"),
+            FileKind::Pack => self.root.join("data"),
+        };
+        if !dir.is_dir() {
+            if !self.root.join("config").exists() {
+                return Err(Error::RepositoryNotFound(self.location()));
             }
-        })
+            fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
+        }
+        let tmp = temp_name(&dir, "staged");
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| Error::io("create", &tmp, e))?;
+        Ok(Some(Box::new(LocalStaged {
+            backend: LocalBackend::new(self.root.clone()),
+            kind,
+            tmp,
+            file: Some(BufWriter::with_capacity(STAGE_BUFFER, file)),
+        })))
     }
 
     fn list(&self, kind: FileKind) -> Result<Vec<FileInfo>> {

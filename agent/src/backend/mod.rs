@@ -120,6 +120,36 @@ pub trait Backend: Send + Sync {
     /// # Errors
     /// Storage errors.
     fn remove(&self, kind: FileKind, name: &str) -> Result<()>;
+
+    /// Start a file of `kind` that is written piece by piece where it will be
+    /// stored and named when complete ([`StagedFile::commit`]), so that no
+    /// copy of it needs to be held in memory. `None` (the default) when the
+    /// backend cannot do this; callers then assemble the file in memory and
+    /// use [`Backend::write`].
+    ///
+    /// # Errors
+    /// Storage errors.
+    fn stage(&self, _kind: FileKind) -> Result<Option<Box<dyn StagedFile>>> {
+        Ok(None)
+    }
+}
+
+/// A file being written in place under a temporary name (see
+/// [`Backend::stage`]). Dropping it without committing removes it.
+pub trait StagedFile: Send {
+    /// Append bytes.
+    ///
+    /// # Errors
+    /// Storage errors, including a full disk.
+    fn write_all(&mut self, data: &[u8]) -> Result<()>;
+
+    /// Make the file durable and give it its final name, with the same
+    /// guarantees as [`Backend::write`]: readers see all of it or nothing, and
+    /// an existing file is never replaced.
+    ///
+    /// # Errors
+    /// Storage errors; an existing file of that name.
+    fn commit(self: Box<Self>, name: &str) -> Result<()>;
 }
 
 /// Open the backend a repository location names: `s3:...` or a local path
