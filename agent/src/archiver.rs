@@ -764,20 +764,14 @@ fn pack_blobs(shared: &Shared<'_>, sealed: Receiver<SealedBlob>, packs: Sender<R
         add(&c.bytes_added, u64::from(b.raw_len));
         let slot = &mut open[usize::from(b.blob_type == BlobType::Tree)];
         let step = (|| -> Result<Option<ReadyPack>> {
-            if slot.is_none() {
-                *slot = Some(OpenPack::new(shared)?);
-            }
-            let size = match slot.as_mut() {
-                Some(w) => w.add(&b)?,
-                None => return Ok(None),
+            let w = match slot {
+                Some(w) => w,
+                None => slot.insert(OpenPack::new(shared)?),
             };
-            match slot.take() {
-                Some(full) if size >= target => full.finish(key).map(Some),
-                other => {
-                    *slot = other;
-                    Ok(None)
-                }
+            if w.add(&b)? < target {
+                return Ok(None);
             }
+            slot.take().map(|full| full.finish(key)).transpose()
         })();
         match step {
             Ok(Some(ready)) => {

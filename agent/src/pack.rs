@@ -149,11 +149,6 @@ impl StagedPackWriter {
         self.len
     }
 
-    /// True when no blob was added.
-    pub fn is_empty(&self) -> bool {
-        self.blobs.is_empty()
-    }
-
     fn append(&mut self, bytes: &[u8]) -> Result<()> {
         self.out.write_all(bytes)?;
         self.hasher.update(bytes);

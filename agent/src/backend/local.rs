@@ -47,10 +47,10 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 /// A fresh temporary name in `dir` (skipped by `list`, never a real file's name).
-fn temp_name(dir: &Path, hint: &str) -> PathBuf {
+fn temp_name(dir: &Path) -> PathBuf {
     let mut rnd = [0u8; 8];
     crate::crypto::fill_random(&mut rnd);
-    dir.join(format!(".tmp-{}-{hint}", hex::encode(rnd)))
+    dir.join(format!(".tmp-{}", hex::encode(rnd)))
 }
 
 /// Write buffer of a staged file: small pieces (tree blobs) are gathered,
@@ -58,6 +58,36 @@ fn temp_name(dir: &Path, hint: &str) -> PathBuf {
 const STAGE_BUFFER: usize = 256 * 1024;
 
 impl LocalBackend {
+    /// A temporary file in the kind's top directory, on the same filesystem
+    /// as its final place (hard links cannot cross filesystems).
+    fn staged(&self, kind: FileKind) -> Result<LocalStaged> {
+        let dir = match kind {
+            FileKind::Config => self.root.clone(),
+            FileKind::Key => self.root.join("keys"),
+            FileKind::Snapshot => self.root.join("snapshots"),
+            FileKind::Index => self.root.join("index"),
+            FileKind::Pack => self.root.join("data"),
+        };
+        if !dir.is_dir() {
+            if !self.root.join("config").exists() && kind != FileKind::Config {
+                return Err(Error::RepositoryNotFound(self.location()));
+            }
+            fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
+        }
+        let tmp = temp_name(&dir);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| Error::io("create", &tmp, e))?;
+        Ok(LocalStaged {
+            backend: LocalBackend::new(self.root.clone()),
+            kind,
+            tmp,
+            file: Some(BufWriter::with_capacity(STAGE_BUFFER, file)),
+        })
+    }
+
     fn write_err(&self, kind: FileKind, name: &str, target: &Path, e: std::io::Error) -> Error {
         if e.kind() == ErrorKind::AlreadyExists {
             Error::Backend {
@@ -72,8 +102,8 @@ impl LocalBackend {
     }
 }
 
-/// A file written in place under a temporary name, then flushed and
-/// hard-linked to its final name like [`LocalBackend::write`] does.
+/// A file written under a temporary name, then flushed and hard-linked to its
+/// final name: how every file of a local repository is stored.
 struct LocalStaged {
     backend: LocalBackend,
     kind: FileKind,
@@ -177,55 +207,13 @@ impl Backend for LocalBackend {
     }
 
     fn write(&self, kind: FileKind, name: &str, data: Vec<u8>) -> Result<()> {
-        let target = self.path(kind, name);
-        let dir = target.parent().unwrap_or(&self.root).to_path_buf();
-        if !dir.is_dir() {
-            if !self.root.join("config").exists() && kind != FileKind::Config {
-                return Err(Error::RepositoryNotFound(self.location()));
-            }
-            fs::create_dir_all(&dir).map_err(|e| self.err("write", kind, name, e))?;
-        }
-        let tmp = temp_name(&dir, name.get(..16).unwrap_or(name));
-        let result = (|| -> std::io::Result<()> {
-            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-            f.write_all(&data)?;
-            f.sync_all()?;
-            drop(f);
-            fs::hard_link(&tmp, &target)?;
-            sync_dir(&dir)
-        })();
-        let _ = fs::remove_file(&tmp);
-        result.map_err(|e| self.write_err(kind, name, &target, e))
+        let mut f = self.staged(kind)?;
+        f.write_all(&data)?;
+        Box::new(f).commit(name)
     }
 
     fn stage(&self, kind: FileKind) -> Result<Option<Box<dyn StagedFile>>> {
-        // Staged files live in the kind's top directory, on the same
-        // filesystem as their final place (hard links cannot cross filesystems).
-        let dir = match kind {
-            FileKind::Config => self.root.clone(),
-            FileKind::Key => self.root.join("keys"),
-            FileKind::Snapshot => self.root.join("snapshots"),
-            FileKind::Index => self.root.join("index"),
-            FileKind::Pack => self.root.join("data"),
-        };
-        if !dir.is_dir() {
-            if !self.root.join("config").exists() {
-                return Err(Error::RepositoryNotFound(self.location()));
-            }
-            fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
-        }
-        let tmp = temp_name(&dir, "staged");
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(|e| Error::io("create", &tmp, e))?;
-        Ok(Some(Box::new(LocalStaged {
-            backend: LocalBackend::new(self.root.clone()),
-            kind,
-            tmp,
-            file: Some(BufWriter::with_capacity(STAGE_BUFFER, file)),
-        })))
+        Ok(Some(Box::new(self.staged(kind)?)))
     }
 
     fn list(&self, kind: FileKind) -> Result<Vec<FileInfo>> {
