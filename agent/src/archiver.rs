@@ -14,7 +14,7 @@
 //! the parent snapshot's content can be reused (metadata unchanged) or the file
 //! must be read. The tree builder assembles directories in depth-first order.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::ErrorKind;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
@@ -28,6 +28,7 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use crate::backend::FileKind;
 use crate::blob::{encode_blob, BlobType};
+use crate::blobset::BlobSet;
 use crate::constants::{INDEX_FLUSH_BLOBS, INDEX_FLUSH_INTERVAL};
 use crate::error::{Error, Result};
 use crate::id::Id;
@@ -171,7 +172,7 @@ fn add(c: &AtomicU64, n: u64) {
 struct Shared<'r> {
     repo: &'r Repository,
     /// Blobs queued or written by this run (not yet in the repository index).
-    pending: Mutex<HashSet<(BlobType, Id)>>,
+    pending: Mutex<BlobSet>,
     counters: Counters,
     failed: AtomicBool,
     fatal: Mutex<Option<Error>>,
@@ -189,7 +190,7 @@ impl Shared<'_> {
         }
         self.pending
             .lock()
-            .map(|mut p| p.insert((t, id)))
+            .map(|mut p| p.insert(t, id))
             .unwrap_or(false)
     }
 
@@ -887,7 +888,7 @@ pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupResult> {
     };
     let shared = Shared {
         repo,
-        pending: Mutex::new(HashSet::new()),
+        pending: Mutex::new(BlobSet::new()),
         counters: Counters::default(),
         failed: AtomicBool::new(false),
         fatal: Mutex::new(None),

@@ -20,6 +20,7 @@ use serde::Serialize;
 
 use crate::backend::FileKind;
 use crate::blob::{encode_blob, BlobType};
+use crate::blobset::BlobSet;
 use crate::constants::{INDEX_FLUSH_BLOBS, INDEX_FLUSH_INTERVAL};
 use crate::error::{Error, Result};
 use crate::id::Id;
@@ -60,7 +61,7 @@ struct Copier<'a> {
     data_map: HashMap<Id, Id>,
     tree_map: HashMap<Id, Id>,
     /// Blobs stored by this run, not yet in the target's loaded index.
-    pending: HashSet<(BlobType, Id)>,
+    pending: BlobSet,
     writers: [PackWriter; 2],
     index: IndexFile,
     last_index: Instant,
@@ -69,11 +70,11 @@ struct Copier<'a> {
 
 impl Copier<'_> {
     fn has(&self, t: BlobType, id: &Id) -> bool {
-        self.dst.index().contains_live(t, id) || self.pending.contains(&(t, *id))
+        self.dst.index().contains_live(t, id) || self.pending.contains(t, id)
     }
 
     fn store(&mut self, t: BlobType, id: Id, plain: &[u8]) -> Result<()> {
-        if !self.pending.insert((t, id)) {
+        if !self.pending.insert(t, id) {
             return Ok(());
         }
         let encoded = encode_blob(self.dst.key(), t, &id, plain, self.dst.config().zstd_level);
@@ -223,7 +224,7 @@ pub fn copy(src: &Repository, dst: &Repository, snapshots: &[Id]) -> Result<Copy
         same_ids,
         data_map: HashMap::new(),
         tree_map: HashMap::new(),
-        pending: HashSet::new(),
+        pending: BlobSet::new(),
         writers: [PackWriter::new(), PackWriter::new()],
         index: IndexFile::default(),
         last_index: Instant::now(),

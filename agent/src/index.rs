@@ -183,9 +183,11 @@ impl Index {
     pub fn finish(&mut self) {
         if !self.sorted {
             let live = &self.live;
-            self.entries.sort_by_key(|e| {
-                let n = (e.pack_and_type & !TREE_BIT) as usize;
-                (e.key(), !live[n])
+            // Unstable (no scratch buffer of half the entries); the pack
+            // number breaks ties, so the first pack added wins among equals.
+            self.entries.sort_unstable_by_key(|e| {
+                let n = e.pack_and_type & !TREE_BIT;
+                (e.key(), !live[n as usize], n)
             });
             self.entries.dedup_by_key(|e| e.key());
             self.entries.shrink_to_fit();

@@ -7,6 +7,7 @@
 pub mod archiver;
 pub mod backend;
 pub mod blob;
+pub mod blobset;
 pub mod check;
 pub mod chunker;
 pub mod constants;

@@ -98,20 +98,52 @@ pub struct Repository {
 const METADATA_RAW: u8 = 0;
 const METADATA_ZSTD: u8 = 1;
 
-/// Compress and encrypt a metadata file: `seal(aad, flag || payload)`.
-fn encode_metadata(key: &MasterKey, domain: &[u8], json: &[u8]) -> Vec<u8> {
-    let mut plain = Vec::with_capacity(json.len() / 3 + 16);
-    match zstd::bulk::compress(json, DEFAULT_ZSTD_LEVEL) {
-        Ok(c) if c.len() < json.len() => {
-            plain.push(METADATA_ZSTD);
-            plain.extend_from_slice(&c);
-        }
-        _ => {
-            plain.push(METADATA_RAW);
-            plain.extend_from_slice(json);
-        }
+/// Counts the bytes written through it.
+struct Counting<W> {
+    inner: W,
+    written: usize,
+}
+
+impl<W: std::io::Write> std::io::Write for Counting<W> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(b)?;
+        self.written += n;
+        Ok(n)
     }
-    key.seal(domain, &plain)
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Serialise, compress and encrypt a metadata file: `seal(aad, flag || payload)`.
+/// The JSON is streamed into the compressor, so only its compressed form is
+/// held in memory (an index file of 100 000 blobs is ~23 MB of JSON, ~8 MB
+/// compressed); the buffer is then sealed in place.
+fn encode_metadata<T: Serialize + ?Sized>(
+    key: &MasterKey,
+    domain: &[u8],
+    value: &T,
+) -> Result<Vec<u8>> {
+    let internal = |e: std::io::Error| Error::Internal(format!("encoding metadata: {e}"));
+    let mut buf = vec![0u8; NONCE_LEN];
+    buf.push(METADATA_ZSTD);
+    let mut json = Counting {
+        inner: zstd::stream::Encoder::new(buf, DEFAULT_ZSTD_LEVEL).map_err(internal)?,
+        written: 0,
+    };
+    serde_json::to_writer(&mut json, value).map_err(|e| Error::Internal(e.to_string()))?;
+    let json_len = json.written;
+    let mut buf = json.inner.finish().map_err(internal)?;
+    let compressed_len = buf.len() - NONCE_LEN - 1;
+    if compressed_len >= json_len {
+        // Not worth compressing (small files): store the JSON as it is.
+        buf.truncate(NONCE_LEN);
+        buf.push(METADATA_RAW);
+        serde_json::to_writer(&mut buf, value).map_err(|e| Error::Internal(e.to_string()))?;
+    }
+    buf.reserve_exact(TAG_LEN);
+    key.seal_in_place(domain, &mut buf);
+    Ok(buf)
 }
 
 fn decode_metadata(key: &MasterKey, domain: &[u8], stored: &[u8], object: &str) -> Result<Vec<u8>> {
@@ -265,12 +297,11 @@ impl Repository {
             zstd_level: DEFAULT_ZSTD_LEVEL,
             pack_size: PACK_TARGET_SIZE,
         };
-        let json = serde_json::to_vec(&config).map_err(|e| Error::Internal(e.to_string()))?;
         // The config is written last: a location without it is not a repository.
         backend.write(
             FileKind::Config,
             "",
-            encode_metadata(&key, aad::CONFIG, &json),
+            encode_metadata(&key, aad::CONFIG, &config)?,
         )?;
         Ok(Repository {
             backend,
@@ -390,8 +421,7 @@ impl Repository {
     /// # Errors
     /// Storage errors.
     pub fn save_json<T: Serialize>(&self, kind: FileKind, value: &T) -> Result<Id> {
-        let json = serde_json::to_vec(value).map_err(|e| Error::Internal(e.to_string()))?;
-        let stored = encode_metadata(&self.key, Self::domain(kind)?, &json);
+        let stored = encode_metadata(&self.key, Self::domain(kind)?, value)?;
         let id = Id::of_stored(&stored);
         self.backend.write(kind, &id.to_hex(), stored)?;
         Ok(id)

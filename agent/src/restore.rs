@@ -13,14 +13,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
-use crossbeam_channel::bounded;
+use crossbeam_channel::{bounded, Sender};
 use filetime::FileTime;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::repository::Repository;
-use crate::tree::{Node, NodeType, RawName};
+use crate::tree::{Node, NodeType};
 
 /// What to restore and where.
 #[derive(Clone, Debug, Default)]
@@ -245,85 +245,114 @@ fn restore_other(ctx: &Ctx<'_>, path: &Path, node: &Node) -> Result<()> {
     apply_metadata(ctx, path, node)
 }
 
-struct Plan {
-    files: Vec<FileTask>,
-    others: Vec<(PathBuf, Node)>,
-    /// Directories to finish, parents before children.
+/// Walks the snapshot's trees depth-first and restores as it goes: a directory
+/// is created when the first included entry below it is found, files go to
+/// the workers through a bounded channel, other entries are made at once.
+/// Only directories (their metadata is applied last) and hard links are
+/// remembered, so memory does not grow with the number of files.
+struct Walk<'c, 'r> {
+    ctx: &'c Ctx<'r>,
+    files: Sender<FileTask>,
+    /// Directories entered, outermost first; the first `created` of them exist.
+    stack: Vec<PathBuf>,
+    created: usize,
+    /// Created directories, children before parents, with their metadata.
     dirs: Vec<(PathBuf, Node)>,
-    /// Hard links: (link path, first path).
+    /// Hard links: (link path, first path), made once all files are written.
     links: Vec<(PathBuf, PathBuf)>,
     seen_inodes: HashMap<(u64, u64), PathBuf>,
+    /// The workers have stopped (they only stop early when the channel closes).
+    closed: bool,
 }
 
-/// Walk a tree and plan the restore of everything included.
-fn plan_tree(
-    ctx: &Ctx<'_>,
-    plan: &mut Plan,
-    tree_id: &Id,
-    snap_path: &Path,
-    target: &Path,
-    included: bool,
-) -> Result<bool> {
-    let tree = ctx.repo.load_tree(tree_id)?;
-    let mut any = false;
-    for node in tree.nodes {
-        let name = node.name.to_os();
-        if name.is_empty() || name == "." || name == ".." || name.as_bytes().contains(&b'/') {
-            ctx.error(
-                &target.join(&name),
-                "unsafe name in snapshot, skipped".into(),
-            );
-            continue;
-        }
-        let sp = snap_path.join(&name);
-        let tp = target.join(&name);
-        let inc = included || ctx.includes.as_ref().is_none_or(|g| g.is_match(&sp));
-        any |= plan_node(ctx, plan, node, &sp, &tp, inc)?;
-    }
-    Ok(any)
-}
-
-fn plan_node(
-    ctx: &Ctx<'_>,
-    plan: &mut Plan,
-    node: Node,
-    snap_path: &Path,
-    target: &Path,
-    included: bool,
-) -> Result<bool> {
-    match node.node_type {
-        NodeType::Dir => {
-            let pos = plan.dirs.len();
-            plan.dirs.push((target.to_path_buf(), node.clone()));
-            let any = match node.subtree {
-                Some(sub) => plan_tree(ctx, plan, &sub, snap_path, target, included)?,
-                None => false,
-            };
-            if !(any || included) {
-                plan.dirs.remove(pos);
-            }
-            Ok(any || included)
-        }
-        _ if !included => Ok(false),
-        NodeType::File => {
-            if node.links > 1 {
-                let key = (node.device_id, node.inode);
-                if let Some(first) = plan.seen_inodes.get(&key) {
-                    plan.links.push((target.to_path_buf(), first.clone()));
-                    return Ok(true);
+impl Walk<'_, '_> {
+    /// Create the entered directories that do not exist yet.
+    fn ensure_dirs(&mut self) {
+        for path in &self.stack[self.created..] {
+            if let Ok(m) = fs::symlink_metadata(path) {
+                if !m.is_dir() {
+                    let _ = fs::remove_file(path);
                 }
-                plan.seen_inodes.insert(key, target.to_path_buf());
             }
-            plan.files.push(FileTask {
-                path: target.to_path_buf(),
-                node,
-            });
-            Ok(true)
+            if let Err(e) = fs::create_dir_all(path) {
+                self.ctx
+                    .error(path, format!("cannot create directory: {e}"));
+            }
         }
-        _ => {
-            plan.others.push((target.to_path_buf(), node));
-            Ok(true)
+        self.created = self.stack.len();
+    }
+
+    fn tree(
+        &mut self,
+        tree_id: &Id,
+        snap_path: &Path,
+        target: &Path,
+        included: bool,
+    ) -> Result<()> {
+        let tree = self.ctx.repo.load_tree(tree_id)?;
+        for node in tree.nodes {
+            let name = node.name.to_os();
+            if name.is_empty() || name == "." || name == ".." || name.as_bytes().contains(&b'/') {
+                self.ctx.error(
+                    &target.join(&name),
+                    "unsafe name in snapshot, skipped".into(),
+                );
+                continue;
+            }
+            let sp = snap_path.join(&name);
+            let tp = target.join(&name);
+            let inc = included || self.ctx.includes.as_ref().is_none_or(|g| g.is_match(&sp));
+            self.node(node, &sp, tp, inc)?;
         }
+        Ok(())
+    }
+
+    fn node(
+        &mut self,
+        node: Node,
+        snap_path: &Path,
+        target: PathBuf,
+        included: bool,
+    ) -> Result<()> {
+        match node.node_type {
+            NodeType::Dir => {
+                self.stack.push(target.clone());
+                if included {
+                    self.ensure_dirs();
+                }
+                if let Some(sub) = node.subtree {
+                    self.tree(&sub, snap_path, &target, included)?;
+                }
+                let created = self.created == self.stack.len();
+                self.stack.pop();
+                if created {
+                    self.created -= 1;
+                    self.dirs.push((target, node));
+                }
+            }
+            _ if !included => {}
+            NodeType::File => {
+                self.ensure_dirs();
+                if node.links > 1 {
+                    let key = (node.device_id, node.inode);
+                    if let Some(first) = self.seen_inodes.get(&key) {
+                        self.links.push((target, first.clone()));
+                        return Ok(());
+                    }
+                    self.seen_inodes.insert(key, target.clone());
+                }
+                if !self.closed && self.files.send(FileTask { path: target, node }).is_err() {
+                    self.closed = true;
+                }
+            }
+            _ => {
+                self.ensure_dirs();
+                if let Err(e) = restore_other(self.ctx, &target, &node) {
+                    self.ctx.error(&target, e.to_string());
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -395,48 +424,6 @@ pub fn restore(repo: &Repository, root: &Id, opts: &RestoreOptions) -> Result<Re
         bytes: AtomicU64::new(0),
     };
     fs::create_dir_all(&opts.target).map_err(io_err("create target directory", &opts.target))?;
-    let mut plan = Plan {
-        files: Vec::new(),
-        others: Vec::new(),
-        dirs: Vec::new(),
-        links: Vec::new(),
-        seen_inodes: HashMap::new(),
-    };
-    match opts
-        .subpath
-        .as_deref()
-        .filter(|s| !s.trim_matches('/').is_empty())
-    {
-        None => {
-            plan_tree(&ctx, &mut plan, root, Path::new("/"), &opts.target, false)?;
-        }
-        Some(sub) => {
-            let node = find_subpath(repo, root, sub)?;
-            let snap_path = Path::new("/").join(sub.trim_start_matches('/'));
-            if node.node_type == NodeType::Dir {
-                // The directory's contents go straight into the target; the target gets its metadata.
-                plan.dirs.push((opts.target.clone(), node.clone()));
-                if let Some(t) = node.subtree {
-                    plan_tree(&ctx, &mut plan, &t, &snap_path, &opts.target, false)?;
-                }
-            } else {
-                let name = RawName(node.name.0.clone()).to_os();
-                let target = opts.target.join(name);
-                plan_node(&ctx, &mut plan, node, &snap_path, &target, true)?;
-            }
-        }
-    }
-
-    for (path, _) in &plan.dirs {
-        if let Ok(m) = fs::symlink_metadata(path) {
-            if !m.is_dir() {
-                let _ = fs::remove_file(path);
-            }
-        }
-        if let Err(e) = fs::create_dir_all(path) {
-            ctx.error(path, format!("cannot create directory: {e}"));
-        }
-    }
 
     let threads = if opts.threads == 0 {
         // CPU-bound locally; latency-bound on object stores, where more requests in flight help.
@@ -447,11 +434,11 @@ pub fn restore(repo: &Repository, root: &Id, opts: &RestoreOptions) -> Result<Re
     } else {
         opts.threads
     };
-    std::thread::scope(|s| {
+    let (walked, dirs, links) = std::thread::scope(|s| {
+        let ctx = &ctx;
         let (tx, rx) = bounded::<FileTask>(threads * 4);
         for _ in 0..threads {
             let rx = rx.clone();
-            let ctx = &ctx;
             s.spawn(move || {
                 for task in rx {
                     match restore_file(ctx, &task.path, &task.node) {
@@ -463,19 +450,45 @@ pub fn restore(repo: &Repository, root: &Id, opts: &RestoreOptions) -> Result<Re
                 }
             });
         }
-        for task in plan.files.drain(..) {
-            if tx.send(task).is_err() {
-                break;
-            }
-        }
+        let mut walk = Walk {
+            ctx,
+            files: tx,
+            stack: Vec::new(),
+            created: 0,
+            dirs: Vec::new(),
+            links: Vec::new(),
+            seen_inodes: HashMap::new(),
+            closed: false,
+        };
+        let walked = match opts
+            .subpath
+            .as_deref()
+            .filter(|s| !s.trim_matches('/').is_empty())
+        {
+            None => walk.tree(root, Path::new("/"), &opts.target, false),
+            Some(sub) => find_subpath(repo, root, sub).and_then(|node| {
+                let snap_path = Path::new("/").join(sub.trim_start_matches('/'));
+                if node.node_type == NodeType::Dir {
+                    // The directory's contents go straight into the target; the
+                    // target gets its metadata (last: it is the outermost).
+                    if let Some(t) = node.subtree {
+                        walk.tree(&t, &snap_path, &opts.target, false)?;
+                    }
+                    walk.dirs.push((opts.target.clone(), node));
+                    Ok(())
+                } else {
+                    let target = opts.target.join(node.name.to_os());
+                    walk.node(node, &snap_path, target, true)
+                }
+            }),
+        };
+        // Dropping the walk closes the channel: the workers finish the queue and stop.
+        let Walk { dirs, links, .. } = walk;
+        (walked, dirs, links)
     });
+    walked?;
 
-    for (path, node) in &plan.others {
-        if let Err(e) = restore_other(&ctx, path, node) {
-            ctx.error(path, e.to_string());
-        }
-    }
-    for (link, first) in &plan.links {
+    for (link, first) in &links {
         let r = remove_existing(link)
             .and_then(|_| fs::hard_link(first, link).map_err(io_err("link", link)));
         match r {
@@ -485,10 +498,10 @@ pub fn restore(repo: &Repository, root: &Id, opts: &RestoreOptions) -> Result<Re
             Err(e) => ctx.error(link, e.to_string()),
         }
     }
-    let mut dirs = 0;
-    for (path, node) in plan.dirs.iter().rev() {
+    let mut ndirs = 0;
+    for (path, node) in &dirs {
         match apply_metadata(&ctx, path, node) {
-            Ok(()) => dirs += 1,
+            Ok(()) => ndirs += 1,
             Err(e) => ctx.error(path, e.to_string()),
         }
     }
@@ -497,7 +510,7 @@ pub fn restore(repo: &Repository, root: &Id, opts: &RestoreOptions) -> Result<Re
     sync_filesystem(&opts.target)?;
     Ok(RestoreSummary {
         files: ctx.files.load(Ordering::Relaxed),
-        dirs,
+        dirs: ndirs,
         others: ctx.others.load(Ordering::Relaxed),
         bytes: ctx.bytes.load(Ordering::Relaxed),
         errors: ctx
