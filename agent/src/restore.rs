@@ -7,16 +7,20 @@ use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs::{self, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
+use std::ops::Range;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::sync::{Mutex, PoisonError};
 
 use crossbeam_channel::{bounded, Sender};
 use filetime::FileTime;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
+use crate::blob::BlobType;
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::repository::Repository;
@@ -85,9 +89,32 @@ impl Ctx<'_> {
     }
 }
 
-struct FileTask {
+enum FileTask {
+    /// A file restored by one worker, front to back.
+    Whole { path: PathBuf, node: Node },
+    /// Blobs `blobs` of a large file, written at `offset` (see [`PART_BLOBS`]).
+    Part {
+        file: Arc<PartedFile>,
+        blobs: Range<usize>,
+        offset: u64,
+    },
+}
+
+/// Files with more content blobs than this are restored in parts of this
+/// many blobs (~32 MiB at the average chunk size) by all workers at once, so
+/// one large file (a database volume, a disk image) is decrypted,
+/// decompressed and verified on every core.
+const PART_BLOBS: usize = 64;
+
+/// A large file being restored in parts. The worker that finishes the last
+/// part checks the size and applies the metadata.
+struct PartedFile {
     path: PathBuf,
     node: Node,
+    file: fs::File,
+    parts_left: AtomicUsize,
+    written: AtomicU64,
+    failed: AtomicBool,
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
@@ -129,9 +156,6 @@ fn remove_existing(path: &Path) -> Result<()> {
     }
 }
 
-/// Largest single ranged read of consecutive blobs during restore.
-const READ_RUN_MAX: u64 = 16 << 20;
-
 /// Start writing a large file's data to disk every this many bytes, without
 /// waiting: the final `syncfs` then finds little left to flush, and the disk
 /// works while the CPUs decrypt and decompress (the kernel would otherwise
@@ -167,7 +191,7 @@ fn restore_file(ctx: &Ctx<'_>, path: &Path, node: &Node) -> Result<()> {
     let mut flushed = 0u64;
     let mut hole = false;
     ctx.repo
-        .read_data_blobs(&node.content, READ_RUN_MAX, |data| {
+        .read_data_blobs(&node.content, ctx.repo.backend().max_read_run(), |data| {
             // All-zero chunks become holes: sparse files stay sparse.
             if data.len() >= 4096 && data.iter().all(|&b| b == 0) {
                 f.seek(SeekFrom::Current(data.len() as i64))
@@ -202,6 +226,114 @@ fn restore_file(ctx: &Ctx<'_>, path: &Path, node: &Node) -> Result<()> {
     drop(f);
     ctx.bytes.fetch_add(written, Ordering::Relaxed);
     apply_metadata(ctx, path, node)
+}
+
+/// Create a large file at its final size and split it into parts for the
+/// workers (part offsets come from the blobs' plaintext lengths in the index).
+fn open_parted(ctx: &Ctx<'_>, path: PathBuf, node: Node) -> Result<Vec<FileTask>> {
+    let mut offsets = Vec::with_capacity(node.content.len().div_ceil(PART_BLOBS));
+    let mut offset = 0u64;
+    for (i, id) in node.content.iter().enumerate() {
+        if i % PART_BLOBS == 0 {
+            offsets.push((i, offset));
+        }
+        let loc = ctx
+            .repo
+            .index()
+            .lookup(BlobType::Data, id)
+            .ok_or_else(|| Error::NotFound(format!("data blob {id} (not in the index)")))?;
+        offset += u64::from(loc.raw_length);
+    }
+    if offset != node.size {
+        return Err(Error::corrupt(
+            format!("file {}", path.display()),
+            format!(
+                "its blobs hold {offset} bytes but the snapshot records {}",
+                node.size
+            ),
+        ));
+    }
+    remove_existing(&path)?;
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io_err("create", &path))?;
+    // At its final size from the start: parts land anywhere, and all-zero
+    // chunks are simply not written (they stay holes).
+    file.set_len(node.size).map_err(io_err("truncate", &path))?;
+    let n = node.content.len();
+    let shared = Arc::new(PartedFile {
+        path,
+        node,
+        file,
+        parts_left: AtomicUsize::new(offsets.len()),
+        written: AtomicU64::new(0),
+        failed: AtomicBool::new(false),
+    });
+    Ok(offsets
+        .into_iter()
+        .map(|(i, offset)| FileTask::Part {
+            file: Arc::clone(&shared),
+            blobs: i..(i + PART_BLOBS).min(n),
+            offset,
+        })
+        .collect())
+}
+
+/// Write one part of a large file; the last part to finish completes the file.
+fn restore_part(ctx: &Ctx<'_>, pf: &PartedFile, blobs: Range<usize>, offset: u64) {
+    let mut pos = offset;
+    let mut flushed = offset;
+    let r = ctx.repo.read_data_blobs(
+        &pf.node.content[blobs],
+        ctx.repo.backend().max_read_run(),
+        |data| {
+            if !(data.len() >= 4096 && data.iter().all(|&b| b == 0)) {
+                pf.file
+                    .write_all_at(&data, pos)
+                    .map_err(io_err("write", &pf.path))?;
+            }
+            pos += data.len() as u64;
+            if pos - flushed >= WRITEBACK_EVERY {
+                start_writeback(&pf.file, flushed, pos - flushed);
+                flushed = pos;
+            }
+            Ok(())
+        },
+    );
+    if pos > flushed {
+        start_writeback(&pf.file, flushed, pos - flushed);
+    }
+    pf.written.fetch_add(pos - offset, Ordering::Relaxed);
+    if let Err(e) = r {
+        if !pf.failed.swap(true, Ordering::Relaxed) {
+            ctx.error(&pf.path, e.to_string());
+        }
+    }
+    if pf.parts_left.fetch_sub(1, Ordering::AcqRel) != 1 || pf.failed.load(Ordering::Relaxed) {
+        return;
+    }
+    let written = pf.written.load(Ordering::Relaxed);
+    let done = if written == pf.node.size {
+        apply_metadata(ctx, &pf.path, &pf.node)
+    } else {
+        Err(Error::corrupt(
+            format!("file {}", pf.path.display()),
+            format!(
+                "restored {written} bytes but the snapshot records {}",
+                pf.node.size
+            ),
+        ))
+    };
+    match done {
+        Ok(()) => {
+            ctx.files.fetch_add(1, Ordering::Relaxed);
+            ctx.bytes.fetch_add(written, Ordering::Relaxed);
+        }
+        Err(e) => ctx.error(&pf.path, e.to_string()),
+    }
 }
 
 fn make_special(path: &Path, node: &Node) -> Result<()> {
@@ -341,8 +473,22 @@ impl Walk<'_, '_> {
                     }
                     self.seen_inodes.insert(key, target.clone());
                 }
-                if !self.closed && self.files.send(FileTask { path: target, node }).is_err() {
-                    self.closed = true;
+                let tasks = if node.content.len() > PART_BLOBS {
+                    match open_parted(self.ctx, target.clone(), node) {
+                        Ok(parts) => parts,
+                        Err(e) => {
+                            self.ctx.error(&target, e.to_string());
+                            return Ok(());
+                        }
+                    }
+                } else {
+                    vec![FileTask::Whole { path: target, node }]
+                };
+                for task in tasks {
+                    if self.closed || self.files.send(task).is_err() {
+                        self.closed = true;
+                        break;
+                    }
                 }
             }
             _ => {
@@ -441,11 +587,18 @@ pub fn restore(repo: &Repository, root: &Id, opts: &RestoreOptions) -> Result<Re
             let rx = rx.clone();
             s.spawn(move || {
                 for task in rx {
-                    match restore_file(ctx, &task.path, &task.node) {
-                        Ok(()) => {
-                            ctx.files.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(e) => ctx.error(&task.path, e.to_string()),
+                    match task {
+                        FileTask::Whole { path, node } => match restore_file(ctx, &path, &node) {
+                            Ok(()) => {
+                                ctx.files.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => ctx.error(&path, e.to_string()),
+                        },
+                        FileTask::Part {
+                            file,
+                            blobs,
+                            offset,
+                        } => restore_part(ctx, &file, blobs, offset),
                     }
                 }
             });

@@ -109,6 +109,37 @@ fn backup_and_restore_are_byte_identical_with_metadata() {
 }
 
 #[test]
+fn large_file_is_restored_in_parts_with_holes_and_metadata() {
+    // > 64 content blobs: restored in parts by several workers (restore::PART_BLOBS).
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    let mut big = random_bytes(20 << 20, 11);
+    big.extend(std::iter::repeat_n(0u8, 10 << 20));
+    big.extend(random_bytes((20 << 20) + 12_345, 12));
+    let path = src.join("volume.img");
+    fs::write(&path, &big).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+    set_mtime(&path, 1_650_000_000, 987_654_321);
+    env.ok(&["init"]);
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let t = env.path("out");
+    let out = env.json(&["restore", "latest", "--target", t.to_str().unwrap()]);
+    assert_eq!(out["summary"]["files"], 1, "{out}");
+    assert_eq!(out["summary"]["bytes"], big.len() as u64, "{out}");
+    let restored = restored_path(&env, "out", &src);
+    assert_same_tree(&src, &restored);
+    assert!(fs::read(restored.join("volume.img")).unwrap() == big);
+    let m = fs::metadata(restored.join("volume.img")).unwrap();
+    assert!(
+        m.blocks() * 512 <= m.len() - (6 << 20),
+        "the zero run was written instead of left as a hole: {} of {} bytes allocated",
+        m.blocks() * 512,
+        m.len()
+    );
+}
+
+#[test]
 fn restore_subpath_and_includes() {
     let env = Env::new();
     let src = env.path("src");

@@ -116,6 +116,10 @@ impl Backend for CachedBackend {
         self.inner.concurrency()
     }
 
+    fn max_read_run(&self) -> u64 {
+        self.inner.max_read_run()
+    }
+
     fn create(&self) -> Result<()> {
         self.inner.create()
     }

@@ -159,6 +159,12 @@ impl Backend for LocalBackend {
         self.root.display().to_string()
     }
 
+    /// A read syscall per 2 MiB costs nothing next to the data, and smaller
+    /// runs keep each restore worker's buffers small.
+    fn max_read_run(&self) -> u64 {
+        2 << 20
+    }
+
     fn create(&self) -> Result<()> {
         if self.root.join("config").exists() {
             return Err(Error::RepositoryExists(self.location()));

@@ -70,6 +70,13 @@ pub trait Backend: Send + Sync {
         2
     }
 
+    /// Largest ranged read worth making at once when consecutive blobs are
+    /// read together (restore): large for object stores, where every request
+    /// costs latency and money.
+    fn max_read_run(&self) -> u64 {
+        16 << 20
+    }
+
     /// Prepare an empty location for a new repository.
     ///
     /// # Errors
