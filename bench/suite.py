@@ -8,7 +8,8 @@ side by side on the same data, on this machine.
 
 For each dataset and repetition, every tool gets a fresh repository (local, on
 the same disk, encryption on, each with its defaults; Borg with
-repokey-blake2 and -C zstd,3) and the steps run interleaved (A B C, A B C ...):
+repokey-blake2 and -C zstd,3) and the steps run interleaved, the order rotating
+with each repetition (A B C, then B C A, C A B ...):
 
   first     backup of the dataset
   unchanged backup of the same, unchanged tree
@@ -402,12 +403,16 @@ def run_dataset(name, rep, tools, work, quick, results):
         log(f"  {step:9} {t.name:7} {m['wall']:8.2f} s  {m['cpu']:8.2f} CPU-s  "
             f"{m['rss_mib']:7.1f} MiB  " + " ".join(f"{k}={v}" for k, v in extra.items()))
 
+    # The order rotates with the repetition (A B C, B C A, C A B ...), so no tool
+    # always runs first after the deletions and writes of the step before.
+    shift = rep % len(tools)
+    order = tools[shift:] + tools[:shift]
     for step in STEPS:
         if step == "changed":
             log(f"{name}: editing the tree in place")
             DATASETS[name][1](live, 1000 + rep)
             files, size = tree_stats(live)
-        for t in tools:
+        for t in order:
             repo = repos[t.name]
             if step == "restore":
                 target = work / "restore" / t.name

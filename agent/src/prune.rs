@@ -113,6 +113,11 @@ pub struct PruneReport {
     pub index_files_removed: u64,
     /// Grace period in seconds.
     pub grace_seconds: u64,
+    /// Temporary files older than the grace period removed (left by backups
+    /// killed while writing; local repositories only).
+    pub temporaries_removed: u64,
+    /// Bytes of those files.
+    pub temporary_bytes_removed: u64,
 }
 
 /// A pack as the index files describe it, merged over all files.
@@ -584,6 +589,11 @@ pub fn prune(repo: &mut Repository, opts: &PruneOptions) -> Result<PruneReport> 
             other => other,
         }
     })?;
+    // Files a killed writer left half-written: no backup still running is
+    // older than the grace period (the assumption all of prune rests on).
+    let (n, bytes) = repo.backend().remove_stale_temporaries(opts.grace)?;
+    report.temporaries_removed = n;
+    report.temporary_bytes_removed = bytes;
     tracing::info!(
         "prune: wrote {} index files, removed {} index files and {} packs ({:.1?})",
         report.index_files_written,

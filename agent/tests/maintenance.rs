@@ -175,6 +175,36 @@ fn prune_marks_first_and_deletes_only_after_the_grace_period() {
 }
 
 #[test]
+fn prune_removes_temporary_files_of_killed_writers_after_the_grace_period() {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a"), random_bytes(300_000, 3)).unwrap();
+    env.ok(&["init"]);
+    env.ok(&["backup", src.to_str().unwrap()]);
+    // A pack staged by a backup killed two days ago, and one being written now.
+    let old = env.repo().join("data/.tmp-00000000000000aa");
+    fs::write(&old, vec![7u8; 1000]).unwrap();
+    let two_days_ago = std::time::SystemTime::now() - Duration::from_secs(2 * 86_400);
+    filetime::set_file_mtime(&old, filetime::FileTime::from_system_time(two_days_ago)).unwrap();
+    let fresh = env.repo().join("index/.tmp-00000000000000bb");
+    fs::write(&fresh, b"in progress").unwrap();
+
+    let dry = env.json(&["prune", "--dry-run"]);
+    assert_eq!(dry["temporaries_removed"], 0, "{dry}");
+    assert!(old.exists());
+    let r = env.json(&["prune"]); // default grace: 24h
+    assert_eq!(r["temporaries_removed"], 1, "{r}");
+    assert_eq!(r["temporary_bytes_removed"], 1000, "{r}");
+    assert!(!old.exists(), "stale temporary file left");
+    assert!(
+        fresh.exists(),
+        "a file younger than the grace period was removed"
+    );
+    check_clean(&env);
+}
+
+#[test]
 fn prune_recovers_marked_packs_that_a_racing_backup_used() {
     let env = Env::new();
     let src = env.path("src");

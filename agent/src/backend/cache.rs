@@ -120,6 +120,10 @@ impl Backend for CachedBackend {
         self.inner.max_read_run()
     }
 
+    fn remove_stale_temporaries(&self, age: std::time::Duration) -> Result<(u64, u64)> {
+        self.inner.remove_stale_temporaries(age)
+    }
+
     fn create(&self) -> Result<()> {
         self.inner.create()
     }

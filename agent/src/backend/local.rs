@@ -165,6 +165,44 @@ impl Backend for LocalBackend {
         2 << 20
     }
 
+    fn remove_stale_temporaries(&self, age: std::time::Duration) -> Result<(u64, u64)> {
+        let (mut n, mut bytes) = (0, 0);
+        for sub in ["", "keys", "snapshots", "index", "data"] {
+            let dir = self.root.join(sub);
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io("list", dir, e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|e| Error::io("list", &dir, e))?;
+                if !entry.file_name().as_encoded_bytes().starts_with(b".tmp-") {
+                    continue;
+                }
+                let Ok(meta) = entry.metadata() else {
+                    continue; // gone already (committed or dropped by its writer)
+                };
+                let stale = meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|elapsed| elapsed >= age);
+                if !meta.is_file() || !stale {
+                    continue;
+                }
+                match fs::remove_file(entry.path()) {
+                    Ok(()) => {
+                        n += 1;
+                        bytes += meta.len();
+                    }
+                    Err(e) if e.kind() == ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io("remove", entry.path(), e)),
+                }
+            }
+        }
+        Ok((n, bytes))
+    }
+
     fn create(&self) -> Result<()> {
         if self.root.join("config").exists() {
             return Err(Error::RepositoryExists(self.location()));

@@ -77,6 +77,17 @@ pub trait Backend: Send + Sync {
         16 << 20
     }
 
+    /// Remove temporary files that writers left behind (a backup killed while
+    /// writing a pack) once they are older than `age`; returns how many were
+    /// removed and their bytes. Object stores have none: an upload is
+    /// visible whole or not at all.
+    ///
+    /// # Errors
+    /// Listing or removal failures.
+    fn remove_stale_temporaries(&self, _age: std::time::Duration) -> Result<(u64, u64)> {
+        Ok((0, 0))
+    }
+
     /// Prepare an empty location for a new repository.
     ///
     /// # Errors

@@ -1146,6 +1146,13 @@ fn run_prune(
         "unused space left in kept packs: {}",
         human_bytes(r.unused_bytes_kept)
     );
+    if r.temporaries_removed > 0 {
+        println!(
+            "removed {} temporary files ({}) left by interrupted writers",
+            r.temporaries_removed,
+            human_bytes(r.temporary_bytes_removed)
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
