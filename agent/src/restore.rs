@@ -179,21 +179,40 @@ fn start_writeback(f: &fs::File, offset: u64, len: u64) {
     }
 }
 
-fn restore_file(ctx: &Ctx<'_>, path: &Path, node: &Node) -> Result<()> {
+/// Replace what is at `path` with a new, empty file only the owner can read
+/// (its mode is set at the end).
+fn create_file(path: &Path) -> Result<fs::File> {
     remove_existing(path)?;
-    let mut f = OpenOptions::new()
+    OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .map_err(io_err("create", path))?;
+        .map_err(io_err("create", path))
+}
+
+/// All-zero chunks of 4 KiB or more are not written: they become holes, so
+/// sparse files stay sparse.
+fn is_hole(data: &[u8]) -> bool {
+    data.len() >= 4096 && data.iter().all(|&b| b == 0)
+}
+
+/// Restored content of the wrong length: the snapshot and its blobs disagree.
+fn size_mismatch(path: &Path, found: String, size: u64) -> Error {
+    Error::corrupt(
+        format!("file {}", path.display()),
+        format!("{found} but the snapshot records {size}"),
+    )
+}
+
+fn restore_file(ctx: &Ctx<'_>, path: &Path, node: &Node) -> Result<()> {
+    let mut f = create_file(path)?;
     let mut written = 0u64;
     let mut flushed = 0u64;
     let mut hole = false;
     ctx.repo
         .read_data_blobs(&node.content, ctx.repo.backend().max_read_run(), |data| {
-            // All-zero chunks become holes: sparse files stay sparse.
-            if data.len() >= 4096 && data.iter().all(|&b| b == 0) {
+            if is_hole(&data) {
                 f.seek(SeekFrom::Current(data.len() as i64))
                     .map_err(io_err("seek", path))?;
                 hole = true;
@@ -215,13 +234,8 @@ fn restore_file(ctx: &Ctx<'_>, path: &Path, node: &Node) -> Result<()> {
         start_writeback(&f, flushed, written - flushed);
     }
     if written != node.size {
-        return Err(Error::corrupt(
-            format!("file {}", path.display()),
-            format!(
-                "restored {written} bytes but the snapshot records {}",
-                node.size
-            ),
-        ));
+        let found = format!("restored {written} bytes");
+        return Err(size_mismatch(path, found, node.size));
     }
     drop(f);
     ctx.bytes.fetch_add(written, Ordering::Relaxed);
@@ -245,21 +259,10 @@ fn open_parted(ctx: &Ctx<'_>, path: PathBuf, node: Node) -> Result<Vec<FileTask>
         offset += u64::from(loc.raw_length);
     }
     if offset != node.size {
-        return Err(Error::corrupt(
-            format!("file {}", path.display()),
-            format!(
-                "its blobs hold {offset} bytes but the snapshot records {}",
-                node.size
-            ),
-        ));
+        let found = format!("its blobs hold {offset} bytes");
+        return Err(size_mismatch(&path, found, node.size));
     }
-    remove_existing(&path)?;
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(io_err("create", &path))?;
+    let file = create_file(&path)?;
     // At its final size from the start: parts land anywhere, and all-zero
     // chunks are simply not written (they stay holes).
     file.set_len(node.size).map_err(io_err("truncate", &path))?;
@@ -290,7 +293,7 @@ fn restore_part(ctx: &Ctx<'_>, pf: &PartedFile, blobs: Range<usize>, offset: u64
         &pf.node.content[blobs],
         ctx.repo.backend().max_read_run(),
         |data| {
-            if !(data.len() >= 4096 && data.iter().all(|&b| b == 0)) {
+            if !is_hole(&data) {
                 pf.file
                     .write_all_at(&data, pos)
                     .map_err(io_err("write", &pf.path))?;
@@ -319,13 +322,8 @@ fn restore_part(ctx: &Ctx<'_>, pf: &PartedFile, blobs: Range<usize>, offset: u64
     let done = if written == pf.node.size {
         apply_metadata(ctx, &pf.path, &pf.node)
     } else {
-        Err(Error::corrupt(
-            format!("file {}", pf.path.display()),
-            format!(
-                "restored {written} bytes but the snapshot records {}",
-                pf.node.size
-            ),
-        ))
+        let found = format!("restored {written} bytes");
+        Err(size_mismatch(&pf.path, found, pf.node.size))
     };
     match done {
         Ok(()) => {
