@@ -43,10 +43,9 @@ impl BlobSet {
 
     /// Add a key; false if it was already there.
     pub fn insert(&mut self, t: BlobType, id: Id) -> bool {
-        if self.contains(t, &id) {
+        if self.sorted[slot(t)].binary_search(&id).is_ok() || !self.recent.insert((t, id)) {
             return false;
         }
-        self.recent.insert((t, id));
         if self.recent.len() >= RECENT_MAX {
             self.compact();
         }

@@ -131,7 +131,11 @@ fn encode_metadata<T: Serialize + ?Sized>(
         inner: zstd::stream::Encoder::new(buf, DEFAULT_ZSTD_LEVEL).map_err(internal)?,
         written: 0,
     };
-    serde_json::to_writer(&mut json, value).map_err(|e| Error::Internal(e.to_string()))?;
+    // serde_json writes token by token: batch them before the compressor.
+    let mut batched = std::io::BufWriter::with_capacity(64 * 1024, &mut json);
+    serde_json::to_writer(&mut batched, value).map_err(|e| Error::Internal(e.to_string()))?;
+    std::io::Write::flush(&mut batched).map_err(internal)?;
+    drop(batched);
     let json_len = json.written;
     let mut buf = json.inner.finish().map_err(internal)?;
     let compressed_len = buf.len() - NONCE_LEN - 1;

@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs::{self, OpenOptions};
-use std::io::{Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
@@ -205,33 +204,43 @@ fn size_mismatch(path: &Path, found: String, size: u64) -> Error {
     )
 }
 
-fn restore_file(ctx: &Ctx<'_>, path: &Path, node: &Node) -> Result<()> {
-    let mut f = create_file(path)?;
-    let mut written = 0u64;
-    let mut flushed = 0u64;
-    let mut hole = false;
+/// Write the plaintexts of `ids` into `file` from `offset` on: all-zero chunks
+/// are skipped (holes), and writeback starts every [`WRITEBACK_EVERY`] bytes.
+/// Returns the bytes covered and whether the last chunk was a hole.
+fn write_blobs(
+    ctx: &Ctx<'_>,
+    file: &fs::File,
+    path: &Path,
+    ids: &[Id],
+    offset: u64,
+) -> Result<(u64, bool)> {
+    let (mut pos, mut flushed, mut hole) = (offset, offset, false);
     ctx.repo
-        .read_data_blobs(&node.content, ctx.repo.backend().max_read_run(), |data| {
-            if is_hole(&data) {
-                f.seek(SeekFrom::Current(data.len() as i64))
-                    .map_err(io_err("seek", path))?;
-                hole = true;
-            } else {
-                f.write_all(&data).map_err(io_err("write", path))?;
-                hole = false;
+        .read_data_blobs(ids, ctx.repo.backend().max_read_run(), |data| {
+            hole = is_hole(&data);
+            if !hole {
+                file.write_all_at(&data, pos)
+                    .map_err(io_err("write", path))?;
             }
-            written += data.len() as u64;
-            if written - flushed >= WRITEBACK_EVERY {
-                start_writeback(&f, flushed, written - flushed);
-                flushed = written;
+            pos += data.len() as u64;
+            if pos - flushed >= WRITEBACK_EVERY {
+                start_writeback(file, flushed, pos - flushed);
+                flushed = pos;
             }
             Ok(())
         })?;
-    if hole {
-        f.set_len(written).map_err(io_err("truncate", path))?;
+    // Small files are left to the kernel and the final syncfs.
+    if pos - offset >= WRITEBACK_EVERY / 8 && pos > flushed {
+        start_writeback(file, flushed, pos - flushed);
     }
-    if written >= WRITEBACK_EVERY / 8 && written > flushed {
-        start_writeback(&f, flushed, written - flushed);
+    Ok((pos - offset, hole))
+}
+
+fn restore_file(ctx: &Ctx<'_>, path: &Path, node: &Node) -> Result<()> {
+    let f = create_file(path)?;
+    let (written, ends_in_hole) = write_blobs(ctx, &f, path, &node.content, 0)?;
+    if ends_in_hole {
+        f.set_len(written).map_err(io_err("truncate", path))?;
     }
     if written != node.size {
         let found = format!("restored {written} bytes");
@@ -287,32 +296,14 @@ fn open_parted(ctx: &Ctx<'_>, path: PathBuf, node: Node) -> Result<Vec<FileTask>
 
 /// Write one part of a large file; the last part to finish completes the file.
 fn restore_part(ctx: &Ctx<'_>, pf: &PartedFile, blobs: Range<usize>, offset: u64) {
-    let mut pos = offset;
-    let mut flushed = offset;
-    let r = ctx.repo.read_data_blobs(
-        &pf.node.content[blobs],
-        ctx.repo.backend().max_read_run(),
-        |data| {
-            if !is_hole(&data) {
-                pf.file
-                    .write_all_at(&data, pos)
-                    .map_err(io_err("write", &pf.path))?;
+    match write_blobs(ctx, &pf.file, &pf.path, &pf.node.content[blobs], offset) {
+        Ok((n, _)) => {
+            pf.written.fetch_add(n, Ordering::Relaxed);
+        }
+        Err(e) => {
+            if !pf.failed.swap(true, Ordering::Relaxed) {
+                ctx.error(&pf.path, e.to_string());
             }
-            pos += data.len() as u64;
-            if pos - flushed >= WRITEBACK_EVERY {
-                start_writeback(&pf.file, flushed, pos - flushed);
-                flushed = pos;
-            }
-            Ok(())
-        },
-    );
-    if pos > flushed {
-        start_writeback(&pf.file, flushed, pos - flushed);
-    }
-    pf.written.fetch_add(pos - offset, Ordering::Relaxed);
-    if let Err(e) = r {
-        if !pf.failed.swap(true, Ordering::Relaxed) {
-            ctx.error(&pf.path, e.to_string());
         }
     }
     if pf.parts_left.fetch_sub(1, Ordering::AcqRel) != 1 || pf.failed.load(Ordering::Relaxed) {
@@ -391,8 +382,6 @@ struct Walk<'c, 'r> {
     /// Hard links: (link path, first path), made once all files are written.
     links: Vec<(PathBuf, PathBuf)>,
     seen_inodes: HashMap<(u64, u64), PathBuf>,
-    /// The workers have stopped (they only stop early when the channel closes).
-    closed: bool,
 }
 
 impl Walk<'_, '_> {
@@ -483,10 +472,9 @@ impl Walk<'_, '_> {
                     vec![FileTask::Whole { path: target, node }]
                 };
                 for task in tasks {
-                    if self.closed || self.files.send(task).is_err() {
-                        self.closed = true;
-                        break;
-                    }
+                    // The workers only stop once this sender is dropped (or by
+                    // panicking, which the thread scope reports).
+                    let _ = self.files.send(task);
                 }
             }
             _ => {
@@ -609,7 +597,6 @@ pub fn restore(repo: &Repository, root: &Id, opts: &RestoreOptions) -> Result<Re
             dirs: Vec::new(),
             links: Vec::new(),
             seen_inodes: HashMap::new(),
-            closed: false,
         };
         let walked = match opts
             .subpath

@@ -119,17 +119,27 @@ fn large_file_is_restored_in_parts_with_holes_and_metadata() {
     big.extend(random_bytes((20 << 20) + 12_345, 12));
     let path = src.join("volume.img");
     fs::write(&path, &big).unwrap();
+    // A small file (restored whole) that ends in a run of zeros: its end is a
+    // hole, and it must still be restored at its full length.
+    let mut tail = random_bytes(300_000, 13);
+    tail.extend(std::iter::repeat_n(0u8, 6 << 20));
+    fs::write(src.join("tail-hole.img"), &tail).unwrap();
     fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
     set_mtime(&path, 1_650_000_000, 987_654_321);
     env.ok(&["init"]);
     env.ok(&["backup", src.to_str().unwrap()]);
     let t = env.path("out");
     let out = env.json(&["restore", "latest", "--target", t.to_str().unwrap()]);
-    assert_eq!(out["summary"]["files"], 1, "{out}");
-    assert_eq!(out["summary"]["bytes"], big.len() as u64, "{out}");
+    assert_eq!(out["summary"]["files"], 2, "{out}");
+    assert_eq!(
+        out["summary"]["bytes"],
+        (big.len() + tail.len()) as u64,
+        "{out}"
+    );
     let restored = restored_path(&env, "out", &src);
     assert_same_tree(&src, &restored);
     assert!(fs::read(restored.join("volume.img")).unwrap() == big);
+    assert!(fs::read(restored.join("tail-hole.img")).unwrap() == tail);
     let m = fs::metadata(restored.join("volume.img")).unwrap();
     assert!(
         m.blocks() * 512 <= m.len() - (6 << 20),

@@ -61,13 +61,7 @@ impl LocalBackend {
     /// A temporary file in the kind's top directory, on the same filesystem
     /// as its final place (hard links cannot cross filesystems).
     fn staged(&self, kind: FileKind) -> Result<LocalStaged> {
-        let dir = match kind {
-            FileKind::Config => self.root.clone(),
-            FileKind::Key => self.root.join("keys"),
-            FileKind::Snapshot => self.root.join("snapshots"),
-            FileKind::Index => self.root.join("index"),
-            FileKind::Pack => self.root.join("data"),
-        };
+        let dir = self.root.join(kind.dir());
         if !dir.is_dir() {
             if !self.root.join("config").exists() && kind != FileKind::Config {
                 return Err(Error::RepositoryNotFound(self.location()));
@@ -167,8 +161,8 @@ impl Backend for LocalBackend {
 
     fn remove_stale_temporaries(&self, age: std::time::Duration) -> Result<(u64, u64)> {
         let (mut n, mut bytes) = (0, 0);
-        for sub in ["", "keys", "snapshots", "index", "data"] {
-            let dir = self.root.join(sub);
+        for kind in FileKind::ALL {
+            let dir = self.root.join(kind.dir());
             let entries = match fs::read_dir(&dir) {
                 Ok(e) => e,
                 Err(e) if e.kind() == ErrorKind::NotFound => continue,
@@ -261,24 +255,18 @@ impl Backend for LocalBackend {
     }
 
     fn list(&self, kind: FileKind) -> Result<Vec<FileInfo>> {
-        let top = match kind {
-            FileKind::Config => {
-                let size = fs::metadata(self.path(kind, "")).map(|m| m.len()).ok();
-                return Ok(size
-                    .map(|size| FileInfo {
-                        name: "config".into(),
-                        size,
-                    })
-                    .into_iter()
-                    .collect());
-            }
-            FileKind::Key => "keys",
-            FileKind::Snapshot => "snapshots",
-            FileKind::Index => "index",
-            FileKind::Pack => "data",
-        };
+        if kind == FileKind::Config {
+            let size = fs::metadata(self.path(kind, "")).map(|m| m.len()).ok();
+            return Ok(size
+                .map(|size| FileInfo {
+                    name: "config".into(),
+                    size,
+                })
+                .into_iter()
+                .collect());
+        }
         let mut out = Vec::new();
-        let mut dirs = vec![self.root.join(top)];
+        let mut dirs = vec![self.root.join(kind.dir())];
         while let Some(dir) = dirs.pop() {
             let entries = match fs::read_dir(&dir) {
                 Ok(e) => e,

@@ -26,6 +26,27 @@ pub enum FileKind {
 }
 
 impl FileKind {
+    /// Every kind of file.
+    pub const ALL: [FileKind; 5] = [
+        FileKind::Config,
+        FileKind::Key,
+        FileKind::Snapshot,
+        FileKind::Index,
+        FileKind::Pack,
+    ];
+
+    /// The directory holding files of this kind, relative to the repository
+    /// root (packs sit one level below it, in `data/XX/`; "" for the config).
+    pub fn dir(self) -> &'static str {
+        match self {
+            FileKind::Config => "",
+            FileKind::Key => "keys",
+            FileKind::Snapshot => "snapshots",
+            FileKind::Index => "index",
+            FileKind::Pack => "data",
+        }
+    }
+
     /// Human name, used in messages.
     pub fn name(self) -> &'static str {
         match self {
