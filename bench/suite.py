@@ -15,11 +15,21 @@ with each repetition (A B C, then B C A, C A B ...):
   unchanged backup of the same, unchanged tree
   changed   backup after the dataset's edit (applied in place, once, to the
             tree all tools back up, so unchanged files keep inode and ctime)
-  restore   full restore of the latest snapshot into an empty directory, until
-            the data is on disk: the timed command is the tool's restore
-            followed by `sync` (Cairn syncs itself; restic, Borg and rustic
-            leave dirty pages behind), then verified with `diff -r` against
-            the tree (not timed)
+  restore   full restore of the latest snapshot into a new, empty filesystem
+            (like a restore Job into a fresh PVC), until the data is on disk:
+            the timed command is the tool's restore followed by `sync` (Cairn
+            syncs itself; restic, Borg and rustic leave dirty pages behind),
+            then verified with `diff -r` against the tree (not timed)
+
+Restore targets (--restore-into):
+  volume    a fresh ext4 (mkfs defaults, with its journal) per restore: a sparse
+            image on WORK's disk behind a loop device with direct I/O. Needs
+            root, losetup and mkfs.ext4; the default when they are there.
+  dir       an empty directory on WORK's filesystem. Measures that filesystem's
+            state too: on ext4 without a journal, inodes freed in the last ~6
+            minutes are skipped one by one when new ones are allocated, so a
+            restore right after the previous tool's tree was deleted pays
+            seconds to minutes of kernel time depending on its position.
 
 Before every timed step, `sync` flushes what earlier steps left dirty.
 
@@ -364,6 +374,60 @@ def measure(cmd, env, out):
     return {"wall": float(wall), "cpu": float(user) + float(sys_), "rss_mib": int(rss) / 1024}
 
 
+class FreshVolume:
+    """A new ext4 filesystem for one restore, mounted at WORK/restore/TOOL:
+    a sparse image (twice the data plus 1 GiB, at least 4 GiB, one inode per
+    source file plus headroom) on a loop device with direct I/O, so the page
+    cache holds the restored files once."""
+
+    def __init__(self, work, name, files, size):
+        self.img = work / f"restore-{name}.img"
+        self.mnt = work / "restore" / name
+        self.files, self.size = files, size
+        self.dev = None
+
+    def __enter__(self):
+        self.img.unlink(missing_ok=True)
+        with open(self.img, "wb") as f:
+            f.truncate(max(4 << 30, 2 * self.size + (1 << 30)))
+        inodes = int(self.files * 1.25) + 65536
+        run(["mkfs.ext4", "-q", "-F", "-N", str(inodes),
+             "-E", "lazy_itable_init=1,lazy_journal_init=1", str(self.img)])
+        self.dev = subprocess.run(["losetup", "-f", "--show", "--direct-io=on", str(self.img)],
+                                  capture_output=True, text=True, check=True).stdout.strip()
+        shutil.rmtree(self.mnt, ignore_errors=True)
+        self.mnt.mkdir(parents=True)
+        # noinit_itable: the image is sparse (reads as zeros), no background zeroing.
+        run(["mount", "-o", "noinit_itable", self.dev, str(self.mnt)])
+        return self.mnt
+
+    def __exit__(self, *exc):
+        subprocess.run(["umount", str(self.mnt)], check=False)
+        if self.dev:
+            subprocess.run(["losetup", "-d", self.dev], check=False)
+        self.img.unlink(missing_ok=True)
+        shutil.rmtree(self.mnt, ignore_errors=True)
+
+
+class EmptyDir:
+    """An empty directory at WORK/restore/TOOL (see --restore-into dir)."""
+
+    def __init__(self, work, name, files, size):
+        self.path = work / "restore" / name
+
+    def __enter__(self):
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.path.mkdir(parents=True)
+        return self.path
+
+    def __exit__(self, *exc):
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def volumes_available():
+    return os.geteuid() == 0 and all(have(c) for c in ("losetup", "mkfs.ext4", "mount"))
+
+
 def restored_root(target, src):
     """Where a tool put the restored tree (all restore the full source path)."""
     cand = target / str(src).lstrip("/")
@@ -376,7 +440,7 @@ def verify(restored, live):
     return p.returncode == 0, p.stdout[-1000:]
 
 
-def run_dataset(name, rep, tools, work, quick, results):
+def run_dataset(name, rep, tools, work, quick, results, target_kind):
     src_pristine = pristine(work, name, quick)
     live = work / "live" / name
     log(f"{name} rep {rep + 1}: copying the dataset to {live}")
@@ -415,16 +479,14 @@ def run_dataset(name, rep, tools, work, quick, results):
         for t in order:
             repo = repos[t.name]
             if step == "restore":
-                target = work / "restore" / t.name
-                shutil.rmtree(target, ignore_errors=True)
-                target.mkdir(parents=True)
-                cmd = ["sh", "-c", '"$@" && sync', "sh", *t.restore(str(repo), str(target))]
-                m = measure(cmd, t.env, work)
-                ok, diff = verify(restored_root(target, live), live)
+                with target_kind(work, t.name, files, size) as target:
+                    cmd = ["sh", "-c", '"$@" && sync', "sh", *t.restore(str(repo), str(target))]
+                    m = measure(cmd, t.env, work)
+                    ok, diff = verify(restored_root(target, live), live)
                 if not ok:
                     log(f"  {t.name} RESTORE DIFFERS:\n{diff}")
-                record(step, t, m, verified=ok)
-                shutil.rmtree(target, ignore_errors=True)
+                record(step, t, m, verified=ok,
+                       into="volume" if target_kind is FreshVolume else "dir")
             else:
                 m = measure(t.backup(str(repo), str(live)), t.env, work)
                 record(step, t, m, repo_bytes=du(repo))
@@ -440,6 +502,11 @@ def summarise(results, versions, work):
                               capture_output=True, text=True).stdout.strip()
              + f", {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') >> 30} GiB RAM.",
              "Tools: " + "; ".join(versions.values()) + ".", ""]
+    into = sorted({r.get("into", "dir") for r in results if r["step"] == "restore"})
+    if into:
+        lines[-1:] = ["Restores into: " + ", ".join(
+            "a fresh ext4 volume each (loop device, direct I/O)" if i == "volume"
+            else "an empty directory on the work filesystem" for i in into) + ".", ""]
     datasets = sorted({r["dataset"] for r in results}, key=lambda d: ALL_DATASETS.index(d))
     tools = [t for t in ALL_TOOLS if any(r["tool"] == t for r in results)]
     for ds in datasets:
@@ -485,6 +552,9 @@ def main():
     ap.add_argument("--quick", action="store_true", help="small datasets, one repetition")
     ap.add_argument("--summary-only", action="store_true", help="summarise WORK/results.jsonl")
     ap.add_argument("--prepare-only", action="store_true", help="prepare the datasets and stop")
+    ap.add_argument("--restore-into", choices=["auto", "volume", "dir"], default="auto",
+                    help="restore into a fresh loop-mounted ext4 per restore (volume, needs root) "
+                         "or an empty directory (dir); auto: volume when possible")
     a = ap.parse_args()
     work = Path(a.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -507,10 +577,17 @@ def main():
     versions = ensure_tools(work, wanted)
     tools = [Tool(n, versions[n][0], work) for n in wanted]
     reps = 1 if a.quick else a.reps
+    into = a.restore_into
+    if into == "auto":
+        into = "volume" if volumes_available() else "dir"
+    elif into == "volume" and not volumes_available():
+        sys.exit("--restore-into volume needs root, losetup, mkfs.ext4 and mount")
+    log(f"restores go into {'a fresh ext4 volume each' if into == 'volume' else 'an empty directory'}")
+    target_kind = FreshVolume if into == "volume" else EmptyDir
     results = []
     for rep in range(reps):
         for d in names:
-            run_dataset(d, rep, tools, work, a.quick, results)
+            run_dataset(d, rep, tools, work, a.quick, results, target_kind)
     print(summarise(results, {k: v[1] for k, v in versions.items()}, work))
 
 

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::sync::{Mutex, PoisonError};
 
-use crossbeam_channel::{bounded, Sender};
+use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
 use filetime::FileTime;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
@@ -127,11 +127,28 @@ fn set_owner(path: &Path, node: &Node) -> Result<()> {
 /// Set atime and mtime by path without following or opening it (utimensat
 /// with AT_SYMLINK_NOFOLLOW): opening a restored FIFO would block.
 fn set_mtime(path: &Path, node: &Node) -> Result<()> {
-    let t = FileTime::from_unix_time(
+    let t = file_time(node);
+    filetime::set_symlink_file_times(path, t, t).map_err(io_err("set times", path))
+}
+
+fn file_time(node: &Node) -> FileTime {
+    FileTime::from_unix_time(
         node.mtime_ns.div_euclid(1_000_000_000),
         node.mtime_ns.rem_euclid(1_000_000_000) as u32,
-    );
-    filetime::set_symlink_file_times(path, t, t).map_err(io_err("set times", path))
+    )
+}
+
+/// [`apply_metadata`] for a regular file still open: through its descriptor,
+/// without resolving the path three more times.
+fn apply_file_metadata(ctx: &Ctx<'_>, f: &fs::File, path: &Path, node: &Node) -> Result<()> {
+    if ctx.owner {
+        std::os::unix::fs::fchown(f, Some(node.uid), Some(node.gid))
+            .map_err(io_err("chown", path))?;
+    }
+    f.set_permissions(fs::Permissions::from_mode(node.mode & 0o7777))
+        .map_err(io_err("chmod", path))?;
+    let t = file_time(node);
+    filetime::set_file_handle_times(f, Some(t), Some(t)).map_err(io_err("set times", path))
 }
 
 /// Ownership, permissions and times, in that order (chown clears set-id bits).
@@ -154,6 +171,9 @@ fn remove_existing(path: &Path) -> Result<()> {
         Err(_) => Ok(()),
     }
 }
+
+/// How often a restore flushes the target filesystem in the background.
+const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Start writing a large file's data to disk every this many bytes, without
 /// waiting: the final `syncfs` then finds little left to flush, and the disk
@@ -181,13 +201,22 @@ fn start_writeback(f: &fs::File, offset: u64, len: u64) {
 /// Replace what is at `path` with a new, empty file only the owner can read
 /// (its mode is set at the end).
 fn create_file(path: &Path) -> Result<fs::File> {
-    remove_existing(path)?;
-    OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io_err("create", path))
+    let open = || {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+    };
+    // Into an empty target the first attempt succeeds: no lookup before it.
+    match open() {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            remove_existing(path)?;
+            open()
+        }
+        r => r,
+    }
+    .map_err(io_err("create", path))
 }
 
 /// All-zero chunks of 4 KiB or more are not written: they become holes, so
@@ -246,9 +275,9 @@ fn restore_file(ctx: &Ctx<'_>, path: &Path, node: &Node) -> Result<()> {
         let found = format!("restored {written} bytes");
         return Err(size_mismatch(path, found, node.size));
     }
-    drop(f);
+    apply_file_metadata(ctx, &f, path, node)?;
     ctx.bytes.fetch_add(written, Ordering::Relaxed);
-    apply_metadata(ctx, path, node)
+    Ok(())
 }
 
 /// Create a large file at its final size and split it into parts for the
@@ -311,7 +340,7 @@ fn restore_part(ctx: &Ctx<'_>, pf: &PartedFile, blobs: Range<usize>, offset: u64
     }
     let written = pf.written.load(Ordering::Relaxed);
     let done = if written == pf.node.size {
-        apply_metadata(ctx, &pf.path, &pf.node)
+        apply_file_metadata(ctx, &pf.file, &pf.path, &pf.node)
     } else {
         let found = format!("restored {written} bytes");
         Err(size_mismatch(&pf.path, found, pf.node.size))
@@ -366,6 +395,22 @@ fn restore_other(ctx: &Ctx<'_>, path: &Path, node: &Node) -> Result<()> {
     apply_metadata(ctx, path, node)
 }
 
+/// Create a directory, replacing a non-directory in its way; an existing
+/// directory is kept. Into an empty target one `mkdir` and nothing else.
+fn create_dir(path: &Path) -> std::io::Result<()> {
+    match fs::create_dir(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            if fs::symlink_metadata(path)?.is_dir() {
+                return Ok(());
+            }
+            fs::remove_file(path)?;
+            fs::create_dir(path)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::create_dir_all(path),
+        r => r,
+    }
+}
+
 /// Walks the snapshot's trees depth-first and restores as it goes: a directory
 /// is created when the first included entry below it is found, files go to
 /// the workers through a bounded channel, other entries are made at once.
@@ -388,12 +433,7 @@ impl Walk<'_, '_> {
     /// Create the entered directories that do not exist yet.
     fn ensure_dirs(&mut self) {
         for path in &self.stack[self.created..] {
-            if let Ok(m) = fs::symlink_metadata(path) {
-                if !m.is_dir() {
-                    let _ = fs::remove_file(path);
-                }
-            }
-            if let Err(e) = fs::create_dir_all(path) {
+            if let Err(e) = create_dir(path) {
                 self.ctx
                     .error(path, format!("cannot create directory: {e}"));
             }
@@ -569,9 +609,24 @@ pub fn restore(repo: &Repository, root: &Id, opts: &RestoreOptions) -> Result<Re
     let (walked, dirs, links) = std::thread::scope(|s| {
         let ctx = &ctx;
         let (tx, rx) = bounded::<FileTask>(threads * 4);
+        // Small files stay dirty in the page cache until something writes them
+        // back (the kernel's thresholds are far above a typical restore), so
+        // without this the final syncfs wrote a whole source tree while the
+        // CPUs idled. A flusher starts writeback once a second until the
+        // workers are done (each holds a clone of `alive_tx`).
+        let (alive_tx, alive_rx) = bounded::<()>(0);
+        let target = &opts.target;
+        s.spawn(move || {
+            while let Err(RecvTimeoutError::Timeout) = alive_rx.recv_timeout(FLUSH_EVERY) {
+                // Only a head start: the final syncfs reports errors.
+                let _ = sync_filesystem(target);
+            }
+        });
         for _ in 0..threads {
             let rx = rx.clone();
+            let alive = alive_tx.clone();
             s.spawn(move || {
+                let _alive = alive;
                 for task in rx {
                     match task {
                         FileTask::Whole { path, node } => match restore_file(ctx, &path, &node) {
@@ -589,6 +644,7 @@ pub fn restore(repo: &Repository, root: &Id, opts: &RestoreOptions) -> Result<Re
                 }
             });
         }
+        drop(alive_tx);
         let mut walk = Walk {
             ctx,
             files: tx,

@@ -184,6 +184,42 @@ fn restore_subpath_and_includes() {
 }
 
 #[test]
+fn restore_replaces_what_is_in_the_way_without_following_symlinks() {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::create_dir_all(src.join("e")).unwrap();
+    fs::write(src.join("d/f.txt"), b"new-f").unwrap();
+    fs::write(src.join("file.txt"), b"new-file").unwrap();
+    fs::write(src.join("e/g.txt"), b"g").unwrap();
+    fs::write(src.join("same.txt"), b"fresh").unwrap();
+    env.ok(&["init"]);
+    env.ok(&["backup", src.to_str().unwrap()]);
+
+    // The target already holds the wrong kinds of entries under the same names.
+    let t = env.path("t");
+    let outside = env.path("outside");
+    fs::create_dir_all(t.join("file.txt/x")).unwrap();
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(t.join("d"), b"old").unwrap();
+    symlink(&outside, t.join("e")).unwrap();
+    fs::write(t.join("same.txt"), b"stale stale stale").unwrap();
+
+    let spec = format!("latest:{}", src.display());
+    env.ok(&["restore", &spec, "--target", t.to_str().unwrap()]);
+    assert_eq!(fs::read(t.join("d/f.txt")).unwrap(), b"new-f");
+    assert_eq!(fs::read(t.join("file.txt")).unwrap(), b"new-file");
+    assert_eq!(fs::read(t.join("same.txt")).unwrap(), b"fresh");
+    assert!(fs::symlink_metadata(t.join("e")).unwrap().is_dir());
+    assert_eq!(fs::read(t.join("e/g.txt")).unwrap(), b"g");
+    assert!(
+        fs::read_dir(&outside).unwrap().next().is_none(),
+        "restore wrote through a symlink in the target"
+    );
+    assert_same_tree(&src, &t);
+}
+
+#[test]
 fn unchanged_backup_reads_nothing_and_adds_nothing() {
     let env = Env::new();
     let src = env.path("src");
