@@ -118,14 +118,18 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
-fn zstd_decompress(payload: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+/// Decompress `payload` into `out` (cleared first); more than `capacity`
+/// bytes of output is an error.
+fn zstd_decompress(payload: &[u8], capacity: usize, out: &mut Vec<u8>) -> std::io::Result<()> {
+    out.clear();
+    out.reserve(capacity);
     DECOMPRESSOR.with(|d| {
         let mut d = d.borrow_mut();
         let d = match &mut *d {
             Some(d) => d,
             None => d.insert(zstd::bulk::Decompressor::new()?),
         };
-        d.decompress(payload, capacity)
+        d.decompress_to_buffer(payload, out).map(|_| ())
     })
 }
 
@@ -159,32 +163,81 @@ pub fn decode_blob(
     stored: &[u8],
     raw_len: u32,
 ) -> Result<Vec<u8>> {
-    let object = format!("{t} blob {id}");
-    let plain = key.open(&blob_aad(t, id), stored, &object)?;
+    let mut buf = stored.to_vec();
+    let mut scratch = Vec::new();
+    match decode_in(key, t, id, &mut buf, raw_len, &mut scratch)? {
+        Some(range) => {
+            buf.truncate(range.end);
+            buf.drain(..range.start);
+            Ok(buf)
+        }
+        None => Ok(scratch),
+    }
+}
+
+/// [`decode_blob`] without copies: `stored` is decrypted in place and the
+/// plaintext is a part of it, or of `scratch` when it was compressed
+/// (`scratch` is reused across calls: no allocation per blob).
+///
+/// # Errors
+/// As [`decode_blob`].
+pub fn decode_blob_in_place<'a>(
+    key: &MasterKey,
+    t: BlobType,
+    id: &Id,
+    stored: &'a mut [u8],
+    raw_len: u32,
+    scratch: &'a mut Vec<u8>,
+) -> Result<&'a [u8]> {
+    match decode_in(key, t, id, stored, raw_len, scratch)? {
+        Some(range) => Ok(&stored[range]),
+        None => Ok(scratch),
+    }
+}
+
+/// Decrypt `stored` in place, decompress into `scratch` if needed and check
+/// the hash. The plaintext is `stored[range]` (`Some`) or `scratch` (`None`).
+fn decode_in(
+    key: &MasterKey,
+    t: BlobType,
+    id: &Id,
+    stored: &mut [u8],
+    raw_len: u32,
+    scratch: &mut Vec<u8>,
+) -> Result<Option<std::ops::Range<usize>>> {
+    let object = || format!("{t} blob {id}");
+    let plain = key.open_in_place(&blob_aad(t, id), stored, &object())?;
     if plain.len() < BLOB_PREFIX_LEN {
-        return Err(Error::corrupt(object, "too short"));
+        return Err(Error::corrupt(object(), "too short"));
     }
     let mut len = [0u8; 4];
     len.copy_from_slice(&plain[1..5]);
     let len = u32::from_le_bytes(len) as usize;
     let payload = plain
         .get(BLOB_PREFIX_LEN..BLOB_PREFIX_LEN + len)
-        .ok_or_else(|| Error::corrupt(&object, "payload length exceeds blob"))?;
-    let data = match plain[0] {
-        COMPRESSION_NONE => payload.to_vec(),
-        COMPRESSION_ZSTD => zstd_decompress(payload, raw_len as usize)
-            .map_err(|e| Error::corrupt(&object, format!("zstd: {e}")))?,
+        .ok_or_else(|| Error::corrupt(object(), "payload length exceeds blob"))?;
+    let (data, range) = match plain[0] {
+        COMPRESSION_NONE => {
+            // Offsets in `stored`: the nonce, then the prefix.
+            let start = NONCE_LEN + BLOB_PREFIX_LEN;
+            (payload, Some(start..start + len))
+        }
+        COMPRESSION_ZSTD => {
+            zstd_decompress(payload, raw_len as usize, scratch)
+                .map_err(|e| Error::corrupt(object(), format!("zstd: {e}")))?;
+            (&scratch[..], None)
+        }
         other => {
             return Err(Error::corrupt(
-                &object,
+                object(),
                 format!("unknown compression {other}"),
             ))
         }
     };
-    if key.blob_id(&data) != *id {
-        return Err(Error::corrupt(&object, "content does not match its ID"));
+    if key.blob_id(data) != *id {
+        return Err(Error::corrupt(object(), "content does not match its ID"));
     }
-    Ok(data)
+    Ok(range)
 }
 
 #[cfg(test)]
@@ -220,6 +273,20 @@ mod tests {
             assert!(decode_blob(&k, BlobType::Tree, &id, &enc, data.len() as u32).is_err());
             let other = k.blob_id(b"x");
             assert!(decode_blob(&k, BlobType::Data, &other, &enc, data.len() as u32).is_err());
+            // in place, with one scratch buffer reused across calls
+            let mut scratch = b"left over from an earlier blob".to_vec();
+            let mut buf = enc.clone();
+            let raw = data.len() as u32;
+            let dec = decode_blob_in_place(&k, BlobType::Data, &id, &mut buf, raw, &mut scratch);
+            assert_eq!(dec.unwrap(), &data[..]);
+            let mut flipped = enc.clone();
+            flipped[NONCE_LEN + 3] ^= 1;
+            let dec =
+                decode_blob_in_place(&k, BlobType::Data, &id, &mut flipped, raw, &mut scratch);
+            assert!(dec.is_err());
+            let mut short = enc[..NONCE_LEN + TAG_LEN - 1].to_vec();
+            let dec = decode_blob_in_place(&k, BlobType::Data, &id, &mut short, raw, &mut scratch);
+            assert!(dec.is_err());
         }
     }
 

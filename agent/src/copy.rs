@@ -132,10 +132,10 @@ impl Copier<'_> {
                 let tid = if self.same_ids {
                     sid
                 } else {
-                    self.dst.key().blob_id(&plain)
+                    self.dst.key().blob_id(plain)
                 };
                 if !self.has(BlobType::Data, &tid) {
-                    self.store(BlobType::Data, tid, &plain)?;
+                    self.store(BlobType::Data, tid, plain)?;
                 }
                 self.data_map.insert(sid, tid);
                 Ok(())

@@ -113,6 +113,31 @@ impl MasterKey {
         seal_buf(&self.encrypt, &nonce, aad, buf);
     }
 
+    /// [`MasterKey::open`] without a copy: decrypts `nonce || ciphertext || tag`
+    /// in `data` itself and returns the plaintext part of it.
+    ///
+    /// # Errors
+    /// As [`MasterKey::open`].
+    pub fn open_in_place<'a>(
+        &self,
+        aad: &[u8],
+        data: &'a mut [u8],
+        object: &str,
+    ) -> Result<&'a mut [u8]> {
+        let failed = || {
+            Error::corrupt(
+                object,
+                "authentication failed (modified, truncated or swapped data)",
+            )
+        };
+        if data.len() < NONCE_LEN + TAG_LEN {
+            return Err(failed());
+        }
+        let (nonce, rest) = data.split_at_mut(NONCE_LEN);
+        let len = open_in_place(&self.encrypt, aad, nonce, rest).ok_or_else(failed)?;
+        Ok(&mut rest[..len])
+    }
+
     /// Decrypt and authenticate what [`MasterKey::seal`] produced.
     ///
     /// # Errors

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{Backend, FileKind};
-use crate::blob::{decode_blob, BlobType};
+use crate::blob::{decode_blob, decode_blob_in_place, BlobType};
 use crate::chunker::{Chunker, ChunkerParams};
 use crate::constants::*;
 use crate::crypto::{aad, open_with, seal_with, KdfParams, MasterKey};
@@ -628,7 +628,7 @@ impl Repository {
         &self,
         ids: &[Id],
         max_run: u64,
-        mut f: impl FnMut(Vec<u8>) -> Result<()>,
+        mut f: impl FnMut(&[u8]) -> Result<()>,
     ) -> Result<()> {
         let locs = ids
             .iter()
@@ -639,6 +639,8 @@ impl Repository {
                     .ok_or_else(|| Error::NotFound(format!("data blob {id} (not in the index)")))
             })
             .collect::<Result<Vec<_>>>()?;
+        // Decompressed plaintexts: one buffer for the whole call.
+        let mut scratch = Vec::new();
         let mut i = 0;
         while i < locs.len() {
             let first = locs[i].1;
@@ -653,7 +655,7 @@ impl Repository {
                 end += u64::from(locs[j].1.length);
                 j += 1;
             }
-            let run = self.backend.read_range(
+            let mut run = self.backend.read_range(
                 FileKind::Pack,
                 &first.pack.to_hex(),
                 start,
@@ -661,9 +663,18 @@ impl Repository {
             )?;
             for (id, loc) in &locs[i..j] {
                 let at = (u64::from(loc.offset) - start) as usize;
-                let stored = &run[at..at + loc.length as usize];
-                let data = decode_blob(&self.key, BlobType::Data, id, stored, loc.raw_length)
-                    .map_err(|e| in_pack(e, &loc.pack))?;
+                let stored = run
+                    .get_mut(at..at + loc.length as usize)
+                    .ok_or_else(|| Error::corrupt(format!("pack {}", loc.pack), "short read"))?;
+                let data = decode_blob_in_place(
+                    &self.key,
+                    BlobType::Data,
+                    id,
+                    stored,
+                    loc.raw_length,
+                    &mut scratch,
+                )
+                .map_err(|e| in_pack(e, &loc.pack))?;
                 f(data)?;
             }
             i = j;

@@ -246,9 +246,9 @@ fn write_blobs(
     let (mut pos, mut flushed, mut hole) = (offset, offset, false);
     ctx.repo
         .read_data_blobs(ids, ctx.repo.backend().max_read_run(), |data| {
-            hole = is_hole(&data);
+            hole = is_hole(data);
             if !hole {
-                file.write_all_at(&data, pos)
+                file.write_all_at(data, pos)
                     .map_err(io_err("write", path))?;
             }
             pos += data.len() as u64;
