@@ -278,7 +278,7 @@ mod tests {
             let mut buf = enc.clone();
             let raw = data.len() as u32;
             let dec = decode_blob_in_place(&k, BlobType::Data, &id, &mut buf, raw, &mut scratch);
-            assert_eq!(dec.unwrap(), &data[..]);
+            assert_eq!(dec.unwrap(), data);
             let mut flipped = enc.clone();
             flipped[NONCE_LEN + 3] ^= 1;
             let dec =
