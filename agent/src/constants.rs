@@ -44,7 +44,7 @@ pub const KDF_MIN_MEMORY_KIB: u32 = 1024;
 
 /// An index file is written once this many new blobs are pending, so that a
 /// crash loses little indexing work and index files stay small.
-pub const INDEX_FLUSH_BLOBS: usize = 100_000;
+pub const INDEX_FLUSH_BLOBS: usize = 50_000;
 /// An index file is also written once this long has passed since the last one,
 /// so an uploaded pack is indexed soon after upload: `prune` treats packs that
 /// stay unindexed for its grace period as debris of crashed backups.

@@ -437,15 +437,29 @@ impl Repository {
     /// [`Error::NotFound`]; [`Error::Corrupt`] naming the file.
     pub fn load_json<T: DeserializeOwned>(&self, kind: FileKind, id: &Id) -> Result<T> {
         let object = format!("{} {id}", kind.name());
-        let stored = self.backend.read(kind, &id.to_hex())?;
+        let mut stored = self.backend.read(kind, &id.to_hex())?;
         if Id::of_stored(&stored) != *id {
             return Err(Error::corrupt(
                 object,
                 "content does not match its name (modified or truncated)",
             ));
         }
-        let json = decode_metadata(&self.key, Self::domain(kind)?, &stored, &object)?;
-        serde_json::from_slice(&json).map_err(|e| Error::corrupt(object, e.to_string()))
+        // Decrypted in place and parsed as it is decompressed: an index file
+        // of 100 000 blobs is ~8 MB stored but ~17 MB of JSON, which is never
+        // held whole.
+        let plain = self
+            .key
+            .open_in_place(Self::domain(kind)?, &mut stored, &object)?;
+        let parsed = match plain.split_first() {
+            Some((&METADATA_RAW, rest)) => serde_json::from_slice(rest),
+            Some((&METADATA_ZSTD, rest)) => {
+                let zstd = zstd::stream::read::Decoder::with_buffer(rest)
+                    .map_err(|e| Error::corrupt(&object, format!("zstd: {e}")))?;
+                serde_json::from_reader(std::io::BufReader::with_capacity(64 << 10, zstd))
+            }
+            _ => return Err(Error::corrupt(object, "unknown encoding")),
+        };
+        parsed.map_err(|e| Error::corrupt(object, e.to_string()))
     }
 
     /// Decrypted raw JSON of a file, for `cairn cat`.
