@@ -376,8 +376,8 @@ def measure(cmd, env, out):
 
 class FreshVolume:
     """A new ext4 filesystem for one restore, mounted at WORK/restore/TOOL:
-    a sparse image (twice the data plus 1 GiB, at least 4 GiB, one inode per
-    source file plus headroom) on a loop device with direct I/O, so the page
+    a sparse image (twice the data, 5 KiB per file, plus 1 GiB; at least
+    4 GiB; one inode per source file plus headroom) on a loop device with direct I/O, so the page
     cache holds the restored files once."""
 
     def __init__(self, work, name, files, size):
@@ -389,7 +389,8 @@ class FreshVolume:
     def __enter__(self):
         self.img.unlink(missing_ok=True)
         with open(self.img, "wb") as f:
-            f.truncate(max(4 << 30, 2 * self.size + (1 << 30)))
+            # Every non-empty file takes at least one 4 KiB block.
+            f.truncate(max(4 << 30, 2 * self.size + self.files * 5120 + (1 << 30)))
         inodes = int(self.files * 1.25) + 65536
         run(["mkfs.ext4", "-q", "-F", "-N", str(inodes),
              "-E", "lazy_itable_init=1,lazy_journal_init=1", str(self.img)])

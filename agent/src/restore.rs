@@ -419,8 +419,9 @@ fn create_dir(path: &Path) -> std::io::Result<()> {
 struct Walk<'c, 'r> {
     ctx: &'c Ctx<'r>,
     files: Sender<FileTask>,
-    /// Directories entered, outermost first; the first `created` of them exist.
-    stack: Vec<PathBuf>,
+    /// Directories entered, outermost first, and whether creating them
+    /// failed (already reported); the first `created` of them were attempted.
+    stack: Vec<(PathBuf, bool)>,
     created: usize,
     /// Created directories, children before parents, with their metadata.
     dirs: Vec<(PathBuf, Node)>,
@@ -432,10 +433,11 @@ struct Walk<'c, 'r> {
 impl Walk<'_, '_> {
     /// Create the entered directories that do not exist yet.
     fn ensure_dirs(&mut self) {
-        for path in &self.stack[self.created..] {
+        for (path, failed) in &mut self.stack[self.created..] {
             if let Err(e) = create_dir(path) {
                 self.ctx
                     .error(path, format!("cannot create directory: {e}"));
+                *failed = true;
             }
         }
         self.created = self.stack.len();
@@ -475,7 +477,7 @@ impl Walk<'_, '_> {
     ) -> Result<()> {
         match node.node_type {
             NodeType::Dir => {
-                self.stack.push(target.clone());
+                self.stack.push((target.clone(), false));
                 if included {
                     self.ensure_dirs();
                 }
@@ -483,10 +485,14 @@ impl Walk<'_, '_> {
                     self.tree(&sub, snap_path, &target, included)?;
                 }
                 let created = self.created == self.stack.len();
-                self.stack.pop();
+                let failed = self.stack.pop().is_some_and(|(_, failed)| failed);
                 if created {
                     self.created -= 1;
-                    self.dirs.push((target, node));
+                    // A directory that could not be created gets no metadata
+                    // (and no second error).
+                    if !failed {
+                        self.dirs.push((target, node));
+                    }
                 }
             }
             _ if !included => {}
