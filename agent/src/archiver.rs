@@ -27,7 +27,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use crate::backend::FileKind;
-use crate::blob::{encode_blob, BlobType};
+use crate::blob::{blob_buffer, encode_blob_buf, BlobType, BLOB_HEADROOM};
 use crate::blobset::BlobSet;
 use crate::constants::{INDEX_FLUSH_BLOBS, INDEX_FLUSH_INTERVAL};
 use crate::error::{Error, Result};
@@ -123,6 +123,7 @@ struct FileRead {
 struct BlobJob {
     blob_type: BlobType,
     id: Id,
+    /// The plaintext in a [`blob_buffer`] (after [`BLOB_HEADROOM`] bytes).
     data: Vec<u8>,
 }
 
@@ -589,7 +590,7 @@ fn read_file(
                 let job = BlobJob {
                     blob_type: BlobType::Data,
                     id,
-                    data: chunk.to_vec(),
+                    data: blob_buffer(chunk),
                 };
                 if blobs.send(job).is_err() {
                     pipeline_closed = true;
@@ -713,7 +714,7 @@ fn save_tree(
             .send(BlobJob {
                 blob_type: BlobType::Tree,
                 id,
-                data: bytes,
+                data: blob_buffer(&bytes),
             })
             .map_err(|_| Error::Internal("blob workers stopped".into()))?;
     }
@@ -936,12 +937,13 @@ pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupResult> {
             s.spawn(move || {
                 let key = shared.repo.key();
                 for job in rx {
-                    let encoded = encode_blob(key, job.blob_type, &job.id, &job.data, level);
+                    let raw_len = (job.data.len() - BLOB_HEADROOM) as u32;
+                    let encoded = encode_blob_buf(key, job.blob_type, &job.id, job.data, level);
                     let sealed = SealedBlob {
                         blob_type: job.blob_type,
                         id: job.id,
                         encoded,
-                        raw_len: job.data.len() as u32,
+                        raw_len,
                     };
                     if tx.send(sealed).is_err() {
                         return;

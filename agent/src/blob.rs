@@ -135,18 +135,46 @@ fn zstd_decompress(payload: &[u8], capacity: usize, out: &mut Vec<u8>) -> std::i
 
 /// Encode a blob for a pack: `nonce || AEAD(key, aad(type, id), prefix || payload || zeros)`.
 pub fn encode_blob(key: &MasterKey, t: BlobType, id: &Id, data: &[u8], zstd_level: i32) -> Vec<u8> {
-    let compressed = compress(data, zstd_level);
-    let (flag, payload) = match &compressed {
-        Some(c) => (COMPRESSION_ZSTD, c.as_slice()),
-        None => (COMPRESSION_NONE, data),
-    };
-    let padded = padded_len((BLOB_PREFIX_LEN + payload.len()) as u64) as usize;
+    encode_blob_buf(key, t, id, blob_buffer(data), zstd_level)
+}
+
+/// Bytes in front of the plaintext in a [`blob_buffer`]: room for the nonce
+/// and the blob prefix, so an incompressible blob is sealed where it lies.
+pub const BLOB_HEADROOM: usize = NONCE_LEN + BLOB_PREFIX_LEN;
+
+/// Copy `data` into a buffer laid out for [`encode_blob_buf`]: headroom, the
+/// data, and capacity for the padding and the tag (no reallocation later).
+pub fn blob_buffer(data: &[u8]) -> Vec<u8> {
+    let padded = padded_len((BLOB_PREFIX_LEN + data.len()) as u64) as usize;
     let mut buf = Vec::with_capacity(NONCE_LEN + padded + TAG_LEN);
-    buf.resize(NONCE_LEN, 0);
-    buf.push(flag);
-    buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    buf.extend_from_slice(payload);
+    buf.resize(BLOB_HEADROOM, 0);
+    buf.extend_from_slice(data);
+    buf
+}
+
+/// [`encode_blob`] for data already in a [`blob_buffer`] (`buf[BLOB_HEADROOM..]`):
+/// incompressible data is padded and sealed in that buffer without a copy;
+/// compressed data is written over it (it is smaller).
+pub fn encode_blob_buf(
+    key: &MasterKey,
+    t: BlobType,
+    id: &Id,
+    mut buf: Vec<u8>,
+    zstd_level: i32,
+) -> Vec<u8> {
+    let (flag, len) = match compress(&buf[BLOB_HEADROOM..], zstd_level) {
+        Some(c) => {
+            buf.truncate(BLOB_HEADROOM);
+            buf.extend_from_slice(&c);
+            (COMPRESSION_ZSTD, c.len())
+        }
+        None => (COMPRESSION_NONE, buf.len() - BLOB_HEADROOM),
+    };
+    buf[NONCE_LEN] = flag;
+    buf[NONCE_LEN + 1..BLOB_HEADROOM].copy_from_slice(&(len as u32).to_le_bytes());
+    let padded = padded_len((BLOB_PREFIX_LEN + len) as u64) as usize;
     buf.resize(NONCE_LEN + padded, 0);
+    buf.reserve_exact(TAG_LEN);
     key.seal_in_place(&blob_aad(t, id), &mut buf);
     buf
 }
@@ -288,6 +316,31 @@ mod tests {
             let dec = decode_blob_in_place(&k, BlobType::Data, &id, &mut short, raw, &mut scratch);
             assert!(dec.is_err());
         }
+    }
+
+    #[test]
+    fn incompressible_blob_is_sealed_in_its_buffer() {
+        let k = MasterKey::from_parts([5; 32], [6; 32], [7; 32]);
+        let mut x = 1u64;
+        let data: Vec<u8> = (0..200_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let id = k.blob_id(&data);
+        let buf = blob_buffer(&data);
+        let (cap, ptr) = (buf.capacity(), buf.as_ptr());
+        let enc = encode_blob_buf(&k, BlobType::Data, &id, buf, 3);
+        // same allocation, laid out as the format says: nonce, sealed prefix +
+        // payload + padding, tag
+        assert_eq!((enc.capacity(), enc.as_ptr()), (cap, ptr));
+        let padded = padded_len((BLOB_PREFIX_LEN + data.len()) as u64) as usize;
+        assert_eq!(enc.len(), NONCE_LEN + padded + TAG_LEN);
+        let dec = decode_blob(&k, BlobType::Data, &id, &enc, data.len() as u32).unwrap();
+        assert_eq!(dec, data);
     }
 
     #[test]
