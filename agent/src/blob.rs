@@ -91,23 +91,29 @@ fn compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
 }
 
 thread_local! {
-    /// One zstd context per level and thread, reused: creating and clearing a
-    /// context per blob cost a few percent of a backup's CPU time.
-    static COMPRESSORS: std::cell::RefCell<Vec<(i32, zstd::bulk::Compressor<'static>)>> =
-        const { std::cell::RefCell::new(Vec::new()) };
+    /// One zstd context per thread, reused and switched between levels (data
+    /// and tree blobs use different ones): creating and clearing a context per
+    /// blob cost a few percent of a backup's CPU time, and a context per level
+    /// would keep two workspaces per thread.
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 fn zstd_compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
-    COMPRESSORS.with(|cs| {
-        let mut cs = cs.borrow_mut();
-        let i = match cs.iter().position(|(l, _)| *l == level) {
-            Some(i) => i,
-            None => {
-                cs.push((level, zstd::bulk::Compressor::new(level).ok()?));
-                cs.len() - 1
+    COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        match &mut *c {
+            Some((l, comp)) if *l == level => comp.compress(data).ok(),
+            Some((l, comp)) => {
+                comp.set_compression_level(level).ok()?;
+                *l = level;
+                comp.compress(data).ok()
             }
-        };
-        cs[i].1.compress(data).ok()
+            None => {
+                let (_, comp) = c.insert((level, zstd::bulk::Compressor::new(level).ok()?));
+                comp.compress(data).ok()
+            }
+        }
     })
 }
 
