@@ -29,7 +29,7 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use crate::backend::FileKind;
 use crate::blob::{blob_buffer, encode_blob_buf, BlobType, BLOB_HEADROOM};
 use crate::blobset::BlobSet;
-use crate::constants::{INDEX_FLUSH_BLOBS, INDEX_FLUSH_INTERVAL, TREE_ZSTD_LEVEL};
+use crate::constants::{INDEX_FLUSH_BLOBS, INDEX_FLUSH_INTERVAL};
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::index::IndexFile;
@@ -938,10 +938,6 @@ pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupResult> {
                 let key = shared.repo.key();
                 for job in rx {
                     let raw_len = (job.data.len() - BLOB_HEADROOM) as u32;
-                    let level = match job.blob_type {
-                        BlobType::Tree => level.max(TREE_ZSTD_LEVEL),
-                        BlobType::Data => level,
-                    };
                     let encoded = encode_blob_buf(key, job.blob_type, &job.id, job.data, level);
                     let sealed = SealedBlob {
                         blob_type: job.blob_type,

@@ -152,12 +152,42 @@ fn encode_metadata<T: Serialize + ?Sized>(
 
 fn decode_metadata(key: &MasterKey, domain: &[u8], stored: &[u8], object: &str) -> Result<Vec<u8>> {
     let plain = key.open(domain, stored, object)?;
-    match plain.split_first() {
-        Some((&METADATA_RAW, rest)) => Ok(rest.to_vec()),
-        Some((&METADATA_ZSTD, rest)) => {
-            zstd::stream::decode_all(rest).map_err(|e| Error::corrupt(object, format!("zstd: {e}")))
+    let mut json = Vec::new();
+    std::io::Read::read_to_end(&mut metadata_json(&plain, object)?, &mut json)
+        .map_err(|e| Error::corrupt(object, format!("zstd: {e}")))?;
+    Ok(json)
+}
+
+/// The JSON of a decrypted metadata file (`flag || payload`), read as it is
+/// decompressed: an index file's JSON is about three times its stored size
+/// and is never held whole. Read through a `BufReader` (serde_json's reader
+/// takes a byte at a time, and std serves those from a `BufReader`'s buffer).
+fn metadata_json<'a>(
+    plain: &'a [u8],
+    object: &str,
+) -> Result<std::io::BufReader<MetadataPayload<'a>>> {
+    let payload = match plain.split_first() {
+        Some((&METADATA_RAW, rest)) => MetadataPayload::Raw(rest),
+        Some((&METADATA_ZSTD, rest)) => MetadataPayload::Zstd(
+            zstd::stream::read::Decoder::with_buffer(rest)
+                .map_err(|e| Error::corrupt(object, format!("zstd: {e}")))?,
+        ),
+        _ => return Err(Error::corrupt(object, "unknown encoding")),
+    };
+    Ok(std::io::BufReader::with_capacity(64 << 10, payload))
+}
+
+enum MetadataPayload<'a> {
+    Raw(&'a [u8]),
+    Zstd(zstd::stream::read::Decoder<'a, &'a [u8]>),
+}
+
+impl std::io::Read for MetadataPayload<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Self::Raw(r) => r.read(buf),
+            Self::Zstd(r) => r.read(buf),
         }
-        _ => Err(Error::corrupt(object, "unknown encoding")),
     }
 }
 
@@ -444,20 +474,11 @@ impl Repository {
                 "content does not match its name (modified or truncated)",
             ));
         }
-        // Decrypted in place and parsed as it is decompressed: an index file's
-        // JSON is about three times its stored size and is never held whole.
         let plain = self
             .key
             .open_in_place(Self::domain(kind)?, &mut stored, &object)?;
-        let parsed = match plain.split_first() {
-            Some((&METADATA_RAW, rest)) => serde_json::from_slice(rest),
-            Some((&METADATA_ZSTD, rest)) => {
-                let zstd = zstd::stream::read::Decoder::with_buffer(rest)
-                    .map_err(|e| Error::corrupt(&object, format!("zstd: {e}")))?;
-                serde_json::from_reader(std::io::BufReader::with_capacity(64 << 10, zstd))
-            }
-            _ => return Err(Error::corrupt(object, "unknown encoding")),
-        };
+        let json = metadata_json(plain, &object)?;
+        let parsed = serde_json::from_reader(json);
         parsed.map_err(|e| Error::corrupt(object, e.to_string()))
     }
 
