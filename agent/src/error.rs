@@ -43,23 +43,24 @@ pub enum Error {
     )]
     UnsupportedVersion { found: u32, supported: u32 },
 
-    /// Local filesystem error with the path involved.
-    #[error("{op} {path}: {source}")]
+    /// Local filesystem error with the path involved. The message already
+    /// says what the OS error was, so the error is not also returned as the
+    /// `source()` (an error report that prints the chain would say it twice).
+    #[error("{op} {path}: {cause}")]
     Io {
         op: &'static str,
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 
-    /// Storage backend failure with the object key involved.
+    /// Storage backend failure with the object key involved (`message`
+    /// includes the OS error in `cause`, when there is one).
     #[error("storage: {op} {key}: {message}")]
     Backend {
         op: &'static str,
         key: String,
         message: String,
-        #[source]
-        source: Option<std::io::Error>,
+        cause: Option<std::io::Error>,
     },
 
     /// Invalid user input (a bad pattern, an option out of range, ...).
@@ -81,7 +82,7 @@ impl Error {
         Error::Io {
             op,
             path: path.into(),
-            source,
+            cause: source,
         }
     }
 

@@ -383,6 +383,16 @@ fn missing_and_existing_repositories() {
     env.ok(&["init"]);
     let out = env.run(&["init"]);
     assert_fails(&out, 1, "already exists");
+    // A source that is not there: the path and the OS's reason, said once.
+    let missing = env.path("not-there");
+    let out = env.run(&["backup", missing.to_str().unwrap()]);
+    assert_fails(&out, 1, "cannot back up");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "{stderr}"
+    );
     let out = env
         .cmd()
         .env_remove("CAIRN_REPOSITORY")

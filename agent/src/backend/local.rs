@@ -37,7 +37,7 @@ impl LocalBackend {
             op,
             key: self.path(kind, name).display().to_string(),
             message: e.to_string(),
-            source: Some(e),
+            cause: Some(e),
         }
     }
 }
@@ -88,7 +88,7 @@ impl LocalBackend {
                 op: "write",
                 key: target.display().to_string(),
                 message: "file already exists (repository files are never overwritten)".into(),
-                source: Some(e),
+                cause: Some(e),
             }
         } else {
             self.err("write", kind, name, e)
@@ -114,7 +114,7 @@ impl StagedFile for LocalStaged {
             op: "write",
             key: self.tmp.display().to_string(),
             message: e.to_string(),
-            source: Some(e),
+            cause: Some(e),
         })
     }
 

@@ -302,7 +302,7 @@ impl S3Backend {
             op,
             key: at,
             message,
-            source: None,
+            cause: None,
         }
     }
 
@@ -333,7 +333,7 @@ impl S3Backend {
                     key: format!("s3://{}/{key}", self.cfg.bucket),
                     message: "object already exists (repository files are never overwritten)"
                         .into(),
-                    source: None,
+                    cause: None,
                 })
             }
             Err(e) => Err(self.error("write", key, e)),
@@ -355,7 +355,7 @@ impl S3Backend {
                 op: "start multipart upload",
                 key: key.to_string(),
                 message: "the store returned no upload ID".into(),
-                source: None,
+                cause: None,
             })?
             .to_string();
         let result = async {
@@ -503,7 +503,7 @@ impl Backend for S3Backend {
                             self.cfg.bucket,
                             self.endpoint_name()
                         ),
-                        source: None,
+                        cause: None,
                     },
                     other => other,
                 })
@@ -556,7 +556,7 @@ impl Backend for S3Backend {
                 op: "read",
                 key: key.clone(),
                 message: format!("download interrupted: {e}"),
-                source: None,
+                cause: None,
             })?;
             Ok(body.into_bytes().to_vec())
         })
@@ -596,7 +596,7 @@ impl Backend for S3Backend {
                     op: "read",
                     key: key.clone(),
                     message: format!("download interrupted: {e}"),
-                    source: None,
+                    cause: None,
                 })
         })?;
         if data.len() != length as usize {
