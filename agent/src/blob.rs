@@ -74,34 +74,40 @@ const SAMPLE_LEN: usize = 32 * 1024;
 /// Compress with zstd at `level` (0 = never), keeping the result only if it
 /// saves at least 1/64 of the size. Large chunks are compressed only if a
 /// sample from their middle compresses by at least 1/32 at zstd's fastest level.
-fn compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
+fn compress(data: &[u8], level: i32, t: BlobType) -> Option<Vec<u8>> {
     if level == 0 || data.len() < 64 {
         return None;
     }
     if data.len() > SAMPLE_ABOVE {
         let mid = data.len() / 2;
         let sample = &data[mid - SAMPLE_LEN / 2..mid + SAMPLE_LEN / 2];
-        let c = zstd_compress(sample, 1)?;
+        let c = zstd_compress(sample, 1, t)?;
         if c.len() > SAMPLE_LEN - SAMPLE_LEN / 32 {
             return None;
         }
     }
-    let c = zstd_compress(data, level)?;
+    let c = zstd_compress(data, level, t)?;
     (c.len() < data.len() - data.len() / 64).then_some(c)
 }
 
+type LevelCompressor = Option<(i32, zstd::bulk::Compressor<'static>)>;
+
 thread_local! {
-    /// One zstd context per thread, reused and switched between levels (data
-    /// and tree blobs use different ones): creating and clearing a context per
-    /// blob cost a few percent of a backup's CPU time, and a context per level
-    /// would keep two workspaces per thread.
-    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
-        const { std::cell::RefCell::new(None) };
+    /// zstd contexts reused per thread (creating and clearing one per blob
+    /// cost a few percent of a backup's CPU time): one for data blobs, one for
+    /// tree blobs. With one for both, a context alternating between tiny data
+    /// blobs and a large tree at a higher level had zstd free its workspace
+    /// (too large for too long) and allocate it again thousands of times in a
+    /// backup of a million small files, and peak RSS varied with where those
+    /// megabytes landed in the heap.
+    static COMPRESSORS: std::cell::RefCell<[LevelCompressor; 2]> =
+        const { std::cell::RefCell::new([None, None]) };
 }
 
-fn zstd_compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
-    COMPRESSOR.with(|c| {
+fn zstd_compress(data: &[u8], level: i32, t: BlobType) -> Option<Vec<u8>> {
+    COMPRESSORS.with(|c| {
         let mut c = c.borrow_mut();
+        let c = &mut c[usize::from(t == BlobType::Tree)];
         if c.is_none() {
             *c = Some((level, zstd::bulk::Compressor::new(level).ok()?));
         }
@@ -170,7 +176,7 @@ pub fn encode_blob_buf(
         BlobType::Tree => zstd_level.max(TREE_ZSTD_LEVEL),
         BlobType::Data => zstd_level,
     };
-    let (flag, len) = match compress(&buf[BLOB_HEADROOM..], level) {
+    let (flag, len) = match compress(&buf[BLOB_HEADROOM..], level, t) {
         Some(c) => {
             buf.truncate(BLOB_HEADROOM);
             buf.extend_from_slice(&c);

@@ -151,8 +151,10 @@ impl Chunker {
         self.chunk_stream_with(&mut Vec::new(), reader, on_chunk)
     }
 
-    /// As [`Chunker::chunk_stream`], reusing `buf` (grown to two maximum chunk
-    /// sizes on first use) so that a worker allocates its buffer once, not per file.
+    /// As [`Chunker::chunk_stream`], reusing `buf` so that a worker allocates
+    /// its buffer once, not per file. The buffer grows (doubling, from
+    /// [`STREAM_BUF_MIN`]) only while a window does not fit, up to two maximum
+    /// chunk sizes: a worker that only ever sees small files keeps a small one.
     ///
     /// # Errors
     /// Read errors from `reader`, or the first error `on_chunk` returns.
@@ -163,9 +165,6 @@ impl Chunker {
         mut on_chunk: impl FnMut(&[u8]) -> Result<(), E>,
     ) -> Result<u64, E> {
         let max = self.params.max;
-        if buf.len() < 2 * max {
-            buf.resize(2 * max, 0);
-        }
         let (mut start, mut end) = (0usize, 0usize);
         let mut eof = false;
         let mut total = 0u64;
@@ -173,9 +172,15 @@ impl Chunker {
             // Top up so the window holds at least `max` bytes unless the stream ended.
             while !eof && end - start < max {
                 if end == buf.len() {
-                    buf.copy_within(start..end, 0);
-                    end -= start;
-                    start = 0;
+                    if buf.len() < 2 * max && start <= buf.len() / 2 {
+                        // Mostly unconsumed bytes: grow rather than move them.
+                        let len = (buf.len() * 2).clamp(STREAM_BUF_MIN, 2 * max);
+                        buf.resize(len, 0);
+                    } else {
+                        buf.copy_within(start..end, 0);
+                        end -= start;
+                        start = 0;
+                    }
                 }
                 match reader.read(&mut buf[end..]) {
                     Ok(0) => eof = true,
@@ -196,6 +201,9 @@ impl Chunker {
         }
     }
 }
+
+/// First size of a stream buffer (see [`Chunker::chunk_stream_with`]).
+pub const STREAM_BUF_MIN: usize = 64 * 1024;
 
 /// Pairs of bytes per block in [`Chunker::cut`]'s scan (4 KiB).
 const CUT_BLOCK_PAIRS: usize = 2048;
@@ -336,6 +344,34 @@ mod tests {
             assert!((CHUNK_MIN..=CHUNK_MAX).contains(&l), "chunk of {l} bytes");
         }
         assert!(a.len() >= 8, "expected ~20 chunks, got {}", a.len());
+    }
+
+    #[test]
+    fn reused_buffer_grows_only_as_files_need() {
+        let c = Chunker::new(&[9; 32], params());
+        let big = pseudo_random(9 << 20, 3);
+        let lens = |buf: &mut Vec<u8>, data: &[u8]| {
+            let mut v = Vec::new();
+            c.chunk_stream_with::<_, io::Error>(buf, data, |ch| {
+                v.push(ch.len());
+                Ok(())
+            })
+            .unwrap();
+            v
+        };
+        let mut buf = Vec::new();
+        for n in [0, 1, 300, STREAM_BUF_MIN - 1] {
+            assert_eq!(
+                lens(&mut buf, &big[..n]),
+                chunk_lengths(&c, &big[..n], 1 << 20)
+            );
+            assert_eq!(buf.len(), STREAM_BUF_MIN, "small files keep a small buffer");
+        }
+        // a large file after small ones: same chunks as with a fresh buffer
+        assert_eq!(lens(&mut buf, &big), chunk_lengths(&c, &big, 4093));
+        assert_eq!(buf.len(), 2 * CHUNK_MAX);
+        assert_eq!(lens(&mut buf, &big[..5000]), vec![5000]);
+        assert_eq!(buf.len(), 2 * CHUNK_MAX, "grown once, kept");
     }
 
     #[test]
