@@ -174,7 +174,7 @@ impl Chunker {
                 if end == buf.len() {
                     if buf.len() < 2 * max && start <= buf.len() / 2 {
                         // Mostly unconsumed bytes: grow rather than move them.
-                        let len = (buf.len() * 2).clamp(STREAM_BUF_MIN, 2 * max);
+                        let len = (buf.len() * 2).max(STREAM_BUF_MIN).min(2 * max);
                         buf.resize(len, 0);
                     } else {
                         buf.copy_within(start..end, 0);
@@ -372,6 +372,25 @@ mod tests {
         assert_eq!(buf.len(), 2 * CHUNK_MAX);
         assert_eq!(lens(&mut buf, &big[..5000]), vec![5000]);
         assert_eq!(buf.len(), 2 * CHUNK_MAX, "grown once, kept");
+
+        // chunk sizes far below the first buffer size (the smallest valid)
+        let small = ChunkerParams {
+            min: 64,
+            avg: 128,
+            max: 256,
+            normalization: 1,
+        };
+        let c = Chunker::new(&[9; 32], small);
+        let mut buf = Vec::new();
+        let mut total = 0;
+        c.chunk_stream_with::<_, io::Error>(&mut buf, &big[..100_000], |ch| {
+            assert!(ch.len() <= 256);
+            total += ch.len();
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(total, 100_000);
+        assert_eq!(buf.len(), 512, "never more than two maximum chunks");
     }
 
     #[test]
