@@ -778,7 +778,7 @@ fn pack_blobs(shared: &Shared<'_>, sealed: Receiver<SealedBlob>, packs: Sender<R
             BlobType::Tree => add(&c.tree_blobs_added, 1),
         }
         add(&c.bytes_added, u64::from(b.raw_len));
-        let slot = &mut open[usize::from(b.blob_type == BlobType::Tree)];
+        let slot = &mut open[b.blob_type.index()];
         let step = (|| -> Result<Option<ReadyPack>> {
             let w = match slot {
                 Some(w) => w,

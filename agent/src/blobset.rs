@@ -23,13 +23,6 @@ pub struct BlobSet {
     sorted: [Vec<Id>; 2],
 }
 
-fn slot(t: BlobType) -> usize {
-    match t {
-        BlobType::Data => 0,
-        BlobType::Tree => 1,
-    }
-}
-
 impl BlobSet {
     /// An empty set.
     pub fn new() -> BlobSet {
@@ -38,12 +31,12 @@ impl BlobSet {
 
     /// Whether the key is in the set.
     pub fn contains(&self, t: BlobType, id: &Id) -> bool {
-        self.recent.contains(&(t, *id)) || self.sorted[slot(t)].binary_search(id).is_ok()
+        self.recent.contains(&(t, *id)) || self.sorted[t.index()].binary_search(id).is_ok()
     }
 
     /// Add a key; false if it was already there.
     pub fn insert(&mut self, t: BlobType, id: Id) -> bool {
-        if self.sorted[slot(t)].binary_search(&id).is_ok() || !self.recent.insert((t, id)) {
+        if self.sorted[t.index()].binary_search(&id).is_ok() || !self.recent.insert((t, id)) {
             return false;
         }
         if self.recent.len() >= RECENT_MAX {
@@ -66,7 +59,7 @@ impl BlobSet {
     fn compact(&mut self) {
         let mut batch: [Vec<Id>; 2] = Default::default();
         for (t, id) in self.recent.drain() {
-            batch[slot(t)].push(id);
+            batch[t.index()].push(id);
         }
         for (sorted, mut add) in self.sorted.iter_mut().zip(batch) {
             add.sort_unstable();

@@ -80,7 +80,7 @@ impl Copier<'_> {
         let encoded = encode_blob(self.dst.key(), t, &id, plain, self.dst.config().zstd_level);
         self.report.blobs_stored += 1;
         self.report.bytes_stored += plain.len() as u64;
-        let w = &mut self.writers[usize::from(t == BlobType::Tree)];
+        let w = &mut self.writers[t.index()];
         w.add(t, id, &encoded, plain.len() as u32);
         if w.size() >= self.dst.config().pack_size {
             let full = std::mem::take(w);

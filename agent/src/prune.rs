@@ -641,7 +641,7 @@ fn repack(
                 )));
             };
             decode_blob(key, b.blob_type, &b.id, stored, b.raw_length).map_err(refuse)?;
-            let w = &mut writers[usize::from(b.blob_type == BlobType::Tree)];
+            let w = &mut writers[b.blob_type.index()];
             w.add(b.blob_type, b.id, stored, b.raw_length);
             if w.size() >= target {
                 let full = std::mem::take(w);
