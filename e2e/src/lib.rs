@@ -327,3 +327,69 @@ where
         .await
         .unwrap_or_else(|e| panic!("create {:?}: {e}", obj.meta().name))
 }
+
+/// The `kubectl` the tests run: `$CAIRN_K8S_BIN/kubectl` when the local
+/// harness (scripts/k8s/up) exported it, else `kubectl` from PATH.
+pub fn kubectl_path() -> std::path::PathBuf {
+    match std::env::var_os("CAIRN_K8S_BIN").filter(|p| !p.is_empty()) {
+        Some(dir) => std::path::Path::new(&dir).join("kubectl"),
+        None => "kubectl".into(),
+    }
+}
+
+/// The outcome of one `kubectl` run.
+#[derive(Debug)]
+pub struct KubectlOutput {
+    /// Exit status was 0.
+    pub success: bool,
+    /// Its standard output.
+    pub stdout: String,
+    /// Its standard error (warnings from the API server land here).
+    pub stderr: String,
+}
+
+/// Run `kubectl ARGS` with `input` on standard input.
+pub fn kubectl(args: &[&str], input: &str) -> KubectlOutput {
+    use std::io::Write;
+    let mut child = std::process::Command::new(kubectl_path())
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("run {}: {e}", kubectl_path().display()));
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(input.as_bytes())
+            .expect("write kubectl's standard input");
+    }
+    let out = child.wait_with_output().expect("wait for kubectl");
+    KubectlOutput {
+        success: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// An API for any `cairn.dev/v1alpha1` kind in `ns`, as untyped objects (so
+/// what is sent is exactly the JSON given, not a typed round trip).
+pub fn cairn_api(client: &Client, ns: &str, kind: &str) -> Api<kube::api::DynamicObject> {
+    let plural = match kind {
+        "BackupRepository" => "backuprepositories",
+        "BackupSchedule" => "backupschedules",
+        "Backup" => "backups",
+        "Restore" => "restores",
+        other => panic!("not a cairn kind: {other}"),
+    };
+    let gvk = kube::api::GroupVersionKind::gvk("cairn.dev", "v1alpha1", kind);
+    let ar = kube::api::ApiResource::from_gvk_with_plural(&gvk, plural);
+    Api::namespaced_with(client.clone(), ns, &ar)
+}
+
+/// The audit log the local harness's API server writes (JSON lines), when
+/// the tests run against it (`CAIRN_K8S_AUDIT_LOG`, set by scripts/k8s/up).
+pub fn audit_log() -> Option<std::path::PathBuf> {
+    std::env::var_os("CAIRN_K8S_AUDIT_LOG")
+        .filter(|p| !p.is_empty())
+        .map(Into::into)
+}
