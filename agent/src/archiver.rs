@@ -15,18 +15,23 @@
 //! must be read. The tree builder assembles directories in depth-first order.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::ErrorKind;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
+
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, Stat};
+use rustix::io::Errno;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use crate::backend::FileKind;
+use crate::beneath;
 use crate::blob::{blob_buffer, encode_blob_buf, BlobType, BLOB_HEADROOM};
 use crate::blobset::BlobSet;
 use crate::constants::{INDEX_FLUSH_BLOBS, INDEX_FLUSH_INTERVAL};
@@ -110,14 +115,21 @@ enum FileOutcome {
     Unmodified,
 }
 
+/// A regular file to read: by name in its open directory, expected to be
+/// the inode the walker saw there.
 struct FileJob {
+    dir: Arc<OwnedFd>,
+    name: Vec<u8>,
     path: PathBuf,
+    seen: (u64, u64),
     reply: Sender<std::result::Result<FileRead, SourceError>>,
 }
 
 struct FileRead {
     content: Vec<Id>,
     size: u64,
+    /// The file changed while it was read (stored as read, reported).
+    changed: Option<SourceError>,
 }
 
 struct BlobJob {
@@ -320,37 +332,32 @@ fn time_ns(secs: i64, nsec: i64) -> i64 {
     secs.saturating_mul(1_000_000_000).saturating_add(nsec)
 }
 
-/// A tree node for `path` from its metadata (no content).
-fn node_from_metadata(name: RawName, meta: &fs::Metadata) -> Node {
-    let ft = meta.file_type();
-    let node_type = if ft.is_dir() {
-        NodeType::Dir
-    } else if ft.is_symlink() {
-        NodeType::Symlink
-    } else if ft.is_fifo() {
-        NodeType::Fifo
-    } else if ft.is_char_device() {
-        NodeType::Chardev
-    } else if ft.is_block_device() {
-        NodeType::Blockdev
-    } else if ft.is_socket() {
-        NodeType::Socket
-    } else {
-        NodeType::File
+/// A tree node from an entry's `stat` (no content). The casts are no-ops on
+/// x86_64 but not on every target (`st_nlink` is 32 bits on aarch64).
+#[allow(clippy::unnecessary_cast)]
+fn node_from_stat(name: RawName, st: &Stat) -> Node {
+    let node_type = match FileType::from_raw_mode(st.st_mode) {
+        FileType::Directory => NodeType::Dir,
+        FileType::Symlink => NodeType::Symlink,
+        FileType::Fifo => NodeType::Fifo,
+        FileType::CharacterDevice => NodeType::Chardev,
+        FileType::BlockDevice => NodeType::Blockdev,
+        FileType::Socket => NodeType::Socket,
+        _ => NodeType::File,
     };
     Node {
         name,
         node_type,
-        mode: meta.mode(),
-        uid: meta.uid(),
-        gid: meta.gid(),
-        mtime_ns: time_ns(meta.mtime(), meta.mtime_nsec()),
-        ctime_ns: time_ns(meta.ctime(), meta.ctime_nsec()),
-        inode: meta.ino(),
-        device_id: meta.dev(),
-        links: meta.nlink(),
+        mode: st.st_mode,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        mtime_ns: time_ns(st.st_mtime as i64, st.st_mtime_nsec as i64),
+        ctime_ns: time_ns(st.st_ctime as i64, st.st_ctime_nsec as i64),
+        inode: st.st_ino as u64,
+        device_id: st.st_dev as u64,
+        links: st.st_nlink as u64,
         size: if node_type == NodeType::File {
-            meta.len()
+            st.st_size.max(0) as u64
         } else {
             0
         },
@@ -358,11 +365,40 @@ fn node_from_metadata(name: RawName, meta: &fs::Metadata) -> Node {
         subtree: None,
         target: None,
         rdev: if matches!(node_type, NodeType::Chardev | NodeType::Blockdev) {
-            meta.rdev()
+            st.st_rdev as u64
         } else {
             0
         },
     }
+}
+
+/// Device and inode: which entry a `stat` describes.
+#[allow(clippy::unnecessary_cast)]
+fn identity(st: &Stat) -> (u64, u64) {
+    (st.st_dev as u64, st.st_ino as u64)
+}
+
+/// What an entry's type is called in messages.
+fn kind_name(st: &Stat) -> &'static str {
+    match FileType::from_raw_mode(st.st_mode) {
+        FileType::RegularFile => "a regular file",
+        FileType::Directory => "a directory",
+        FileType::Symlink => "a symbolic link",
+        FileType::Fifo => "a FIFO",
+        FileType::CharacterDevice => "a character device",
+        FileType::BlockDevice => "a block device",
+        FileType::Socket => "a socket",
+        FileType::Unknown => "an entry of unknown type",
+    }
+}
+
+/// The entry opened is not the one the walk looked at: a concurrent writer
+/// replaced it (with a symlink, a FIFO, another file). It is not read.
+fn replaced(was: &str, now: &Stat) -> String {
+    format!(
+        "replaced while the backup ran (was {was}, opened {}): not backed up",
+        kind_name(now)
+    )
 }
 
 fn unchanged(node: &Node, old: &Node, mode: ChangeDetection) -> bool {
@@ -426,23 +462,32 @@ impl Walker<'_, '_> {
     }
 
     /// Emit the virtual directories above the source paths, then the sources.
+    /// These paths are the user's: their components are followed as written.
     fn walk_virtual(&self, tree: &PathTree, path: &Path, parent: Option<&Tree>) -> Result<()> {
         for (name, child) in &tree.children {
             let child_path = path.join(RawName(name.clone()).to_os());
             let old = parent.and_then(|t| t.find(name));
             if child.leaf {
-                self.walk_path(&child_path, RawName(name.clone()), old)?;
+                match beneath::open_dir_path(path) {
+                    Ok(dir) => {
+                        let dir = Arc::new(dir);
+                        self.walk_entry(&dir, name, &child_path, old)?;
+                    }
+                    Err(e) => self
+                        .shared
+                        .source_error(path, format!("cannot open directory: {e}")),
+                }
                 continue;
             }
-            let meta = match fs::metadata(&child_path) {
-                Ok(m) => m,
+            let st = match rfs::stat(&child_path) {
+                Ok(st) => st,
                 Err(e) => {
                     self.shared
                         .source_error(&child_path, format!("cannot stat: {e}"));
                     continue;
                 }
             };
-            let node = node_from_metadata(RawName(name.clone()), &meta);
+            let node = node_from_stat(RawName(name.clone()), &st);
             let old_subtree = old.and_then(|n| n.subtree);
             self.send(Event::EnterDir {
                 node: Some(node),
@@ -455,18 +500,28 @@ impl Walker<'_, '_> {
         Ok(())
     }
 
-    fn walk_path(&self, path: &Path, name: RawName, old: Option<&Node>) -> Result<()> {
+    /// Back up the entry `name` of the open directory `dir` (at `path`).
+    /// Nothing is followed: the entry is examined with `fstatat(NOFOLLOW)`,
+    /// a directory is opened with `O_NOFOLLOW` and must be the inode
+    /// examined, and files are read the same way by the file workers.
+    fn walk_entry(
+        &self,
+        dir: &Arc<OwnedFd>,
+        name: &[u8],
+        path: &Path,
+        old: Option<&Node>,
+    ) -> Result<()> {
         if self.shared.failed() {
             return Err(Error::Internal("backup aborted".into()));
         }
-        let meta = match fs::symlink_metadata(path) {
-            Ok(m) => m,
+        let st = match rfs::statat(dir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
             Err(e) => {
                 self.shared.source_error(path, format!("cannot stat: {e}"));
                 return Ok(());
             }
         };
-        let mut node = node_from_metadata(name, &meta);
+        let mut node = node_from_stat(RawName(name.to_vec()), &st);
         match node.node_type {
             NodeType::File => {
                 if let Some(old) = old.filter(|o| unchanged(&node, o, self.detection)) {
@@ -492,7 +547,10 @@ impl Walker<'_, '_> {
                 let (tx, rx) = bounded(1);
                 self.files
                     .send(FileJob {
+                        dir: Arc::clone(dir),
+                        name: name.to_vec(),
                         path: path.to_path_buf(),
+                        seen: (node.device_id, node.inode),
                         reply: tx,
                     })
                     .map_err(|_| Error::Internal("file workers stopped".into()))?;
@@ -503,24 +561,47 @@ impl Walker<'_, '_> {
                 })
             }
             NodeType::Dir => {
-                let mut entries = match fs::read_dir(path) {
-                    Ok(rd) => rd
-                        .filter_map(|e| match e {
-                            Ok(e) => Some(e.file_name()),
-                            Err(err) => {
-                                self.shared
-                                    .source_error(path, format!("cannot list: {err}"));
-                                None
-                            }
-                        })
-                        .collect::<Vec<_>>(),
+                #[cfg(test)]
+                test_hooks::run("before opendir", path);
+                let sub = match beneath::open_dir_at(dir.as_fd(), name) {
+                    Ok(fd) => fd,
+                    // O_DIRECTORY | O_NOFOLLOW on what is no longer a directory.
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
+                        let msg = match rfs::statat(dir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
+                            Ok(now) => replaced("a directory", &now),
+                            Err(e) => format!("cannot open directory: {e}"),
+                        };
+                        self.shared.source_error(path, msg);
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        self.shared
+                            .source_error(path, format!("cannot open directory: {e}"));
+                        return Ok(());
+                    }
+                };
+                match rfs::fstat(&sub) {
+                    Ok(now) if identity(&now) == (node.device_id, node.inode) => {}
+                    Ok(now) => {
+                        self.shared
+                            .source_error(path, replaced("a directory", &now));
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        self.shared.source_error(path, format!("cannot stat: {e}"));
+                        return Ok(());
+                    }
+                }
+                let mut entries = match beneath::list_dir(sub.as_fd()) {
+                    Ok(names) => names,
                     Err(e) => {
                         self.shared
                             .source_error(path, format!("cannot list directory: {e}"));
                         return Ok(());
                     }
                 };
-                entries.sort_by(|a, b| RawName::from_os(a).cmp(&RawName::from_os(b)));
+                entries.sort_unstable();
+                let sub = Arc::new(sub);
                 let old_subtree = old
                     .filter(|o| o.node_type == NodeType::Dir)
                     .and_then(|o| o.subtree);
@@ -530,19 +611,18 @@ impl Walker<'_, '_> {
                 })?;
                 let old_tree = self.parent_tree(old_subtree);
                 for name in entries {
-                    let child = path.join(&name);
+                    let child = path.join(std::ffi::OsStr::from_bytes(&name));
                     if self.excludes.excluded(&child) {
                         continue;
                     }
-                    let raw = RawName::from_os(&name);
-                    let old_child = old_tree.as_ref().and_then(|t| t.find(&raw.0));
-                    self.walk_path(&child, raw, old_child)?;
+                    let old_child = old_tree.as_ref().and_then(|t| t.find(&name));
+                    self.walk_entry(&sub, &name, &child, old_child)?;
                 }
                 self.send(Event::LeaveDir)
             }
             NodeType::Symlink => {
-                match fs::read_link(path) {
-                    Ok(t) => node.target = Some(RawName::from_os(t.as_os_str())),
+                match rfs::readlinkat(dir.as_fd(), name, Vec::new()) {
+                    Ok(t) => node.target = Some(RawName(t.into_bytes())),
                     Err(e) => {
                         self.shared
                             .source_error(path, format!("cannot read link: {e}"));
@@ -556,15 +636,29 @@ impl Walker<'_, '_> {
     }
 }
 
-fn open_source(path: &Path) -> std::io::Result<File> {
+/// Open a regular file for reading without following a symlink and without
+/// blocking (a FIFO swapped in opens at once, and is then refused by type).
+fn open_source(dir: BorrowedFd<'_>, name: &[u8]) -> std::result::Result<OwnedFd, Errno> {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
     // O_NOATIME keeps backups from dirtying atimes; only the owner (or root) may use it.
-    match OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOATIME)
-        .open(path)
-    {
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => File::open(path),
+    match rfs::openat(dir, name, flags | OFlags::NOATIME, Mode::empty()) {
+        Err(Errno::PERM) => rfs::openat(dir, name, flags, Mode::empty()),
         other => other,
+    }
+}
+
+/// Whether a file's size or modification time moved between two `fstat`s.
+fn file_changed(before: &Stat, after: &Stat) -> Option<String> {
+    #[allow(clippy::unnecessary_cast)]
+    let time = |st: &Stat| time_ns(st.st_mtime as i64, st.st_mtime_nsec as i64);
+    if before.st_size != after.st_size {
+        Some(format!(
+            "changed while being read (size {} -> {} bytes): stored as read",
+            before.st_size, after.st_size
+        ))
+    } else {
+        (time(before) != time(after))
+            .then(|| "changed while being read (modified again): stored as read".to_string())
     }
 }
 
@@ -573,18 +667,37 @@ fn read_file(
     chunker: &crate::chunker::Chunker,
     buf: &mut Vec<u8>,
     blobs: &Sender<BlobJob>,
-    path: &Path,
+    job: &FileJob,
 ) -> std::result::Result<FileRead, SourceError> {
+    let path = job.path.as_path();
     let src_err = |message: String| SourceError {
         path: path.to_path_buf(),
         message,
     };
-    let file = open_source(path).map_err(|e| src_err(format!("cannot open: {e}")))?;
+    #[cfg(test)]
+    test_hooks::run("before open", path);
+    let fd = match open_source(job.dir.as_fd(), &job.name) {
+        Ok(fd) => fd,
+        Err(Errno::LOOP) => {
+            let msg = "replaced while the backup ran (was a regular file, opened a symbolic link): not backed up";
+            return Err(src_err(msg.into()));
+        }
+        Err(e) => return Err(src_err(format!("cannot open: {e}"))),
+    };
+    let opened = rfs::fstat(&fd).map_err(|e| src_err(format!("cannot stat: {e}")))?;
+    if FileType::from_raw_mode(opened.st_mode) != FileType::RegularFile
+        || identity(&opened) != job.seen
+    {
+        return Err(src_err(replaced("a regular file", &opened)));
+    }
+    #[cfg(test)]
+    test_hooks::run("opened", path);
+    let file = File::from(fd);
     let key = shared.repo.key();
     let mut content = Vec::new();
     let mut pipeline_closed = false;
     let size = chunker
-        .chunk_stream_with::<_, std::io::Error>(buf, file, |chunk| {
+        .chunk_stream_with::<_, std::io::Error>(buf, &file, |chunk| {
             let id = key.blob_id(chunk);
             if shared.claim(BlobType::Data, id) {
                 let job = BlobJob {
@@ -611,7 +724,46 @@ fn read_file(
             })
         })?;
     add(&shared.counters.bytes_read, size);
-    Ok(FileRead { content, size })
+    let after = rfs::fstat(&file).map_err(|e| src_err(format!("cannot stat: {e}")))?;
+    // A file that shrank or grew while it was read (or was rewritten in
+    // place) is stored as read, and said so: the backup exits 3.
+    let changed = file_changed(&opened, &after)
+        .or_else(|| {
+            (size != after.st_size.max(0) as u64).then(|| {
+                format!(
+                    "changed while being read (read {size} bytes of {}): stored as read",
+                    after.st_size
+                )
+            })
+        })
+        .map(src_err);
+    Ok(FileRead {
+        content,
+        size,
+        changed,
+    })
+}
+
+/// Test-only hooks into the walker and the file workers, to change a source entry at an
+/// exact point of its backup (what a concurrent writer can do at any time).
+#[cfg(test)]
+pub(crate) mod test_hooks {
+    use std::path::Path;
+    use std::sync::Mutex;
+
+    /// Called with the phase ("before opendir" in the walker, "before open"
+    /// and "opened" in the file workers) and the entry's path.
+    pub type Hook = fn(&str, &Path);
+    pub static HOOK: Mutex<Option<Hook>> = Mutex::new(None);
+
+    pub fn run(phase: &str, path: &Path) {
+        let hook = *HOOK
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(hook) = hook {
+            hook(phase, path);
+        }
+    }
 }
 
 /// Assemble trees from the walker's events (in depth-first order) and store them.
@@ -651,6 +803,9 @@ fn build_trees(shared: &Shared<'_>, events: Receiver<Event>, blobs: Sender<BlobJ
                         Ok(Ok(read)) => {
                             node.content = read.content;
                             node.size = read.size;
+                            if let Some(e) = read.changed {
+                                shared.source_error(&e.path, e.message);
+                            }
                         }
                         Ok(Err(e)) => {
                             shared.source_error(&e.path, e.message);
@@ -929,7 +1084,7 @@ pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupResult> {
             s.spawn(move || {
                 let mut buf = Vec::new();
                 for job in rx {
-                    let result = read_file(shared, &chunker, &mut buf, &tx, &job.path);
+                    let result = read_file(shared, &chunker, &mut buf, &tx, &job);
                     let _ = job.reply.send(result);
                 }
             });
@@ -1045,4 +1200,150 @@ pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupResult> {
         snapshot,
         errors,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::LocalBackend;
+    use crate::repository::KdfCost;
+    use std::os::unix::fs::symlink;
+
+    /// The agent's secret: what a swapped-in symlink points at.
+    const SECRET: &[u8] = b"CAIRN_PASSWORD=hunter2 AWS_SECRET_ACCESS_KEY=abc";
+
+    fn secret_path(source: &Path) -> PathBuf {
+        source.parent().unwrap().join("secret")
+    }
+
+    /// Replaces entries at the moment the file workers reach them, by name:
+    /// what a tenant writing the volume can do at any time.
+    fn swap(phase: &str, path: &Path) {
+        let name = path.file_name().unwrap().to_str().unwrap();
+        let source = path.parent().unwrap();
+        match (phase, name) {
+            ("before open", "to-secret") => {
+                fs::remove_file(path).unwrap();
+                symlink(secret_path(source), path).unwrap();
+            }
+            ("before open", "to-zero") => {
+                fs::remove_file(path).unwrap();
+                symlink("/dev/zero", path).unwrap();
+            }
+            ("before open", "to-fifo") => {
+                fs::remove_file(path).unwrap();
+                rfs::mknodat(rfs::CWD, path, FileType::Fifo, Mode::RWXU, 0).unwrap();
+            }
+            ("before open", "to-other-file") => {
+                // Made before the old one goes: certainly another inode.
+                let new = path.with_file_name("new");
+                fs::write(&new, b"another inode").unwrap();
+                fs::rename(&new, path).unwrap();
+            }
+            ("before opendir", "sub") => {
+                // A directory becomes a symlink to the secret's directory
+                // between the walker's look and its open.
+                fs::rename(path, path.with_file_name("moved-away")).unwrap();
+                symlink(secret_path(source).parent().unwrap(), path).unwrap();
+            }
+            ("opened", "shrinks") => {
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .unwrap()
+                    .set_len(10)
+                    .unwrap();
+            }
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn entries_swapped_during_a_backup_are_not_followed_and_are_reported() {
+        let tmp = tempfile::tempdir().unwrap();
+        let source = tmp.path().join("src");
+        fs::create_dir_all(source.join("sub")).unwrap();
+        fs::write(secret_path(&source), SECRET).unwrap();
+        for name in ["to-secret", "to-zero", "to-fifo", "to-other-file", "kept"] {
+            fs::write(source.join(name), format!("original {name}")).unwrap();
+        }
+        fs::write(source.join("sub/dir-file"), b"in sub").unwrap();
+        fs::write(source.join("shrinks"), vec![b'x'; 100_000]).unwrap();
+
+        let backend = Box::new(LocalBackend::new(tmp.path().join("repo")));
+        let cost = KdfCost {
+            memory_kib: 1024,
+            iterations: 1,
+        };
+        let mut repo = Repository::init(backend, b"pw", cost).unwrap();
+        repo.load_index().unwrap();
+        *test_hooks::HOOK.lock().unwrap() = Some(swap);
+        let result = backup(
+            &repo,
+            &BackupOptions {
+                paths: vec![source.clone()],
+                threads: 2,
+                ..Default::default()
+            },
+        );
+        *test_hooks::HOOK.lock().unwrap() = None;
+        let result = result.unwrap();
+
+        let mut errors: Vec<(String, String)> = result
+            .errors
+            .iter()
+            .map(|e| {
+                let name = e.path.file_name().unwrap().to_string_lossy().into_owned();
+                (name, e.message.clone())
+            })
+            .collect();
+        errors.sort();
+        let expect = [
+            ("shrinks", "changed while being read"),
+            ("sub", "was a directory, opened a symbolic link"),
+            ("to-fifo", "opened a FIFO"),
+            ("to-other-file", "opened a regular file"),
+            ("to-secret", "opened a symbolic link"),
+            ("to-zero", "opened a symbolic link"),
+        ];
+        assert_eq!(errors.len(), expect.len(), "{errors:#?}");
+        for ((name, msg), (want_name, want)) in errors.iter().zip(expect) {
+            assert_eq!(name, want_name, "{errors:#?}");
+            assert!(msg.contains(want), "{name}: {msg}");
+        }
+
+        // Every stored byte comes from the source tree as it was: no secret,
+        // no /dev/zero, and the swapped files are absent.
+        let backend = Box::new(LocalBackend::new(tmp.path().join("repo")));
+        let mut repo = Repository::open(backend, b"pw").unwrap();
+        repo.load_index().unwrap();
+        let root = repo.load_tree(&result.snapshot.tree).unwrap();
+        let mut stack = vec![root];
+        let mut files = BTreeMap::new();
+        while let Some(tree) = stack.pop() {
+            for node in tree.nodes {
+                if let Some(sub) = node.subtree {
+                    stack.push(repo.load_tree(&sub).unwrap());
+                }
+                if node.node_type == NodeType::File {
+                    let mut data = Vec::new();
+                    repo.read_data_blobs(&node.content, 1 << 20, |d| {
+                        data.extend_from_slice(d);
+                        Ok(())
+                    })
+                    .unwrap();
+                    assert!(
+                        !data.windows(SECRET.len()).any(|w| w == SECRET),
+                        "{} holds the secret",
+                        node.name.display()
+                    );
+                    files.insert(node.name.display(), data);
+                }
+            }
+        }
+        let names: Vec<&str> = files.keys().map(String::as_str).collect();
+        assert_eq!(names, ["kept", "shrinks"], "{files:?}");
+        assert_eq!(files["kept"], b"original kept");
+        assert_eq!(files["shrinks"].len(), 10);
+    }
 }

@@ -281,6 +281,18 @@ fn decode_in(
             ))
         }
     };
+    // Restore places the blobs of a large file at offsets summed from these
+    // lengths: a blob of another length must be an error here, or two
+    // mistakes (index and content) could cancel out in the final size check.
+    if data.len() != raw_len as usize {
+        return Err(Error::corrupt(
+            object(),
+            format!(
+                "decodes to {} bytes but the index records {raw_len}",
+                data.len()
+            ),
+        ));
+    }
     if key.blob_id(data) != *id {
         return Err(Error::corrupt(object(), "content does not match its ID"));
     }
@@ -383,6 +395,36 @@ mod tests {
         assert_ne!(len(BlobType::Data, 1), len(BlobType::Tree, 1));
         // a higher configured level still applies to trees
         assert_eq!(len(BlobType::Tree, 19), len(BlobType::Data, 19));
+    }
+
+    #[test]
+    fn a_blob_of_another_length_than_recorded_is_corrupt() {
+        let k = MasterKey::from_parts([5; 32], [6; 32], [7; 32]);
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let random: Vec<u8> = (0..5000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        // Stored compressed, and stored raw (incompressible).
+        for data in [vec![7u8; 5000], random] {
+            let id = k.blob_id(&data);
+            let enc = encode_blob(&k, BlobType::Data, &id, &data, 3);
+            let n = data.len() as u32;
+            assert!(decode_blob(&k, BlobType::Data, &id, &enc, n).is_ok());
+            for wrong in [n - 1, n + 1, n * 2] {
+                // zstd refuses a too small output; every other case decodes.
+                let err = decode_blob(&k, BlobType::Data, &id, &enc, wrong).unwrap_err();
+                let zstd_refused = wrong < n && err.to_string().contains("zstd");
+                assert!(
+                    zstd_refused || err.to_string().contains("index records"),
+                    "{err}"
+                );
+            }
+        }
     }
 
     #[test]

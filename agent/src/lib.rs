@@ -6,6 +6,7 @@
 
 pub mod archiver;
 pub mod backend;
+pub mod beneath;
 pub mod blob;
 pub mod blobset;
 pub mod check;

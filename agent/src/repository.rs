@@ -727,11 +727,15 @@ impl Repository {
     /// Read and parse a tree blob.
     ///
     /// # Errors
-    /// As [`Repository::read_blob`], plus unparsable trees.
+    /// As [`Repository::read_blob`], plus unparsable trees and trees that
+    /// break the reader rules ([`Tree::validate`]).
     pub fn load_tree(&self, id: &Id) -> Result<Tree> {
         let bytes = self.read_blob(BlobType::Tree, id)?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| Error::corrupt(format!("tree {id}"), e.to_string()))
+        let tree: Tree = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::corrupt(format!("tree {id}"), e.to_string()))?;
+        tree.validate()
+            .map_err(|reason| Error::corrupt(format!("tree {id}"), reason))?;
+        Ok(tree)
     }
 
     // ---- keys ----

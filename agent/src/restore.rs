@@ -2,23 +2,31 @@
 //! Every blob is decrypted and its keyed hash checked before it is written.
 //! File contents are written by a pool of workers; directory metadata is
 //! applied last, deepest first, so restoring into read-only directories works.
+//!
+//! A snapshot may be hostile (anyone with a repository key can write trees),
+//! so nothing is done by path: every entry is created inside an open
+//! directory descriptor by its name, nothing in the target is followed
+//! (`O_NOFOLLOW`, `O_EXCL`, `AT_SYMLINK_NOFOLLOW`), metadata goes through
+//! descriptors, and directories opened again at the end (for their metadata,
+//! for hard links) are resolved beneath the target without symlinks.
 
 use std::collections::HashMap;
-use std::ffi::CString;
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::ops::Range;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::sync::{Mutex, PoisonError};
 
 use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
-use filetime::FileTime;
 use globset::{Glob, GlobSet, GlobSetBuilder};
+use rustix::fs::{self as rfs, AtFlags, FileType, Gid, Mode, OFlags, Timespec, Timestamps, Uid};
+use rustix::io::Errno;
 
+use crate::beneath;
 use crate::blob::BlobType;
 use crate::error::{Error, Result};
 use crate::id::Id;
@@ -39,6 +47,11 @@ pub struct RestoreOptions {
     pub owner: Option<bool>,
     /// Worker threads (0 = number of CPUs).
     pub threads: usize,
+    /// Clear set-user-ID and set-group-ID bits of everything but
+    /// directories. They are always cleared when ownership is not restored.
+    pub strip_setid: bool,
+    /// Do not create character and block devices (each is reported).
+    pub skip_devices: bool,
 }
 
 /// An entry that could not be restored.
@@ -69,6 +82,14 @@ struct Ctx<'r> {
     repo: &'r Repository,
     includes: Option<GlobSet>,
     owner: bool,
+    /// Clear set-user-ID and set-group-ID bits of non-directories.
+    strip_setid: bool,
+    /// Skip character and block devices (reported as errors).
+    skip_devices: bool,
+    /// The target directory: every restored entry is created beneath it,
+    /// through directory descriptors and without following symlinks.
+    root: DirFd,
+    target: PathBuf,
     errors: Mutex<Vec<RestoreError>>,
     files: AtomicU64,
     others: AtomicU64,
@@ -86,11 +107,32 @@ impl Ctx<'_> {
             });
         }
     }
+
+    /// The mode to set: set-id bits are cleared unless ownership is restored
+    /// too (a root restore with `--no-owner` would otherwise make another
+    /// user's setuid program a root one) or when told to.
+    fn mode(&self, node: &Node) -> Mode {
+        let mut mode = node.mode & 0o7777;
+        if node.node_type != NodeType::Dir && (self.strip_setid || !self.owner) {
+            mode &= !0o6000;
+        }
+        Mode::from_raw_mode(mode)
+    }
+}
+
+/// A directory of the target, open: entries are created inside it by name.
+type DirFd = Arc<OwnedFd>;
+
+/// Where an entry goes: its directory and its path (for messages; the name
+/// is the node's).
+struct Place {
+    dir: DirFd,
+    path: PathBuf,
 }
 
 enum FileTask {
     /// A file restored by one worker, front to back.
-    Whole { path: PathBuf, node: Node },
+    Whole { place: Place, node: Node },
     /// Blobs `blobs` of a large file, written at `offset` (see [`PART_BLOBS`]).
     Part {
         file: Arc<PartedFile>,
@@ -120,56 +162,65 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
     move |e| Error::io(op, path, e)
 }
 
-fn set_owner(path: &Path, node: &Node) -> Result<()> {
-    std::os::unix::fs::lchown(path, Some(node.uid), Some(node.gid)).map_err(io_err("chown", path))
+fn errno<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(Errno) -> Error + 'a {
+    move |e| Error::io(op, path, e.into())
 }
 
-/// Set atime and mtime by path without following or opening it (utimensat
-/// with AT_SYMLINK_NOFOLLOW): opening a restored FIFO would block.
-fn set_mtime(path: &Path, node: &Node) -> Result<()> {
-    let t = file_time(node);
-    filetime::set_symlink_file_times(path, t, t).map_err(io_err("set times", path))
+fn timestamps(node: &Node) -> Timestamps {
+    let t = Timespec {
+        tv_sec: node.mtime_ns.div_euclid(1_000_000_000),
+        tv_nsec: node.mtime_ns.rem_euclid(1_000_000_000),
+    };
+    Timestamps {
+        last_access: t,
+        last_modification: t,
+    }
 }
 
-fn file_time(node: &Node) -> FileTime {
-    FileTime::from_unix_time(
-        node.mtime_ns.div_euclid(1_000_000_000),
-        node.mtime_ns.rem_euclid(1_000_000_000) as u32,
+/// Ownership, permissions and times of an open file or directory, in that
+/// order (chown clears set-id bits), through its descriptor.
+fn apply_fd_metadata(ctx: &Ctx<'_>, fd: BorrowedFd<'_>, path: &Path, node: &Node) -> Result<()> {
+    if ctx.owner {
+        let (uid, gid) = owner(node);
+        rfs::fchown(fd, Some(uid), Some(gid)).map_err(errno("chown", path))?;
+    }
+    rfs::fchmod(fd, ctx.mode(node)).map_err(errno("chmod", path))?;
+    rfs::futimens(fd, &timestamps(node)).map_err(errno("set times", path))
+}
+
+fn owner(node: &Node) -> (Uid, Gid) {
+    // Unchecked: -1 ("leave unchanged" to chown) is recorded only by a
+    // crafted snapshot, and it harms nothing.
+    (
+        Uid::from_raw_unchecked(node.uid),
+        Gid::from_raw_unchecked(node.gid),
     )
 }
 
-/// [`apply_metadata`] for a regular file still open: through its descriptor,
-/// without resolving the path three more times.
-fn apply_file_metadata(ctx: &Ctx<'_>, f: &fs::File, path: &Path, node: &Node) -> Result<()> {
+/// Metadata of an entry that is not opened (symlinks, FIFOs, devices): by
+/// name in its directory, never following a symlink.
+fn apply_entry_metadata(ctx: &Ctx<'_>, place: &Place, node: &Node) -> Result<()> {
+    let (dir, name, path) = (place.dir.as_fd(), node.name.0.as_slice(), &place.path);
     if ctx.owner {
-        std::os::unix::fs::fchown(f, Some(node.uid), Some(node.gid))
-            .map_err(io_err("chown", path))?;
+        let (uid, gid) = owner(node);
+        rfs::chownat(dir, name, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(errno("chown", path))?;
     }
-    f.set_permissions(fs::Permissions::from_mode(node.mode & 0o7777))
-        .map_err(io_err("chmod", path))?;
-    let t = file_time(node);
-    filetime::set_file_handle_times(f, Some(t), Some(t)).map_err(io_err("set times", path))
-}
-
-/// Ownership, permissions and times, in that order (chown clears set-id bits).
-fn apply_metadata(ctx: &Ctx<'_>, path: &Path, node: &Node) -> Result<()> {
-    let symlink = node.node_type == NodeType::Symlink;
-    if ctx.owner {
-        set_owner(path, node)?;
+    if node.node_type != NodeType::Symlink {
+        // fchmodat2 with AT_SYMLINK_NOFOLLOW where the kernel has it (6.6);
+        // else the entry just made is not a symlink and a plain chmod is safe
+        // against everything but a concurrent writer of the target.
+        let mode = ctx.mode(node);
+        match rfs::chmodat(dir, name, mode, AtFlags::SYMLINK_NOFOLLOW) {
+            Err(Errno::NOSYS | Errno::NOTSUP | Errno::INVAL) => {
+                rfs::chmodat(dir, name, mode, AtFlags::empty())
+            }
+            r => r,
+        }
+        .map_err(errno("chmod", path))?;
     }
-    if !symlink {
-        fs::set_permissions(path, fs::Permissions::from_mode(node.mode & 0o7777))
-            .map_err(io_err("chmod", path))?;
-    }
-    set_mtime(path, node)
-}
-
-fn remove_existing(path: &Path) -> Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(path).map_err(io_err("remove", path)),
-        Ok(_) => fs::remove_file(path).map_err(io_err("remove", path)),
-        Err(_) => Ok(()),
-    }
+    rfs::utimensat(dir, name, &timestamps(node), AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(errno("set times", path))
 }
 
 /// How often a restore flushes the target filesystem in the background.
@@ -198,25 +249,24 @@ fn start_writeback(f: &fs::File, offset: u64, len: u64) {
     }
 }
 
-/// Replace what is at `path` with a new, empty file only the owner can read
-/// (its mode is set at the end).
-fn create_file(path: &Path) -> Result<fs::File> {
+/// Replace what is at the place with a new, empty file only the owner can
+/// read (its mode is set at the end). `O_EXCL` never opens an existing entry
+/// (nor follows a symlink in the way): that is removed and the create retried.
+fn create_file(place: &Place, name: &[u8]) -> Result<fs::File> {
     let open = || {
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC;
+        rfs::openat(place.dir.as_fd(), name, flags, Mode::RUSR | Mode::WUSR)
     };
     // Into an empty target the first attempt succeeds: no lookup before it.
-    match open() {
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            remove_existing(path)?;
+    let fd = match open() {
+        Err(Errno::EXIST) => {
+            beneath::remove_at(place.dir.as_fd(), name).map_err(io_err("remove", &place.path))?;
             open()
         }
         r => r,
     }
-    .map_err(io_err("create", path))
+    .map_err(errno("create", &place.path))?;
+    Ok(fs::File::from(fd))
 }
 
 /// All-zero chunks of 4 KiB or more are not written: they become holes, so
@@ -265,8 +315,9 @@ fn write_blobs(
     Ok((pos - offset, hole))
 }
 
-fn restore_file(ctx: &Ctx<'_>, path: &Path, node: &Node) -> Result<()> {
-    let f = create_file(path)?;
+fn restore_file(ctx: &Ctx<'_>, place: &Place, node: &Node) -> Result<()> {
+    let path = &place.path;
+    let f = create_file(place, &node.name.0)?;
     let (written, ends_in_hole) = write_blobs(ctx, &f, path, &node.content, 0)?;
     if ends_in_hole {
         f.set_len(written).map_err(io_err("truncate", path))?;
@@ -275,14 +326,15 @@ fn restore_file(ctx: &Ctx<'_>, path: &Path, node: &Node) -> Result<()> {
         let found = format!("restored {written} bytes");
         return Err(size_mismatch(path, found, node.size));
     }
-    apply_file_metadata(ctx, &f, path, node)?;
+    apply_fd_metadata(ctx, f.as_fd(), path, node)?;
     ctx.bytes.fetch_add(written, Ordering::Relaxed);
     Ok(())
 }
 
 /// Create a large file at its final size and split it into parts for the
-/// workers (part offsets come from the blobs' plaintext lengths in the index).
-fn open_parted(ctx: &Ctx<'_>, path: PathBuf, node: Node) -> Result<Vec<FileTask>> {
+/// workers (part offsets come from the blobs' plaintext lengths in the index;
+/// decoding checks every blob against its recorded length).
+fn open_parted(ctx: &Ctx<'_>, place: Place, node: Node) -> Result<Vec<FileTask>> {
     let mut offsets = Vec::with_capacity(node.content.len().div_ceil(PART_BLOBS));
     let mut offset = 0u64;
     for (i, id) in node.content.iter().enumerate() {
@@ -298,15 +350,16 @@ fn open_parted(ctx: &Ctx<'_>, path: PathBuf, node: Node) -> Result<Vec<FileTask>
     }
     if offset != node.size {
         let found = format!("its blobs hold {offset} bytes");
-        return Err(size_mismatch(&path, found, node.size));
+        return Err(size_mismatch(&place.path, found, node.size));
     }
-    let file = create_file(&path)?;
+    let file = create_file(&place, &node.name.0)?;
     // At its final size from the start: parts land anywhere, and all-zero
     // chunks are simply not written (they stay holes).
-    file.set_len(node.size).map_err(io_err("truncate", &path))?;
+    file.set_len(node.size)
+        .map_err(io_err("truncate", &place.path))?;
     let n = node.content.len();
     let shared = Arc::new(PartedFile {
-        path,
+        path: place.path,
         node,
         file,
         parts_left: AtomicUsize::new(offsets.len()),
@@ -340,7 +393,7 @@ fn restore_part(ctx: &Ctx<'_>, pf: &PartedFile, blobs: Range<usize>, offset: u64
     }
     let written = pf.written.load(Ordering::Relaxed);
     let done = if written == pf.node.size {
-        apply_file_metadata(ctx, &pf.file, &pf.path, &pf.node)
+        apply_fd_metadata(ctx, pf.file.as_fd(), &pf.path, &pf.node)
     } else {
         let found = format!("restored {written} bytes");
         Err(size_mismatch(&pf.path, found, pf.node.size))
@@ -354,78 +407,90 @@ fn restore_part(ctx: &Ctx<'_>, pf: &PartedFile, blobs: Range<usize>, offset: u64
     }
 }
 
-fn make_special(path: &Path, node: &Node) -> Result<()> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| Error::InvalidInput(format!("path {} contains NUL", path.display())))?;
-    let kind = match node.node_type {
-        NodeType::Fifo => libc::S_IFIFO,
-        NodeType::Chardev => libc::S_IFCHR,
-        _ => libc::S_IFBLK,
-    };
-    // SAFETY: `c` is a valid NUL-terminated path; mknod has no other preconditions.
-    let rc = unsafe {
-        libc::mknod(
-            c.as_ptr(),
-            kind | (node.mode & 0o7777) as libc::mode_t,
-            node.rdev as libc::dev_t,
-        )
-    };
-    if rc != 0 {
-        return Err(Error::io("mknod", path, std::io::Error::last_os_error()));
-    }
-    Ok(())
-}
-
-fn restore_other(ctx: &Ctx<'_>, path: &Path, node: &Node) -> Result<()> {
-    remove_existing(path)?;
-    match node.node_type {
-        NodeType::Symlink => {
-            let target = node.target.clone().unwrap_or_default().to_os();
-            std::os::unix::fs::symlink(&target, path).map_err(io_err("symlink", path))?;
+fn restore_other(ctx: &Ctx<'_>, place: &Place, node: &Node) -> Result<()> {
+    let (dir, name, path) = (place.dir.as_fd(), node.name.0.as_slice(), &place.path);
+    let special = match node.node_type {
+        NodeType::Symlink => None,
+        NodeType::Fifo => Some(FileType::Fifo),
+        NodeType::Chardev | NodeType::Blockdev if ctx.skip_devices => {
+            return Err(Error::Refused(
+                "device node not restored (devices are refused by this restore)".into(),
+            ))
         }
-        NodeType::Fifo | NodeType::Chardev | NodeType::Blockdev => make_special(path, node)?,
+        NodeType::Chardev => Some(FileType::CharacterDevice),
+        NodeType::Blockdev => Some(FileType::BlockDevice),
         NodeType::Socket => return Ok(()), // a socket is recreated by its server, not by restore
         NodeType::File | NodeType::Dir => {
             return Err(Error::Internal(
                 "files and directories are restored elsewhere".into(),
             ))
         }
+    };
+    beneath::remove_at(dir, name).map_err(io_err("remove", path))?;
+    match special {
+        None => {
+            let target = node.target.clone().unwrap_or_default();
+            rfs::symlinkat(target.0.as_slice(), dir, name).map_err(errno("symlink", path))?;
+        }
+        Some(kind) => {
+            // Owner-only until its metadata is applied.
+            rfs::mknodat(dir, name, kind, Mode::RUSR | Mode::WUSR, node.rdev)
+                .map_err(errno("mknod", path))?
+        }
     }
     ctx.others.fetch_add(1, Ordering::Relaxed);
-    apply_metadata(ctx, path, node)
+    apply_entry_metadata(ctx, place, node)
 }
 
-/// Create a directory, replacing a non-directory in its way; an existing
-/// directory is kept. Into an empty target one `mkdir` and nothing else.
-fn create_dir(path: &Path) -> std::io::Result<()> {
-    match fs::create_dir(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            if fs::symlink_metadata(path)?.is_dir() {
-                return Ok(());
-            }
-            fs::remove_file(path)?;
-            fs::create_dir(path)
+/// Create the directory `name` inside `parent` (owner-only until its
+/// metadata is applied) and open it, replacing a non-directory in its way:
+/// a symlink there is removed, never followed. An existing directory is kept.
+fn create_dir(parent: BorrowedFd<'_>, name: &[u8]) -> std::io::Result<OwnedFd> {
+    match rfs::mkdirat(parent, name, Mode::RWXU) {
+        Ok(()) | Err(Errno::EXIST) => {}
+        Err(e) => return Err(e.into()),
+    }
+    match beneath::open_dir_at(parent, name) {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
+            rfs::unlinkat(parent, name, AtFlags::empty())?;
+            rfs::mkdirat(parent, name, Mode::RWXU)?;
+            beneath::open_dir_at(parent, name)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::create_dir_all(path),
         r => r,
     }
+}
+
+/// A directory entered by the walk.
+struct Entered {
+    /// Path in the target (for messages) and relative to it (to open it
+    /// again when its metadata is applied).
+    path: PathBuf,
+    rel: PathBuf,
+    name: Vec<u8>,
+    /// Open once created; `None` before, or when creating it failed.
+    fd: Option<DirFd>,
+    failed: bool,
 }
 
 /// Walks the snapshot's trees depth-first and restores as it goes: a directory
 /// is created when the first included entry below it is found, files go to
 /// the workers through a bounded channel, other entries are made at once.
 /// Only directories (their metadata is applied last) and hard links are
-/// remembered, so memory does not grow with the number of files.
+/// remembered, so memory does not grow with the number of files; open
+/// directory descriptors are held for the directories entered and the files
+/// queued, so their number is bounded too.
 struct Walk<'c, 'r> {
     ctx: &'c Ctx<'r>,
     files: Sender<FileTask>,
-    /// Directories entered, outermost first, and whether creating them
-    /// failed (already reported); the first `created` of them were attempted.
-    stack: Vec<(PathBuf, bool)>,
+    /// Directories entered, outermost first; the first `created` of them
+    /// were attempted.
+    stack: Vec<Entered>,
     created: usize,
-    /// Created directories, children before parents, with their metadata.
+    /// Created directories relative to the target, children before parents,
+    /// with their metadata.
     dirs: Vec<(PathBuf, Node)>,
-    /// Hard links: (link path, first path), made once all files are written.
+    /// Hard links relative to the target: (link, first path), made once all
+    /// files are written.
     links: Vec<(PathBuf, PathBuf)>,
     seen_inodes: HashMap<(u64, u64), PathBuf>,
 }
@@ -433,89 +498,130 @@ struct Walk<'c, 'r> {
 impl Walk<'_, '_> {
     /// Create the entered directories that do not exist yet.
     fn ensure_dirs(&mut self) {
-        for (path, failed) in &mut self.stack[self.created..] {
-            if let Err(e) = create_dir(path) {
-                self.ctx
-                    .error(path, format!("cannot create directory: {e}"));
-                *failed = true;
+        for i in self.created..self.stack.len() {
+            let parent = match i {
+                0 => Some(Arc::clone(&self.ctx.root)),
+                _ => self.stack[i - 1].fd.clone(),
+            };
+            let e = &mut self.stack[i];
+            // Below a directory that failed, that error is the one reported.
+            let Some(parent) = parent else {
+                e.failed = true;
+                continue;
+            };
+            match create_dir(parent.as_fd(), &e.name) {
+                Ok(fd) => e.fd = Some(Arc::new(fd)),
+                Err(err) => {
+                    self.ctx
+                        .error(&e.path, format!("cannot create directory: {err}"));
+                    e.failed = true;
+                }
             }
         }
         self.created = self.stack.len();
     }
 
-    fn tree(
-        &mut self,
-        tree_id: &Id,
-        snap_path: &Path,
-        target: &Path,
-        included: bool,
-    ) -> Result<()> {
+    /// The directory new entries go into: the innermost entered one.
+    fn place(&self, name: &[u8]) -> Option<(Place, PathBuf)> {
+        let (dir, path, rel) = match self.stack.last() {
+            None => (
+                Arc::clone(&self.ctx.root),
+                self.ctx.target.clone(),
+                PathBuf::new(),
+            ),
+            Some(e) => (e.fd.clone()?, e.path.clone(), e.rel.clone()),
+        };
+        let name = std::ffi::OsStr::from_bytes(name);
+        Some((
+            Place {
+                dir,
+                path: path.join(name),
+            },
+            rel.join(name),
+        ))
+    }
+
+    fn tree(&mut self, tree_id: &Id, snap_path: &Path, included: bool) -> Result<()> {
         let tree = self.ctx.repo.load_tree(tree_id)?;
         for node in tree.nodes {
-            let name = node.name.to_os();
-            if name.is_empty() || name == "." || name == ".." || name.as_bytes().contains(&b'/') {
-                self.ctx.error(
-                    &target.join(&name),
-                    "unsafe name in snapshot, skipped".into(),
-                );
-                continue;
-            }
-            let sp = snap_path.join(&name);
-            let tp = target.join(&name);
+            let sp = snap_path.join(node.name.to_os());
             let inc = included || self.ctx.includes.as_ref().is_none_or(|g| g.is_match(&sp));
-            self.node(node, &sp, tp, inc)?;
+            self.node(node, &sp, inc);
         }
         Ok(())
     }
 
-    fn node(
-        &mut self,
-        node: Node,
-        snap_path: &Path,
-        target: PathBuf,
-        included: bool,
-    ) -> Result<()> {
-        match node.node_type {
-            NodeType::Dir => {
-                self.stack.push((target.clone(), false));
-                if included {
-                    self.ensure_dirs();
+    fn node(&mut self, node: Node, snap_path: &Path, included: bool) {
+        if node.node_type == NodeType::Dir {
+            let (path, rel) = match self.stack.last() {
+                None => (self.ctx.target.clone(), PathBuf::new()),
+                Some(e) => (e.path.clone(), e.rel.clone()),
+            };
+            let name = node.name.to_os();
+            self.stack.push(Entered {
+                path: path.join(&name),
+                rel: rel.join(&name),
+                name: node.name.0.clone(),
+                fd: None,
+                failed: false,
+            });
+            if included {
+                self.ensure_dirs();
+            }
+            if let Some(sub) = node.subtree {
+                // A listing that cannot be read (or breaks the reader rules)
+                // costs that directory, not the rest of the restore.
+                if let Err(e) = self.tree(&sub, snap_path, included) {
+                    let path = self.stack.last().map(|e| e.path.clone());
+                    self.ctx.error(&path.unwrap_or_default(), e.to_string());
                 }
-                if let Some(sub) = node.subtree {
-                    self.tree(&sub, snap_path, &target, included)?;
-                }
-                let created = self.created == self.stack.len();
-                let failed = self.stack.pop().is_some_and(|(_, failed)| failed);
+            }
+            let created = self.created == self.stack.len();
+            if let Some(e) = self.stack.pop() {
                 if created {
                     self.created -= 1;
                     // A directory that could not be created gets no metadata
                     // (and no second error).
-                    if !failed {
-                        self.dirs.push((target, node));
+                    if !e.failed {
+                        self.dirs.push((e.rel, node));
                     }
                 }
             }
-            _ if !included => {}
+            return;
+        }
+        if !included {
+            return;
+        }
+        self.ensure_dirs();
+        let Some((place, rel)) = self.place(&node.name.0) else {
+            let path = self.stack.last().map(|e| e.path.join(node.name.to_os()));
+            self.ctx.error(
+                &path.unwrap_or_default(),
+                "not restored: its directory could not be created".into(),
+            );
+            return;
+        };
+        match node.node_type {
             NodeType::File => {
-                self.ensure_dirs();
                 if node.links > 1 {
                     let key = (node.device_id, node.inode);
                     if let Some(first) = self.seen_inodes.get(&key) {
-                        self.links.push((target, first.clone()));
-                        return Ok(());
+                        self.links.push((rel, first.clone()));
+                        return;
                     }
-                    self.seen_inodes.insert(key, target.clone());
+                    self.seen_inodes.insert(key, rel);
                 }
                 let tasks = if node.content.len() > PART_BLOBS {
-                    match open_parted(self.ctx, target.clone(), node) {
+                    let path = place.path.clone();
+                    match open_parted(self.ctx, place, node) {
                         Ok(parts) => parts,
                         Err(e) => {
-                            self.ctx.error(&target, e.to_string());
-                            return Ok(());
+                            self.ctx.error(&path, e.to_string());
+                            return;
                         }
                     }
                 } else {
-                    vec![FileTask::Whole { path: target, node }]
+                    vec![FileTask::Whole { place, node }]
                 };
                 for task in tasks {
                     // The workers only stop once this sender is dropped (or by
@@ -524,24 +630,53 @@ impl Walk<'_, '_> {
                 }
             }
             _ => {
-                self.ensure_dirs();
-                if let Err(e) = restore_other(self.ctx, &target, &node) {
-                    self.ctx.error(&target, e.to_string());
+                if let Err(e) = restore_other(self.ctx, &place, &node) {
+                    self.ctx.error(&place.path, e.to_string());
                 }
             }
         }
-        Ok(())
     }
 }
 
-fn sync_filesystem(target: &Path) -> Result<()> {
-    use std::os::fd::AsRawFd;
-    let dir = fs::File::open(target).map_err(io_err("open", target))?;
-    // SAFETY: the descriptor is valid for the lifetime of `dir`.
-    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-        return Err(Error::io("sync", target, std::io::Error::last_os_error()));
-    }
+/// Open the parent directory of `rel` (relative to the target) again, beneath
+/// the target and without following symlinks; returns it and the last name.
+fn reopen_parent<'p>(ctx: &Ctx<'_>, rel: &'p Path) -> std::io::Result<(OwnedFd, &'p [u8])> {
+    let name = rel
+        .file_name()
+        .ok_or_else(|| std::io::Error::from(Errno::INVAL))?;
+    let parent = rel.parent().unwrap_or(Path::new(""));
+    let flags = OFlags::PATH | OFlags::DIRECTORY;
+    let fd = beneath::open_beneath(ctx.root.as_fd(), parent, flags)?;
+    Ok((fd, name.as_bytes()))
+}
+
+/// Make the hard link `link` to the already restored `first` (both relative
+/// to the target), replacing what is in the way.
+fn make_link(ctx: &Ctx<'_>, link: &Path, first: &Path) -> std::io::Result<()> {
+    let (first_dir, first_name) = reopen_parent(ctx, first)?;
+    let (link_dir, link_name) = reopen_parent(ctx, link)?;
+    beneath::remove_at(link_dir.as_fd(), link_name)?;
+    // Flags 0: a symlink at `first` would be linked itself, never followed.
+    rfs::linkat(
+        first_dir.as_fd(),
+        first_name,
+        link_dir.as_fd(),
+        link_name,
+        AtFlags::empty(),
+    )?;
     Ok(())
+}
+
+/// Apply a restored directory's metadata, opening it again beneath the target.
+fn finish_dir(ctx: &Ctx<'_>, rel: &Path, node: &Node) -> Result<()> {
+    let path = ctx.target.join(rel);
+    let fd = beneath::open_beneath(ctx.root.as_fd(), rel, OFlags::RDONLY | OFlags::DIRECTORY)
+        .map_err(io_err("open", &path))?;
+    apply_fd_metadata(ctx, fd.as_fd(), &path, node)
+}
+
+fn sync_filesystem(dir: BorrowedFd<'_>, target: &Path) -> Result<()> {
+    rfs::syncfs(dir).map_err(errno("sync", target))
 }
 
 /// Find the node at `subpath` inside the snapshot's root tree.
@@ -592,16 +727,21 @@ pub fn restore(repo: &Repository, root: &Id, opts: &RestoreOptions) -> Result<Re
     };
     // SAFETY: geteuid has no preconditions.
     let is_root = unsafe { libc::geteuid() } == 0;
+    fs::create_dir_all(&opts.target).map_err(io_err("create target directory", &opts.target))?;
+    let root_fd = beneath::open_dir_path(&opts.target).map_err(io_err("open", &opts.target))?;
     let ctx = Ctx {
         repo,
         includes,
         owner: opts.owner.unwrap_or(is_root),
+        strip_setid: opts.strip_setid,
+        skip_devices: opts.skip_devices,
+        root: Arc::new(root_fd),
+        target: opts.target.clone(),
         errors: Mutex::new(Vec::new()),
         files: AtomicU64::new(0),
         others: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
     };
-    fs::create_dir_all(&opts.target).map_err(io_err("create target directory", &opts.target))?;
 
     let threads = if opts.threads == 0 {
         // CPU-bound locally; latency-bound on object stores, where more requests in flight help.
@@ -625,7 +765,7 @@ pub fn restore(repo: &Repository, root: &Id, opts: &RestoreOptions) -> Result<Re
         s.spawn(move || {
             while let Err(RecvTimeoutError::Timeout) = alive_rx.recv_timeout(FLUSH_EVERY) {
                 // Only a head start: the final syncfs reports errors.
-                let _ = sync_filesystem(target);
+                let _ = sync_filesystem(ctx.root.as_fd(), target);
             }
         });
         for _ in 0..threads {
@@ -635,11 +775,11 @@ pub fn restore(repo: &Repository, root: &Id, opts: &RestoreOptions) -> Result<Re
                 let _alive = alive;
                 for task in rx {
                     match task {
-                        FileTask::Whole { path, node } => match restore_file(ctx, &path, &node) {
+                        FileTask::Whole { place, node } => match restore_file(ctx, &place, &node) {
                             Ok(()) => {
                                 ctx.files.fetch_add(1, Ordering::Relaxed);
                             }
-                            Err(e) => ctx.error(&path, e.to_string()),
+                            Err(e) => ctx.error(&place.path, e.to_string()),
                         },
                         FileTask::Part {
                             file,
@@ -665,21 +805,20 @@ pub fn restore(repo: &Repository, root: &Id, opts: &RestoreOptions) -> Result<Re
             .as_deref()
             .filter(|s| !s.trim_matches('/').is_empty())
         {
-            None => walk.tree(root, Path::new("/"), &opts.target, false),
+            None => walk.tree(root, Path::new("/"), false),
             Some(sub) => find_subpath(repo, root, sub).and_then(|node| {
                 let snap_path = Path::new("/").join(sub.trim_start_matches('/'));
                 if node.node_type == NodeType::Dir {
                     // The directory's contents go straight into the target; the
                     // target gets its metadata (last: it is the outermost).
                     if let Some(t) = node.subtree {
-                        walk.tree(&t, &snap_path, &opts.target, false)?;
+                        walk.tree(&t, &snap_path, false)?;
                     }
-                    walk.dirs.push((opts.target.clone(), node));
-                    Ok(())
+                    walk.dirs.push((PathBuf::new(), node));
                 } else {
-                    let target = opts.target.join(node.name.to_os());
-                    walk.node(node, &snap_path, target, true)
+                    walk.node(node, &snap_path, true);
                 }
+                Ok(())
             }),
         };
         // Dropping the walk closes the channel: the workers finish the queue and stop.
@@ -689,25 +828,23 @@ pub fn restore(repo: &Repository, root: &Id, opts: &RestoreOptions) -> Result<Re
     walked?;
 
     for (link, first) in &links {
-        let r = remove_existing(link)
-            .and_then(|_| fs::hard_link(first, link).map_err(io_err("link", link)));
-        match r {
+        match make_link(&ctx, link, first) {
             Ok(()) => {
                 ctx.others.fetch_add(1, Ordering::Relaxed);
             }
-            Err(e) => ctx.error(link, e.to_string()),
+            Err(e) => ctx.error(&opts.target.join(link), format!("link: {e}")),
         }
     }
     let mut ndirs = 0;
-    for (path, node) in &dirs {
-        match apply_metadata(&ctx, path, node) {
+    for (rel, node) in &dirs {
+        match finish_dir(&ctx, rel, node) {
             Ok(()) => ndirs += 1,
-            Err(e) => ctx.error(path, e.to_string()),
+            Err(e) => ctx.error(&opts.target.join(rel), e.to_string()),
         }
     }
     // One syncfs at the end instead of an fsync per file: when restore returns,
     // the data is on disk (a restore Job's volume is used right after it).
-    sync_filesystem(&opts.target)?;
+    sync_filesystem(ctx.root.as_fd(), &opts.target)?;
     Ok(RestoreSummary {
         files: ctx.files.load(Ordering::Relaxed),
         dirs: ndirs,

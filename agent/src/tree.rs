@@ -140,6 +140,47 @@ impl Tree {
         serde_json::to_vec(self).expect("tree serialisation")
     }
 
+    /// The reader rules of FORMAT.md for a decoded tree: every name is a
+    /// single path component (not empty, not `.` or `..`, no `/` or NUL) and
+    /// names are strictly increasing bytewise, so no two entries share a
+    /// name. A tree breaking them cannot come from a backup: restore, copy
+    /// and check reject it instead of acting on it (a duplicate name would let
+    /// a later entry, say a symlink, replace a directory that earlier entries
+    /// were written into).
+    ///
+    /// # Errors
+    /// A message naming the first offending entry.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut prev: Option<&RawName> = None;
+        for node in &self.nodes {
+            let name = &node.name.0;
+            if name.is_empty()
+                || name == b"."
+                || name == b".."
+                || name.contains(&b'/')
+                || name.contains(&0)
+            {
+                return Err(format!("unsafe entry name {:?}", node.name.display()));
+            }
+            if let Some(p) = prev {
+                if p >= &node.name {
+                    return Err(format!(
+                        "entry {:?} {} {:?} (names must be unique and sorted)",
+                        node.name.display(),
+                        if p == &node.name {
+                            "repeats"
+                        } else {
+                            "comes after"
+                        },
+                        p.display()
+                    ));
+                }
+            }
+            prev = Some(&node.name);
+        }
+        Ok(())
+    }
+
     /// Find an entry by name.
     pub fn find(&self, name: &[u8]) -> Option<&Node> {
         self.nodes
@@ -152,6 +193,50 @@ impl Tree {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn node(name: &[u8]) -> Node {
+        Node {
+            name: RawName(name.to_vec()),
+            node_type: NodeType::File,
+            mode: 0o100644,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 0,
+            ctime_ns: 0,
+            inode: 0,
+            device_id: 0,
+            links: 1,
+            size: 0,
+            content: Vec::new(),
+            subtree: None,
+            target: None,
+            rdev: 0,
+        }
+    }
+
+    #[test]
+    fn validate_accepts_sorted_unique_names_and_rejects_the_rest() {
+        let tree = |names: &[&[u8]]| Tree {
+            nodes: names.iter().map(|n| node(n)).collect(),
+        };
+        assert_eq!(tree(&[]).validate(), Ok(()));
+        assert_eq!(
+            tree(&[b"A", b"a", b"a.txt", b"b", &[0xff]]).validate(),
+            Ok(())
+        );
+        for (names, why) in [
+            (&[b"a".as_slice(), b"a"][..], "repeats"),
+            (&[b"b", b"a"], "comes after"),
+            (&[b""], "unsafe"),
+            (&[b"."], "unsafe"),
+            (&[b".."], "unsafe"),
+            (&[b"a/b"], "unsafe"),
+            (&[b"a\0b"], "unsafe"),
+        ] {
+            let err = tree(names).validate().unwrap_err();
+            assert!(err.contains(why), "{names:?}: {err}");
+        }
+    }
 
     #[test]
     fn names_round_trip_including_non_utf8() {

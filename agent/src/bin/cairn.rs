@@ -226,8 +226,15 @@ struct RestoreArgs {
     #[arg(long = "include")]
     includes: Vec<String>,
     /// Do not restore file ownership (default: restore it when running as root).
+    /// Set-user-ID and set-group-ID bits are then cleared too.
     #[arg(long)]
     no_owner: bool,
+    /// Clear set-user-ID and set-group-ID bits of restored files.
+    #[arg(long)]
+    no_setid: bool,
+    /// Do not create device nodes (each is reported, and the exit code is 3).
+    #[arg(long)]
+    no_devices: bool,
     /// Worker threads (default: number of CPUs).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -795,6 +802,8 @@ fn cmd_restore(cli: &Cli, args: &RestoreArgs) -> Result<ExitCode> {
         includes: args.includes.clone(),
         owner: if args.no_owner { Some(false) } else { None },
         threads: args.threads,
+        strip_setid: args.no_setid,
+        skip_devices: args.no_devices,
     };
     let started = std::time::Instant::now();
     let summary = restore::restore(&repo, &snap.tree, &opts)?;

@@ -290,6 +290,10 @@ fn restore(cli: &Cli, args: &AgentRestoreArgs) -> Result<AgentResult> {
             includes: args.includes.clone(),
             owner: None,
             threads: 0,
+            // Restore Jobs write into volumes that pods of the namespace
+            // mount: no device nodes, no set-id programs (docs/OPERATIONS.md).
+            strip_setid: true,
+            skip_devices: true,
         },
     )?;
     for e in &summary.errors {

@@ -1,0 +1,298 @@
+//! Hostile repositories: trees crafted by someone who holds a repository key
+//! (every backup Job sharing a repository does) must not make a restore touch
+//! anything outside its target. The trees are written with the library's own
+//! format code, the way an attacker would write them.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use cairn::backend::{FileKind, LocalBackend};
+use cairn::blob::{encode_blob, BlobType};
+use cairn::id::Id;
+use cairn::index::IndexFile;
+use cairn::pack::PackWriter;
+use cairn::repository::{KdfCost, Repository};
+use cairn::restore::{restore, RestoreOptions};
+use cairn::snapshot::{Snapshot, Summary};
+use cairn::tree::{Node, NodeType, RawName, Tree};
+
+fn node(name: &str, node_type: NodeType) -> Node {
+    let mode = match node_type {
+        NodeType::Dir => 0o40777,
+        NodeType::Symlink => 0o120777,
+        _ => 0o104777, // setuid, world-writable: what an attacker would like to plant
+    };
+    Node {
+        name: RawName(name.as_bytes().to_vec()),
+        node_type,
+        mode,
+        uid: 0,
+        gid: 0,
+        mtime_ns: 0,
+        ctime_ns: 0,
+        inode: 0,
+        device_id: 0,
+        links: 1,
+        size: 0,
+        content: Vec::new(),
+        subtree: None,
+        target: None,
+        rdev: 0,
+    }
+}
+
+/// Writes blobs and snapshots as a key holder can.
+struct Forger {
+    repo: Repository,
+    pack: PackWriter,
+}
+
+impl Forger {
+    fn new(dir: &Path) -> Forger {
+        let cost = KdfCost {
+            memory_kib: 1024,
+            iterations: 1,
+        };
+        let repo = Repository::init(Box::new(LocalBackend::new(dir)), b"pw", cost).unwrap();
+        Forger {
+            repo,
+            pack: PackWriter::new(),
+        }
+    }
+
+    fn blob(&mut self, t: BlobType, data: &[u8]) -> Id {
+        let id = self.repo.key().blob_id(data);
+        let enc = encode_blob(self.repo.key(), t, &id, data, 3);
+        self.pack.add(t, id, &enc, data.len() as u32);
+        id
+    }
+
+    fn file(&mut self, name: &str, data: &[u8]) -> Node {
+        let mut n = node(name, NodeType::File);
+        n.content = vec![self.blob(BlobType::Data, data)];
+        n.size = data.len() as u64;
+        n
+    }
+
+    /// A tree blob exactly as given: unsorted and duplicate names included.
+    fn tree(&mut self, nodes: Vec<Node>) -> Id {
+        let bytes = serde_json::to_vec(&Tree { nodes }).unwrap();
+        self.blob(BlobType::Tree, &bytes)
+    }
+
+    /// Write the pack, its index and a snapshot of `root`; open the
+    /// repository as a restore would.
+    fn finish(self, root: Id, dir: &Path) -> Repository {
+        let p = self.pack.finish(self.repo.key());
+        let backend = self.repo.backend();
+        backend
+            .write(FileKind::Pack, &p.id.to_hex(), p.bytes)
+            .unwrap();
+        let mut index = IndexFile::default();
+        index.add_pack(p.id, &p.blobs);
+        self.repo.save_json(FileKind::Index, &index).unwrap();
+        let snap = Snapshot {
+            time: chrono::Local::now().fixed_offset(),
+            hostname: "h".into(),
+            username: "u".into(),
+            paths: vec!["/data".into()],
+            tags: Vec::new(),
+            tree: root,
+            parent: None,
+            original: None,
+            program_version: "forged".into(),
+            summary: Summary::default(),
+        };
+        self.repo.save_json(FileKind::Snapshot, &snap).unwrap();
+        let mut repo = Repository::open(Box::new(LocalBackend::new(dir)), b"pw").unwrap();
+        repo.load_index().unwrap();
+        repo
+    }
+}
+
+/// Everything below `dir` with modes, sizes and contents.
+fn fingerprint(dir: &Path) -> Vec<(String, u32, u32, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let m = fs::symlink_metadata(&d).unwrap();
+        out.push((d.display().to_string(), m.mode(), m.uid(), Vec::new()));
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let m = fs::symlink_metadata(&p).unwrap();
+            if m.is_dir() {
+                stack.push(p);
+            } else {
+                let data = fs::read(&p).unwrap_or_default();
+                out.push((p.display().to_string(), m.mode(), m.uid(), data));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn outside_dir(base: &Path) -> std::path::PathBuf {
+    let outside = base.join("outside");
+    fs::create_dir_all(outside.join("etc")).unwrap();
+    fs::write(outside.join("etc/passwd"), b"root:x:0:0").unwrap();
+    fs::write(outside.join("h"), b"victim file").unwrap();
+    fs::set_permissions(&outside, fs::Permissions::from_mode(0o755)).unwrap();
+    outside
+}
+
+fn opts(target: &Path) -> RestoreOptions {
+    RestoreOptions {
+        target: target.to_path_buf(),
+        threads: 2,
+        ..Default::default()
+    }
+}
+
+/// The review's attack: a file, then a directory `a` holding a hard-linked
+/// file, then a second entry `a` that is a symlink to a directory outside
+/// the target. Restore used to replace the directory by the symlink and then
+/// make the hard link, write queued files and chmod through it.
+#[test]
+fn a_duplicate_name_cannot_redirect_a_restore_outside_its_target() {
+    let tmp = tempfile::tempdir().unwrap();
+    let outside = outside_dir(tmp.path());
+    let before = fingerprint(&outside);
+    let repo_dir = tmp.path().join("repo");
+    let mut f = Forger::new(&repo_dir);
+
+    let mut first = f.file("h", b"planted by the attacker");
+    first.links = 2;
+    first.inode = 7;
+    let nodes = vec![f.file("x", b"queued write"), first.clone()];
+    let inner = f.tree(nodes);
+    let mut dir_a = node("a", NodeType::Dir);
+    dir_a.subtree = Some(inner);
+    let mut link_a = node("a", NodeType::Symlink);
+    link_a.target = Some(RawName(outside.as_os_str().as_encoded_bytes().to_vec()));
+    let mut second = first.clone();
+    second.name = RawName(b"z".to_vec());
+    let zero = f.file("0", b"first");
+    let nodes = vec![zero, dir_a, link_a, second];
+    let root = f.tree(nodes);
+    let repo = f.finish(root, &repo_dir);
+
+    let target = tmp.path().join("target");
+    let err = restore(&repo, &root, &opts(&target)).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("\"a\" repeats \"a\""), "{msg}");
+    assert_eq!(
+        fingerprint(&outside),
+        before,
+        "restore changed files outside its target"
+    );
+}
+
+/// The same trees one level down: the bad directory is reported and left
+/// out, the rest of the snapshot is restored, nothing outside changes.
+#[test]
+fn a_hostile_subtree_is_reported_and_the_rest_restored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let outside = outside_dir(tmp.path());
+    let before = fingerprint(&outside);
+    let repo_dir = tmp.path().join("repo");
+    let mut f = Forger::new(&repo_dir);
+
+    let nodes = vec![f.file("x", b"queued write")];
+    let inner = f.tree(nodes);
+    let mut dir_a = node("a", NodeType::Dir);
+    dir_a.subtree = Some(inner);
+    let mut link_a = node("a", NodeType::Symlink);
+    link_a.target = Some(RawName(outside.as_os_str().as_encoded_bytes().to_vec()));
+    let nodes = vec![f.file("b", b"1"), f.file("a", b"2")];
+    let unsorted = f.tree(nodes);
+    let mut dir_u = node("unsorted", NodeType::Dir);
+    dir_u.subtree = Some(unsorted);
+    let nodes = vec![f.file("..", b"up")];
+    let dotdot = f.tree(nodes);
+    let mut dir_d = node("dotdot", NodeType::Dir);
+    dir_d.subtree = Some(dotdot);
+    let nodes = vec![f.file("0", b"first"), dir_a, link_a];
+    let bad = f.tree(nodes);
+    let mut dir_bad = node("bad", NodeType::Dir);
+    dir_bad.subtree = Some(bad);
+    let good = f.file("good", b"restored");
+    let nodes = vec![dir_bad, dir_d, good, dir_u];
+    let root = f.tree(nodes);
+    let repo = f.finish(root, &repo_dir);
+
+    let target = tmp.path().join("target");
+    let no_owner = RestoreOptions {
+        owner: Some(false),
+        ..opts(&target)
+    };
+    let summary = restore(&repo, &root, &no_owner).unwrap();
+    let mut errors: Vec<String> = summary
+        .errors
+        .iter()
+        .map(|e| format!("{}: {}", e.path.display(), e.message))
+        .collect();
+    errors.sort();
+    assert_eq!(errors.len(), 3, "{errors:#?}");
+    assert!(errors[0].contains("target/bad: corrupt tree") && errors[0].contains("repeats"));
+    assert!(errors[1].contains("target/dotdot: corrupt tree") && errors[1].contains("unsafe"));
+    assert!(
+        errors[2].contains("target/unsorted: corrupt tree") && errors[2].contains("comes after")
+    );
+    assert_eq!(fs::read(target.join("good")).unwrap(), b"restored");
+    // Ownership not restored: the files belong to whoever restores (root,
+    // here), so the forged setuid bit is dropped.
+    let mode = fs::metadata(target.join("good")).unwrap().mode();
+    assert_eq!(mode & 0o7777, 0o777, "{mode:o}");
+    assert_eq!(
+        fingerprint(&outside),
+        before,
+        "restore changed files outside its target"
+    );
+}
+
+/// Symlinks already in the target (a volume a pod wrote, a previous
+/// restore) are replaced, never followed: not for directories, files, hard
+/// links or the metadata applied at the end.
+#[test]
+fn symlinks_in_the_target_are_replaced_not_followed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let outside = outside_dir(tmp.path());
+    let before = fingerprint(&outside);
+    let repo_dir = tmp.path().join("repo");
+    let mut f = Forger::new(&repo_dir);
+
+    let mut first = f.file("h", b"linked");
+    first.links = 2;
+    first.inode = 9;
+    let mut second = first.clone();
+    second.name = RawName(b"h2".to_vec());
+    let nodes = vec![first, second, f.file("passwd", b"attacker")];
+    let inner = f.tree(nodes);
+    let mut etc = node("etc", NodeType::Dir);
+    etc.subtree = Some(inner);
+    let nodes = vec![etc, f.file("h", b"file over a symlink")];
+    let root = f.tree(nodes);
+    let repo = f.finish(root, &repo_dir);
+
+    let target = tmp.path().join("target");
+    fs::create_dir(&target).unwrap();
+    std::os::unix::fs::symlink(outside.join("etc"), target.join("etc")).unwrap();
+    std::os::unix::fs::symlink(outside.join("h"), target.join("h")).unwrap();
+    let summary = restore(&repo, &root, &opts(&target)).unwrap();
+    assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+    assert_eq!(
+        fingerprint(&outside),
+        before,
+        "restore changed files outside its target"
+    );
+    assert!(fs::symlink_metadata(target.join("etc")).unwrap().is_dir());
+    assert_eq!(fs::read(target.join("etc/passwd")).unwrap(), b"attacker");
+    assert_eq!(fs::read(target.join("h")).unwrap(), b"file over a symlink");
+    let (a, b) = (
+        fs::metadata(target.join("etc/h")).unwrap(),
+        fs::metadata(target.join("etc/h2")).unwrap(),
+    );
+    assert_eq!((a.ino(), a.nlink()), (b.ino(), 2));
+}
