@@ -111,6 +111,15 @@ impl CheckReport {
 /// # Errors
 /// Only failures that stop the check itself (listing the repository); problems
 /// with individual objects are in the report.
+/// A blob as an index file or a pack header lists it: type, ID, offset,
+/// length and raw length, compared whole.
+type ListedBlob = (BlobType, Id, u32, u32, u32);
+
+/// What `check` says of a file in `snapshots/` or `index/` whose name is no
+/// ID (an S3 console's folder marker, an uppercase copy): every other command
+/// skips it.
+const NOT_AN_ID: &str = "name is not an ID: not a Cairn file (other commands skip it)";
+
 pub fn check(repo: &mut Repository, read_data: ReadData) -> Result<CheckReport> {
     let mut report = CheckReport::default();
     // Snapshots are listed first: a backup writes its index before its
@@ -120,7 +129,7 @@ pub fn check(repo: &mut Repository, read_data: ReadData) -> Result<CheckReport> 
 
     // 1. Index files.
     let mut index = Index::new();
-    let mut expected: HashMap<Id, Vec<(BlobType, Id, u32, u32)>> = HashMap::new();
+    let mut expected: HashMap<Id, Vec<ListedBlob>> = HashMap::new();
     // A concurrent prune replaces index files (new ones first): list again when
     // one vanishes.
     let mut seen = HashSet::new();
@@ -131,6 +140,9 @@ pub fn check(repo: &mut Repository, read_data: ReadData) -> Result<CheckReport> 
         rounds += 1;
         for f in repo.backend().list(FileKind::Index)? {
             let Ok(id) = f.name.parse::<Id>() else {
+                if rounds == 1 {
+                    report.problem(format!("index file {:?}", f.name), NOT_AN_ID);
+                }
                 continue;
             };
             if !seen.insert(id) {
@@ -148,7 +160,7 @@ pub fn check(repo: &mut Repository, read_data: ReadData) -> Result<CheckReport> 
                         list.extend(
                             p.blobs
                                 .iter()
-                                .map(|b| (b.blob_type, b.id, b.offset, b.length)),
+                                .map(|b| (b.blob_type, b.id, b.offset, b.length, b.raw_length)),
                         );
                     }
                     index.add_file(&file);
@@ -192,7 +204,7 @@ pub fn check(repo: &mut Repository, read_data: ReadData) -> Result<CheckReport> 
             Ok(header) => {
                 let mut a: Vec<_> = header
                     .iter()
-                    .map(|b| (b.blob_type, b.id, b.offset, b.length))
+                    .map(|b| (b.blob_type, b.id, b.offset, b.length, b.raw_length))
                     .collect();
                 let mut b = listed.clone();
                 a.sort();
@@ -212,6 +224,7 @@ pub fn check(repo: &mut Repository, read_data: ReadData) -> Result<CheckReport> 
     let mut missing_data = HashSet::new();
     for f in snapshot_files {
         let Ok(id) = f.name.parse::<Id>() else {
+            report.problem(format!("snapshot file {:?}", f.name), NOT_AN_ID);
             continue;
         };
         report.snapshots += 1;
@@ -281,7 +294,14 @@ pub fn check(repo: &mut Repository, read_data: ReadData) -> Result<CheckReport> 
             }
         };
         for b in header {
-            let stored = &bytes[b.offset as usize..(b.offset + b.length) as usize];
+            let start = b.offset as usize;
+            let Some(stored) = bytes.get(start..start + b.length as usize) else {
+                report.problem(
+                    format!("{} blob {} in pack {pack_id}", b.blob_type, b.id),
+                    "lies beyond the end of the pack",
+                );
+                continue;
+            };
             report.blobs_read += 1;
             if let Err(e) = decode_blob(repo.key(), b.blob_type, &b.id, stored, b.raw_length) {
                 report.problem(

@@ -51,9 +51,17 @@ impl fmt::Debug for Id {
 impl FromStr for Id {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self, Error> {
+        // Lowercase only: an object named in uppercase is not the object
+        // the lowercase name (every name Cairn writes) stands for.
         let mut b = [0u8; 32];
-        hex::decode_to_slice(s, &mut b)
-            .map_err(|_| Error::InvalidInput(format!("{s:?} is not a 64-digit hex ID")))?;
+        if s.bytes().any(|c| c.is_ascii_uppercase()) {
+            return Err(Error::InvalidInput(format!(
+                "{s:?} is not a 64-digit lowercase hex ID"
+            )));
+        }
+        hex::decode_to_slice(s, &mut b).map_err(|_| {
+            Error::InvalidInput(format!("{s:?} is not a 64-digit lowercase hex ID"))
+        })?;
         Ok(Id(b))
     }
 }

@@ -318,10 +318,12 @@ pub fn prune(repo: &mut Repository, opts: &PruneOptions) -> Result<PruneReport> 
     let mut index = Index::new();
     let mut old_index_files = Vec::new();
     for f in repo.backend().list(FileKind::Index)? {
-        let id: Id = f
-            .name
-            .parse()
-            .map_err(|_| refuse(format!("index file name {:?} is not an ID", f.name)))?;
+        // Not an index file (a folder marker, a stray copy): not prune's to
+        // read or delete.
+        let Ok(id) = f.name.parse::<Id>() else {
+            tracing::warn!("skipping {:?} in index/: its name is not an ID", f.name);
+            continue;
+        };
         let file: IndexFile = match repo.load_json(FileKind::Index, &id) {
             Ok(file) => file,
             Err(Error::NotFound(_)) => {

@@ -237,9 +237,19 @@ fn now() -> DateTime<FixedOffset> {
 }
 
 fn new_key_file(master: &MasterKey, password: &[u8], cost: KdfCost) -> Result<Vec<u8>> {
+    if password.is_empty() {
+        return Err(Error::InvalidInput(
+            "the password is empty: a repository key needs a password".into(),
+        ));
+    }
     if cost.memory_kib < KDF_MIN_MEMORY_KIB || cost.iterations == 0 {
         return Err(Error::InvalidInput(format!(
             "key derivation cost too low (at least {KDF_MIN_MEMORY_KIB} KiB and 1 iteration)"
+        )));
+    }
+    if cost.memory_kib > KDF_MAX_MEMORY_KIB || cost.iterations > KDF_MAX_ITERATIONS {
+        return Err(Error::InvalidInput(format!(
+            "key derivation cost too high (at most {KDF_MAX_MEMORY_KIB} KiB and {KDF_MAX_ITERATIONS} iterations)"
         )));
     }
     let kdf = KdfParams::new(cost.memory_kib, cost.iterations, KDF_PARALLELISM);
@@ -256,11 +266,12 @@ fn new_key_file(master: &MasterKey, password: &[u8], cost: KdfCost) -> Result<Ve
     serde_json::to_vec_pretty(&file).map_err(|e| Error::Internal(e.to_string()))
 }
 
-/// Upper bounds on stored Argon2id costs: a planted key file must not make
-/// `open` allocate unbounded memory or spin for hours.
-const KDF_MAX_MEMORY_KIB: u32 = 4 * 1024 * 1024;
-const KDF_MAX_ITERATIONS: u32 = 64;
-const KDF_MAX_PARALLELISM: u32 = 64;
+/// Upper bounds on Argon2id costs, for keys made and keys read: a planted key
+/// file must not get `open` OOM-killed in a pod or make it spin for minutes
+/// (the default is 64 MiB and 3 passes).
+const KDF_MAX_MEMORY_KIB: u32 = 1024 * 1024;
+const KDF_MAX_ITERATIONS: u32 = 16;
+const KDF_MAX_PARALLELISM: u32 = 16;
 
 fn parse_key_file(name: &str, bytes: &[u8]) -> Result<KeyFile> {
     let object = format!("key {name}");
@@ -371,21 +382,32 @@ impl Repository {
         }
         // A damaged or foreign file in keys/ must not lock users out: try every key.
         let mut first_problem = None;
-        let mut usable = 0;
+        let mut files = Vec::new();
         for k in &keys {
-            let file = match backend
+            match backend
                 .read(FileKind::Key, &k.name)
                 .and_then(|b| parse_key_file(&k.name, &b))
             {
-                Ok(f) => f,
+                Ok(f) => files.push((k, f)),
+                Err(e) => {
+                    tracing::warn!("skipping key {}: {e}", k.name);
+                    first_problem.get_or_insert(e);
+                }
+            }
+        }
+        let usable = files.len();
+        // Cheapest derivation first: a planted key costlier than the right
+        // one is then tried after it, and never delays an open that succeeds.
+        files.sort_by_key(|(_, f)| u64::from(f.kdf.memory_kib) * u64::from(f.kdf.iterations));
+        for (k, file) in files {
+            let kek = match file.kdf.derive(password) {
+                Ok(kek) => kek,
                 Err(e) => {
                     tracing::warn!("skipping key {}: {e}", k.name);
                     first_problem.get_or_insert(e);
                     continue;
                 }
             };
-            usable += 1;
-            let kek = file.kdf.derive(password)?;
             let Some(master_json) = open_with(&kek, aad::KEY, &file.master) else {
                 continue;
             };
@@ -544,14 +566,17 @@ impl Repository {
     pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
         let mut out = Vec::new();
         for f in self.backend.list(FileKind::Snapshot)? {
-            let id: Id = f.name.parse().map_err(|_| {
-                Error::corrupt(format!("snapshot {}", f.name), "file name is not an ID")
-            })?;
+            let Ok(id) = f.name.parse::<Id>() else {
+                tracing::warn!("skipping {:?} in snapshots/: its name is not an ID", f.name);
+                continue;
+            };
             match self.load_json::<Snapshot>(FileKind::Snapshot, &id) {
                 Ok(s) => out.push((id, s)),
                 // Removed by a concurrent forget between listing and reading.
                 Err(Error::NotFound(_)) => continue,
-                Err(e) => return Err(e),
+                // One damaged snapshot must not hide the others (nor stop a
+                // backup); `check` reports it and prune refuses to run.
+                Err(e) => tracing::warn!("skipping snapshot {id}: {e}"),
             }
         }
         out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
@@ -593,16 +618,22 @@ impl Repository {
                 if loaded.contains(&f.name) {
                     continue;
                 }
-                let id: Id = f.name.parse().map_err(|_| {
-                    Error::corrupt(format!("index {}", f.name), "file name is not an ID")
-                })?;
+                let Ok(id) = f.name.parse::<Id>() else {
+                    tracing::warn!("skipping {:?} in index/: its name is not an ID", f.name);
+                    loaded.insert(f.name);
+                    continue;
+                };
                 match self.load_json::<IndexFile>(FileKind::Index, &id) {
                     Ok(file) => index.add_file(&file),
                     Err(Error::NotFound(what)) => {
                         vanished = Some(what);
                         continue;
                     }
-                    Err(e) => return Err(e),
+                    // A damaged index file costs the blobs it lists (a backup
+                    // stores them again, a restore reports the files that
+                    // need them), not the whole repository. Prune and check
+                    // read index files themselves and stop or report.
+                    Err(e) => tracing::warn!("skipping index {id}: {e}"),
                 }
                 loaded.insert(f.name);
             }
@@ -803,7 +834,17 @@ impl Repository {
         if self.backend.list(FileKind::Key)?.len() <= 1 {
             return Err(Error::Refused("refusing to remove the last key".into()));
         }
-        self.backend.remove(FileKind::Key, name)
+        // Two removals running at once can each see another key left; the
+        // one that finds none after its delete puts its key back.
+        let bytes = self.backend.read(FileKind::Key, name)?;
+        self.backend.remove(FileKind::Key, name)?;
+        if self.backend.list(FileKind::Key)?.is_empty() {
+            self.backend.write(FileKind::Key, name, bytes)?;
+            return Err(Error::Refused(format!(
+                "refusing to remove the last key: another key was removed at the same time, so key {name} was put back"
+            )));
+        }
+        Ok(())
     }
 
     /// Replace the current key's password: add a new key, then remove the old one.

@@ -84,12 +84,23 @@ impl Forger {
     /// Write the pack, its index and a snapshot of `root`; open the
     /// repository as a restore would.
     fn finish(self, root: Id, dir: &Path) -> Repository {
-        let p = self.pack.finish(self.repo.key());
+        self.finish_with(root, dir, |_| {})
+    }
+
+    /// [`Forger::finish`], with the index's blob list edited first.
+    fn finish_with(
+        self,
+        root: Id,
+        dir: &Path,
+        edit: impl FnOnce(&mut Vec<cairn::pack::PackedBlob>),
+    ) -> Repository {
+        let mut p = self.pack.finish(self.repo.key());
         let backend = self.repo.backend();
         backend
             .write(FileKind::Pack, &p.id.to_hex(), p.bytes)
             .unwrap();
         let mut index = IndexFile::default();
+        edit(&mut p.blobs);
         index.add_pack(p.id, &p.blobs);
         self.repo.save_json(FileKind::Index, &index).unwrap();
         let snap = Snapshot {
@@ -295,4 +306,39 @@ fn symlinks_in_the_target_are_replaced_not_followed() {
         fs::metadata(target.join("etc/h2")).unwrap(),
     );
     assert_eq!((a.ino(), a.nlink()), (b.ino(), 2));
+}
+
+/// An index that records another plaintext length than the pack: restore
+/// places large files' parts at offsets summed from these lengths, so the
+/// mismatch must be caught on decode and by `check`, never cancel out.
+#[test]
+fn a_raw_length_that_disagrees_with_the_pack_is_caught() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo_dir = tmp.path().join("repo");
+    let mut f = Forger::new(&repo_dir);
+    let file = f.file("f", b"twelve bytes");
+    let data_id = file.content[0];
+    let nodes = vec![file];
+    let root = f.tree(nodes);
+    let mut repo = f.finish_with(root, &repo_dir, |blobs| {
+        for b in blobs.iter_mut().filter(|b| b.id == data_id) {
+            b.raw_length += 1;
+        }
+    });
+    let target = tmp.path().join("target");
+    let summary = restore(&repo, &root, &opts(&target)).unwrap();
+    assert_eq!(summary.errors.len(), 1, "{:?}", summary.errors);
+    assert!(
+        summary.errors[0].message.contains("index records 13"),
+        "{:?}",
+        summary.errors
+    );
+    let report = cairn::check::check(&mut repo, cairn::check::ReadData::None).unwrap();
+    let problems: Vec<String> = report.problems.iter().map(|p| format!("{p:?}")).collect();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("header does not match the index")),
+        "{problems:?}"
+    );
 }

@@ -2,10 +2,17 @@
 //! Files are written to a temporary name, flushed to disk, then hard-linked
 //! into place, so a crash never leaves a partial file under a real name and
 //! an existing file is never replaced.
+//!
+//! Directories are made 0700 and files 0600, as restic does: on a shared host
+//! nobody else can copy the key files and guess passwords offline. A
+//! repository whose config file is group-readable (made so by its owner for a
+//! group of users) keeps that: new directories 0770, files 0660.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{BufWriter, ErrorKind, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use super::{Backend, FileInfo, FileKind, StagedFile};
 use crate::error::{Error, Result};
@@ -13,12 +20,36 @@ use crate::error::{Error, Result};
 /// Backend for a directory on a local filesystem.
 pub struct LocalBackend {
     root: PathBuf,
+    /// Whether the repository is shared with its group (see the module doc).
+    group: OnceLock<bool>,
 }
 
 impl LocalBackend {
     /// A backend rooted at `root` (which need not exist until `create`).
     pub fn new(root: impl Into<PathBuf>) -> LocalBackend {
-        LocalBackend { root: root.into() }
+        LocalBackend {
+            root: root.into(),
+            group: OnceLock::new(),
+        }
+    }
+
+    /// Modes for new directories and files.
+    fn modes(&self) -> (u32, u32) {
+        let group = *self.group.get_or_init(|| {
+            fs::metadata(self.root.join("config")).is_ok_and(|m| m.mode() & 0o040 != 0)
+        });
+        if group {
+            (0o770, 0o660)
+        } else {
+            (0o700, 0o600)
+        }
+    }
+
+    fn create_dirs(&self, dir: &Path) -> std::io::Result<()> {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(self.modes().0)
+            .create(dir)
     }
 
     fn path(&self, kind: FileKind, name: &str) -> PathBuf {
@@ -46,6 +77,22 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Whether `dir` holds anything but temporary files, looking `depth` levels
+/// of subdirectories deep (an unreadable directory counts as holding files).
+fn holds_files(dir: &Path, depth: u32) -> bool {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return true;
+    };
+    rd.flatten().any(|e| {
+        let temp = e.file_name().to_string_lossy().starts_with(".tmp-");
+        match e.file_type() {
+            Ok(t) if t.is_dir() && depth > 0 => holds_files(&e.path(), depth - 1),
+            Ok(t) if t.is_file() && temp => false,
+            _ => true,
+        }
+    })
+}
+
 /// A fresh temporary name in `dir` (skipped by `list`, never a real file's name).
 fn temp_name(dir: &Path) -> PathBuf {
     let mut rnd = [0u8; 8];
@@ -66,19 +113,42 @@ impl LocalBackend {
             if !self.root.join("config").exists() && kind != FileKind::Config {
                 return Err(Error::RepositoryNotFound(self.location()));
             }
-            fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
+            self.create_dirs(&dir)
+                .map_err(|e| Error::io("create directory", &dir, e))?;
         }
         let tmp = temp_name(&dir);
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(self.modes().1)
             .open(&tmp)
             .map_err(|e| Error::io("create", &tmp, e))?;
         Ok(LocalStaged {
-            backend: LocalBackend::new(self.root.clone()),
+            backend: LocalBackend {
+                root: self.root.clone(),
+                group: self.group.clone(),
+            },
             kind,
             tmp,
             file: Some(BufWriter::with_capacity(STAGE_BUFFER, file)),
+        })
+    }
+
+    /// What an `init` killed before writing the config leaves: only the
+    /// repository's directories, with nothing but key and temporary files.
+    fn is_unfinished_init(&self) -> bool {
+        let Ok(entries) = fs::read_dir(&self.root) else {
+            return false;
+        };
+        entries.flatten().all(|e| {
+            let name = e.file_name();
+            let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+            match name.to_str() {
+                Some("keys") => is_dir,
+                Some("snapshots") | Some("index") => is_dir && !holds_files(&e.path(), 0),
+                Some("data") => is_dir && !holds_files(&e.path(), 1),
+                _ => false,
+            }
         })
     }
 
@@ -131,7 +201,7 @@ impl StagedFile for LocalStaged {
             f.sync_all()?;
             drop(f);
             if !dir.is_dir() {
-                fs::create_dir_all(&dir)?;
+                b.create_dirs(&dir)?;
             }
             fs::hard_link(&self.tmp, &target)?;
             sync_dir(&dir)
@@ -203,15 +273,26 @@ impl Backend for LocalBackend {
         }
         if let Ok(mut entries) = fs::read_dir(&self.root) {
             if entries.next().is_some() {
-                return Err(Error::InvalidInput(format!(
-                    "{} exists and is not empty; choose an empty or new directory",
-                    self.location()
-                )));
+                if !self.is_unfinished_init() {
+                    return Err(Error::InvalidInput(format!(
+                        "{} exists and is not empty; choose an empty or new directory",
+                        self.location()
+                    )));
+                }
+                // An init that was killed before it wrote the config: its key
+                // files protect no repository (and one with the same password
+                // would make `open` fail on the new config), so they go.
+                let keys = self.root.join("keys");
+                for e in fs::read_dir(&keys).map_err(|e| Error::io("list", &keys, e))? {
+                    let p = e.map_err(|e| Error::io("list", &keys, e))?.path();
+                    fs::remove_file(&p).map_err(|e| Error::io("remove", &p, e))?;
+                }
             }
         }
         for d in ["keys", "snapshots", "index", "data"] {
             let p = self.root.join(d);
-            fs::create_dir_all(&p).map_err(|e| Error::io("create directory", p, e))?;
+            self.create_dirs(&p)
+                .map_err(|e| Error::io("create directory", p, e))?;
         }
         Ok(())
     }

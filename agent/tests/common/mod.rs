@@ -137,6 +137,37 @@ pub fn spawn_server(mut cmd: Command) -> std::io::Result<std::process::Child> {
         .unwrap_or_else(|_| Err(std::io::Error::other("spawner thread ended")))
 }
 
+/// Every path below `root` (itself included), parents before children.
+pub fn walk(root: &Path) -> Vec<PathBuf> {
+    let mut out = vec![root.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i].clone();
+        if fs::symlink_metadata(&p).unwrap().is_dir() {
+            for e in fs::read_dir(&p).unwrap() {
+                out.push(e.unwrap().path());
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+/// The one file below `dir`.
+pub fn only_file(dir: &Path) -> PathBuf {
+    let files: Vec<_> = walk(dir).into_iter().filter(|p| p.is_file()).collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    files[0].clone()
+}
+
+/// Flip one byte, counted from the end of the file.
+pub fn flip_byte(p: &Path, at_from_end: usize) {
+    let mut b = fs::read(p).unwrap();
+    let n = b.len();
+    b[n - at_from_end] ^= 0x55;
+    fs::write(p, b).unwrap();
+}
+
 /// Deterministic pseudo-random bytes (xorshift), incompressible.
 pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;

@@ -1,0 +1,244 @@
+//! Damaged, stray and planted objects: each costs what it holds and is
+//! named, never the whole repository; and what `init` leaves or writes.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<_> = walk(dir).into_iter().filter(|p| p.is_file()).collect();
+    v.sort();
+    v
+}
+
+/// Two snapshots of different data with their own index files.
+fn two_backups(env: &Env) -> (String, String, Vec<PathBuf>, Vec<PathBuf>) {
+    env.ok(&["init"]);
+    let mut ids = Vec::new();
+    let mut index_sets = Vec::new();
+    for (i, name) in ["one", "two"].iter().enumerate() {
+        let src = env.path(name);
+        fs::create_dir_all(&src).unwrap();
+        fs::write(src.join("data"), random_bytes(300_000, i as u64 + 1)).unwrap();
+        let before = files_in(&env.repo().join("index"));
+        let v = env.json(&["backup", src.to_str().unwrap()]);
+        ids.push(v["snapshot_id"].as_str().unwrap().to_string());
+        let after = files_in(&env.repo().join("index"));
+        index_sets.push(after.into_iter().filter(|p| !before.contains(p)).collect());
+    }
+    let two = index_sets.pop().unwrap();
+    let one = index_sets.pop().unwrap();
+    (ids.remove(0), ids.remove(0), one, two)
+}
+
+#[test]
+fn a_damaged_snapshot_costs_that_snapshot_only() {
+    let env = Env::new();
+    let (one, two, _, _) = two_backups(&env);
+    let snap = env.repo().join("snapshots").join(&one);
+    flip_byte(&snap, 3);
+
+    let out = env.run(&["--json", "snapshots"]);
+    assert_success(&out, &["snapshots"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("corrupt snapshot {one}")));
+    // Backups (which look for a parent among the snapshots) and restores of
+    // the others go on.
+    env.ok(&["backup", env.path("two").to_str().unwrap()]);
+    env.ok(&[
+        "restore",
+        &two,
+        "--target",
+        env.path("out").to_str().unwrap(),
+    ]);
+    assert_same_tree(
+        &env.path("two"),
+        &env.path("out")
+            .join(env.path("two").strip_prefix("/").unwrap()),
+    );
+    // Prune cannot know what the damaged snapshot refers to: it refuses,
+    // naming it, and deletes nothing.
+    let packs = files_in(&env.repo().join("data"));
+    let out = env.run(&["prune"]);
+    assert_fails(&out, 1, &format!("snapshot {one}"));
+    assert_eq!(files_in(&env.repo().join("data")), packs);
+    // check names it.
+    let out = env.run(&["check"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        output(&out).contains(&format!("snapshot {one}")),
+        "{}",
+        output(&out)
+    );
+}
+
+/// What a command printed, both streams.
+fn output(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn a_damaged_index_file_costs_the_blobs_it_lists_only() {
+    let env = Env::new();
+    let (one, two, index_one, _) = two_backups(&env);
+    for f in &index_one {
+        flip_byte(f, 3);
+    }
+    let name = index_one[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    // The other snapshot restores; the damaged file is named.
+    let out = env.run(&[
+        "restore",
+        &two,
+        "--target",
+        env.path("out2").to_str().unwrap(),
+    ]);
+    assert_success(&out, &["restore two"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("corrupt index {name}")));
+    // The one whose blobs it listed cannot, and says why.
+    let out = env.run(&[
+        "restore",
+        &one,
+        "--target",
+        env.path("out1").to_str().unwrap(),
+    ]);
+    assert_fails(&out, 1, "not in the index");
+    // A new backup of that data stores it again and restores.
+    let v = env.json(&["backup", env.path("one").to_str().unwrap()]);
+    let again = v["snapshot_id"].as_str().unwrap();
+    env.ok(&[
+        "restore",
+        again,
+        "--target",
+        env.path("out3").to_str().unwrap(),
+    ]);
+    let restored = env
+        .path("out3")
+        .join(env.path("one").strip_prefix("/").unwrap());
+    assert_same_tree(&env.path("one"), &restored);
+}
+
+#[test]
+fn stray_names_in_snapshots_and_index_are_skipped_and_checked() {
+    let env = Env::new();
+    let (_, two, _, index_two) = two_backups(&env);
+    let snaps = env.repo().join("snapshots");
+    // An S3 console's folder marker, a README, an uppercase copy.
+    fs::write(snaps.join("README"), b"hello").unwrap();
+    fs::copy(snaps.join(&two), snaps.join(two.to_uppercase())).unwrap();
+    let upper_index = index_two[0].with_file_name(
+        index_two[0]
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .to_uppercase(),
+    );
+    fs::copy(&index_two[0], &upper_index).unwrap();
+
+    let listed = env.json(&["snapshots"]);
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+    env.ok(&["backup", env.path("one").to_str().unwrap()]);
+    env.ok(&[
+        "restore",
+        "latest",
+        "--target",
+        env.path("out").to_str().unwrap(),
+    ]);
+    env.ok(&["forget", "--keep-last", "2"]);
+    env.ok(&["prune"]);
+    let out = env.run(&["check"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = output(&out);
+    let upper_name = upper_index
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    for name in ["README".to_string(), two.to_uppercase(), upper_name] {
+        assert!(
+            text.contains(&format!("{name:?}: name is not an ID")),
+            "{name}: {text}"
+        );
+    }
+}
+
+#[test]
+fn an_init_killed_before_its_config_can_be_run_again() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    // What a kill between the key and the config leaves.
+    fs::remove_file(env.repo().join("config")).unwrap();
+    let out = env.run(&["snapshots"]);
+    assert_fails(&out, 1, "cairn init");
+    env.ok(&["init"]);
+    assert_eq!(files_in(&env.repo().join("keys")).len(), 1);
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"after a second init").unwrap();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    env.ok(&["check", "--read-data"]);
+    // A directory with anything else in it is still refused.
+    let other = env.path("other");
+    fs::create_dir_all(other.join("keys")).unwrap();
+    fs::write(other.join("notes.txt"), b"mine").unwrap();
+    let out = env
+        .cmd()
+        .args(["-r", other.to_str().unwrap(), "init"])
+        .output()
+        .unwrap();
+    assert_fails(&out, 1, "not empty");
+}
+
+#[test]
+fn repository_files_are_readable_by_their_owner_only() {
+    let env = Env::new();
+    two_backups(&env);
+    for p in walk(&env.repo()) {
+        let mode = fs::symlink_metadata(&p).unwrap().permissions().mode() & 0o777;
+        let want = if p.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(mode, want, "{} is {mode:o}", p.display());
+    }
+}
+
+#[test]
+fn a_key_needs_a_password() {
+    let env = Env::new();
+    let out = env
+        .cmd()
+        .env("CAIRN_PASSWORD", "")
+        .args(["init", "--kdf-memory-kib", "1024", "--kdf-iterations", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("password"));
+    assert!(!env.repo().join("config").exists());
+}
+
+#[test]
+fn a_planted_key_that_cannot_be_derived_is_skipped() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let key = only_file(&env.repo().join("keys"));
+    let mut json: serde_json::Value = serde_json::from_slice(&fs::read(&key).unwrap()).unwrap();
+    // Argon2 refuses less than 8 KiB per lane: the derivation itself fails.
+    json["kdf"]["memory_kib"] = 1.into();
+    json["kdf"]["parallelism"] = 4.into();
+    let bytes = serde_json::to_vec(&json).unwrap();
+    let name = cairn::id::Id::of_stored(&bytes).to_hex();
+    fs::write(key.with_file_name(&name), &bytes).unwrap();
+    let out = env.run(&["snapshots"]);
+    assert_success(&out, &["snapshots with a planted key"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("skipping key {name}")));
+}
