@@ -39,8 +39,21 @@ impl ChunkerParams {
                 self.normalization
             ));
         }
+        // FastCDC's mask table ends at 25 bits: the small-chunk mask uses
+        // log2(avg) + normalisation bits (about 24 MiB at level 1).
+        if mask_bits(self.avg) + u32::from(self.normalization) > 25 {
+            return Err(format!(
+                "average chunk size {} too large for normalisation level {}",
+                self.avg, self.normalization
+            ));
+        }
         Ok(())
     }
+}
+
+/// The mask width FastCDC 2020 derives from an average size.
+fn mask_bits(avg: usize) -> u32 {
+    (avg as f64).log2().round() as u32
 }
 
 /// A keyed FastCDC chunker. Cheap to clone (two 2 KiB tables).
@@ -495,6 +508,28 @@ mod tests {
             ]
         );
         assert_eq!(c.gear_ls[0], 0x26f1e9488f333beb << 1);
+    }
+
+    #[test]
+    fn sizes_the_mask_table_cannot_serve_are_invalid() {
+        let params = |avg: usize, normalization: u8| ChunkerParams {
+            min: 64,
+            avg,
+            max: 64 << 20,
+            normalization,
+        };
+        for n in 0..=3u8 {
+            for avg in [64usize, 1 << 20, 16 << 20, 24 << 20, 32 << 20, 64 << 20] {
+                let p = params(avg, n);
+                // Valid parameters must build a chunker without panicking.
+                if p.validate().is_ok() {
+                    let _ = Chunker::new(&[1; 32], p);
+                }
+            }
+        }
+        assert!(params(24 << 20, 1).validate().is_err());
+        assert!(params(16 << 20, 1).validate().is_ok());
+        assert!(params(64 << 20, 0).validate().is_err());
     }
 
     #[test]
