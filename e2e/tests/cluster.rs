@@ -266,11 +266,13 @@ async fn schedule_backs_up_by_cron_and_bad_repository_is_reported() {
     )
     .await;
     let repos: Api<BackupRepository> = Api::namespaced(client.clone(), &ns.name);
+    // On a real cluster the Job's pod first exists without a verdict
+    // (reason Checking) until the kubelet reports CreateContainerConfigError.
     let r = wait_for(&repos, "broken", "not Ready", FIVE_MIN, |r| {
         r.status.as_ref().is_some_and(|s| {
             s.conditions
                 .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "False")
+                .any(|c| c.type_ == "Ready" && c.status == "False" && c.reason != "Checking")
         })
     })
     .await;
