@@ -34,7 +34,7 @@ use crate::backend::FileKind;
 use crate::beneath;
 use crate::blob::{blob_buffer, encode_blob_buf, BlobType, BLOB_HEADROOM};
 use crate::blobset::BlobSet;
-use crate::constants::{INDEX_FLUSH_BLOBS, INDEX_FLUSH_INTERVAL};
+use crate::constants::{INDEX_FLUSH_BLOBS, INDEX_FLUSH_INTERVAL, MAX_TREE_DEPTH};
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::index::IndexFile;
@@ -471,7 +471,7 @@ impl Walker<'_, '_> {
                 match beneath::open_dir_path(path) {
                     Ok(dir) => {
                         let dir = Arc::new(dir);
-                        self.walk_entry(&dir, name, &child_path, old)?;
+                        self.walk_entry(&dir, name, &child_path, old, 0)?;
                     }
                     Err(e) => self
                         .shared
@@ -510,6 +510,7 @@ impl Walker<'_, '_> {
         name: &[u8],
         path: &Path,
         old: Option<&Node>,
+        depth: usize,
     ) -> Result<()> {
         if self.shared.failed() {
             return Err(Error::Internal("backup aborted".into()));
@@ -559,6 +560,11 @@ impl Walker<'_, '_> {
                     outcome,
                     reply: Some(rx),
                 })
+            }
+            NodeType::Dir if depth >= MAX_TREE_DEPTH => {
+                let msg = format!("nested deeper than {MAX_TREE_DEPTH} directories: not backed up");
+                self.shared.source_error(path, msg);
+                Ok(())
             }
             NodeType::Dir => {
                 #[cfg(test)]
@@ -616,7 +622,7 @@ impl Walker<'_, '_> {
                         continue;
                     }
                     let old_child = old_tree.as_ref().and_then(|t| t.find(&name));
-                    self.walk_entry(&sub, &name, &child, old_child)?;
+                    self.walk_entry(&sub, &name, &child, old_child, depth + 1)?;
                 }
                 self.send(Event::LeaveDir)
             }

@@ -15,6 +15,8 @@ use std::path::{Component, Path};
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 
+use crate::constants::MAX_TREE_DEPTH;
+
 /// Flags for a directory opened to list it or to act inside it.
 const DIR_FLAGS: OFlags = OFlags::RDONLY
     .union(OFlags::DIRECTORY)
@@ -48,8 +50,10 @@ pub fn open_beneath(root: BorrowedFd<'_>, rel: &Path, flags: OFlags) -> io::Resu
     };
     let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
     match rfs::openat2(root, rel, flags, Mode::empty(), resolve) {
-        // ENOSYS: kernels before 5.6; EPERM: seccomp profiles that deny it.
-        Err(Errno::NOSYS) | Err(Errno::PERM) => {}
+        // ENOSYS: kernels before 5.6; EPERM: seccomp profiles that deny it;
+        // ENAMETOOLONG: paths beyond PATH_MAX, which the walk opens one
+        // component at a time.
+        Err(Errno::NOSYS) | Err(Errno::PERM) | Err(Errno::NAMETOOLONG) => {}
         r => return Ok(r?),
     }
     walk_beneath(root, rel, flags)
@@ -93,18 +97,46 @@ pub fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
 }
 
 /// Remove the entry `name` inside `dir`, a whole directory tree included.
-/// Nothing is followed: a symlink is removed, not what it points to.
+/// Nothing is followed: a symlink is removed, not what it points to. The
+/// walk keeps one open directory per level (no recursion), and a tree nested
+/// deeper than [`MAX_TREE_DEPTH`] is an error, not a stack overflow.
 pub fn remove_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
     match rfs::unlinkat(dir, name, AtFlags::empty()) {
         Err(Errno::ISDIR) => {}
         Err(Errno::NOENT) => return Ok(()),
         r => return Ok(r?),
     }
-    let sub = open_dir_at(dir, name)?;
-    for child in list_dir(sub.as_fd())? {
-        remove_at(sub.as_fd(), &child)?;
+    // Directories being emptied, outermost first, with their names.
+    let mut stack: Vec<(OwnedFd, Vec<u8>)> = vec![(open_dir_at(dir, name)?, name.to_vec())];
+    while let Some((top, _)) = stack.last() {
+        let mut subdir = None;
+        for child in list_dir(top.as_fd())? {
+            match rfs::unlinkat(top, child.as_slice(), AtFlags::empty()) {
+                Ok(()) | Err(Errno::NOENT) => {}
+                Err(Errno::ISDIR) => {
+                    subdir = Some(child);
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if let Some(child) = subdir {
+            if stack.len() >= MAX_TREE_DEPTH {
+                return Err(io::Error::other(format!(
+                    "nested deeper than {MAX_TREE_DEPTH} directories: not removed"
+                )));
+            }
+            let fd = open_dir_at(top.as_fd(), &child)?;
+            stack.push((fd, child));
+            continue;
+        }
+        // Empty now: remove it from its parent.
+        let Some((fd, name)) = stack.pop() else { break };
+        drop(fd);
+        let parent = stack.last().map_or(dir, |(f, _)| f.as_fd());
+        rfs::unlinkat(parent, name.as_slice(), AtFlags::REMOVEDIR)?;
     }
-    Ok(rfs::unlinkat(dir, name, AtFlags::REMOVEDIR)?)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -154,5 +186,30 @@ mod tests {
         remove_at(fd.as_fd(), b"a").unwrap();
         assert!(!root.join("a").exists());
         remove_at(fd.as_fd(), b"missing").unwrap();
+    }
+
+    #[test]
+    fn remove_at_removes_deep_trees_without_recursion_and_refuses_deeper() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = open_dir_path(tmp.path()).unwrap();
+        // Built with descriptors: the paths are far beyond PATH_MAX.
+        let make = |name: &[u8], levels: usize| {
+            rfs::mkdirat(&root, name, Mode::RWXU).unwrap();
+            let mut cur = open_dir_at(root.as_fd(), name).unwrap();
+            for i in 0..levels {
+                rfs::mkdirat(&cur, "d", Mode::RWXU).unwrap();
+                if i % 100 == 0 {
+                    rfs::mknodat(&cur, "fifo", rfs::FileType::Fifo, Mode::RUSR, 0).unwrap();
+                    rfs::symlinkat("/etc", &cur, "link").unwrap();
+                }
+                cur = open_dir_at(cur.as_fd(), b"d").unwrap();
+            }
+        };
+        make(b"ok", MAX_TREE_DEPTH - 2);
+        remove_at(root.as_fd(), b"ok").unwrap();
+        assert!(!tmp.path().join("ok").exists());
+        make(b"deep", MAX_TREE_DEPTH + 5);
+        let err = remove_at(root.as_fd(), b"deep").unwrap_err();
+        assert!(err.to_string().contains("nested deeper"), "{err}");
     }
 }

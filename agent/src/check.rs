@@ -16,13 +16,14 @@ use serde::Serialize;
 
 use crate::backend::FileKind;
 use crate::blob::{decode_blob, BlobType};
+use crate::constants::MAX_TREE_DEPTH;
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::index::{Index, IndexFile};
 use crate::pack;
 use crate::repository::Repository;
 use crate::snapshot::Snapshot;
-use crate::tree::NodeType;
+use crate::tree::{NodeType, Tree};
 
 /// Which packs to read in full.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -342,16 +343,46 @@ fn check_tree(
     missing: &mut HashSet<Id>,
     report: &mut CheckReport,
 ) {
-    if !seen.insert(*id) {
-        return;
-    }
-    let tree = match repo.load_tree(id) {
-        Ok(t) => t,
-        Err(e) => {
-            report.problem(format!("tree {id} ({context})"), e);
-            return;
+    // A work list, not recursion: a crafted snapshot may nest trees without end.
+    let mut todo = vec![(*id, 0usize)];
+    while let Some((id, depth)) = todo.pop() {
+        if !seen.insert(id) {
+            continue;
         }
-    };
+        if depth > MAX_TREE_DEPTH {
+            report.problem(
+                format!("tree {id} ({context})"),
+                format!("nested deeper than {MAX_TREE_DEPTH} directories"),
+            );
+            continue;
+        }
+        let tree = match repo.load_tree(&id) {
+            Ok(t) => t,
+            Err(e) => {
+                report.problem(format!("tree {id} ({context})"), e);
+                continue;
+            }
+        };
+        check_nodes(repo, stored, &tree, &id, context, missing, report);
+        todo.extend(
+            tree.nodes
+                .iter()
+                .filter_map(|n| n.subtree)
+                .map(|s| (s, depth + 1)),
+        );
+    }
+}
+
+/// The data blobs of one tree's files: indexed, in a pack that exists.
+fn check_nodes(
+    repo: &Repository,
+    stored: &BTreeMap<Id, u64>,
+    tree: &Tree,
+    id: &Id,
+    context: &str,
+    missing: &mut HashSet<Id>,
+    report: &mut CheckReport,
+) {
     for node in &tree.nodes {
         if node.node_type == NodeType::File {
             for b in &node.content {
@@ -372,9 +403,6 @@ fn check_tree(
                     );
                 }
             }
-        }
-        if let Some(sub) = node.subtree {
-            check_tree(repo, stored, &sub, context, seen, missing, report);
         }
     }
 }

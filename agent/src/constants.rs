@@ -53,3 +53,13 @@ pub const INDEX_FLUSH_BLOBS: usize = 50_000;
 /// so an uploaded pack is indexed soon after upload: `prune` treats packs that
 /// stay unindexed for its grace period as debris of crashed backups.
 pub const INDEX_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Deepest directory nesting that backup, restore and check descend into
+/// (each level is a stack frame and, in backup and restore, an open
+/// directory). Deeper subtrees are reported and skipped: a tree a tenant
+/// nests a million levels deep must not overflow a stack.
+pub const MAX_TREE_DEPTH: usize = 1024;
+
+/// Largest plaintext a tree blob may have (a directory of a few million
+/// entries); readers refuse index entries that claim more.
+pub const MAX_TREE_BLOB: u64 = 1 << 30;

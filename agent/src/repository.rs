@@ -302,6 +302,9 @@ fn parse_key_file(name: &str, bytes: &[u8]) -> Result<KeyFile> {
     Ok(file)
 }
 
+/// Snapshots sorted by time, and the snapshot files skipped (name, reason).
+pub type SnapshotList = (Vec<(Id, Snapshot)>, Vec<(String, String)>);
+
 impl Repository {
     /// Create a new repository in an empty location.
     ///
@@ -382,6 +385,7 @@ impl Repository {
         }
         // A damaged or foreign file in keys/ must not lock users out: try every key.
         let mut first_problem = None;
+        let mut config_problem = None;
         let mut files = Vec::new();
         for k in &keys {
             match backend
@@ -411,9 +415,26 @@ impl Repository {
             let Some(master_json) = open_with(&kek, aad::KEY, &file.master) else {
                 continue;
             };
-            let key: MasterKey = serde_json::from_slice(&master_json)
-                .map_err(|e| Error::corrupt(format!("key {}", k.name), e.to_string()))?;
-            let json = decode_metadata(&key, aad::CONFIG, &config_bytes, "config")?;
+            let key: MasterKey = match serde_json::from_slice(&master_json) {
+                Ok(key) => key,
+                Err(e) => {
+                    let e = Error::corrupt(format!("key {}", k.name), e.to_string());
+                    tracing::warn!("skipping key {}: {e}", k.name);
+                    config_problem.get_or_insert(e);
+                    continue;
+                }
+            };
+            // A key whose master key does not open the config is another
+            // repository's: left by an init that was killed or lost a race
+            // with another init (each writes its key, then the config).
+            let json = match decode_metadata(&key, aad::CONFIG, &config_bytes, "config") {
+                Ok(json) => json,
+                Err(e) => {
+                    tracing::debug!("key {} does not open the config: {e}", k.name);
+                    config_problem.get_or_insert(e);
+                    continue;
+                }
+            };
             let config: Config = serde_json::from_slice(&json)
                 .map_err(|e| Error::corrupt("config", e.to_string()))?;
             if config.version != FORMAT_VERSION {
@@ -441,8 +462,10 @@ impl Repository {
                 index_loaded: false,
             });
         }
-        match first_problem {
-            Some(e) if usable == 0 => Err(e),
+        match (config_problem, first_problem) {
+            // The password opened a key, but no key opened the config.
+            (Some(e), _) => Err(e),
+            (None, Some(e)) if usable == 0 => Err(e),
             _ => Err(Error::WrongPassword),
         }
     }
@@ -564,7 +587,17 @@ impl Repository {
     /// # Errors
     /// Storage errors; corrupt snapshot files.
     pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
+        Ok(self.snapshot_list()?.0)
+    }
+
+    /// [`Repository::snapshots`], and the snapshot files that were skipped
+    /// (name and why).
+    ///
+    /// # Errors
+    /// Storage errors while listing.
+    pub fn snapshot_list(&self) -> Result<SnapshotList> {
         let mut out = Vec::new();
+        let mut skipped = Vec::new();
         for f in self.backend.list(FileKind::Snapshot)? {
             let Ok(id) = f.name.parse::<Id>() else {
                 tracing::warn!("skipping {:?} in snapshots/: its name is not an ID", f.name);
@@ -576,11 +609,37 @@ impl Repository {
                 Err(Error::NotFound(_)) => continue,
                 // One damaged snapshot must not hide the others (nor stop a
                 // backup); `check` reports it and prune refuses to run.
-                Err(e) => tracing::warn!("skipping snapshot {id}: {e}"),
+                Err(e) => {
+                    tracing::warn!("skipping snapshot {id}: {e}");
+                    skipped.push((f.name, e.to_string()));
+                }
             }
         }
         out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
-        Ok(out)
+        Ok((out, skipped))
+    }
+
+    /// The newest snapshot that `matches`. While a snapshot file is damaged
+    /// nobody can tell whether it is newer: refused, so that `latest` never
+    /// silently means an older snapshot.
+    ///
+    /// # Errors
+    /// [`Error::Refused`] with a damaged snapshot; [`Error::NotFound`].
+    pub fn latest_snapshot(
+        &self,
+        what: &str,
+        matches: impl Fn(&Snapshot) -> bool,
+    ) -> Result<(Id, Snapshot)> {
+        let (list, skipped) = self.snapshot_list()?;
+        if let Some((name, why)) = skipped.first() {
+            return Err(Error::Refused(format!(
+                "cannot tell which is the latest {what}: snapshot {name} is damaged ({why}); name a snapshot by its ID, or remove the damaged file (`cairn check` lists it)"
+            )));
+        }
+        list.into_iter()
+            .rev()
+            .find(|(_, s)| matches(s))
+            .ok_or_else(|| Error::NotFound(what.to_string()))
     }
 
     /// Find a snapshot by ID prefix, or `latest`.
@@ -589,9 +648,7 @@ impl Repository {
     /// [`Error::NotFound`], [`Error::AmbiguousId`], corrupt snapshot.
     pub fn find_snapshot(&self, spec: &str) -> Result<(Id, Snapshot)> {
         if spec == "latest" {
-            return self.snapshots()?.pop().ok_or_else(|| {
-                Error::NotFound("snapshot \"latest\" (the repository has no snapshots)".into())
-            });
+            return self.latest_snapshot("snapshot (the repository has no snapshots)", |_| true);
         }
         let id = self.resolve(FileKind::Snapshot, spec)?;
         Ok((id, self.load_json(FileKind::Snapshot, &id)?))
@@ -681,6 +738,7 @@ impl Repository {
                 tracing::debug!("not caching tree pack {}: {e}", loc.pack);
             }
         }
+        self.check_raw_length(t, id, loc.raw_length)?;
         let stored = self.backend.read_range(
             FileKind::Pack,
             &loc.pack.to_hex(),
@@ -688,6 +746,26 @@ impl Repository {
             loc.length,
         )?;
         decode_blob(&self.key, t, id, &stored, loc.raw_length).map_err(|e| in_pack(e, &loc.pack))
+    }
+
+    /// Decoding reserves `raw_length` bytes up front: an index entry may not
+    /// claim more than a blob can hold (a data blob, the chunker's maximum;
+    /// a tree, [`MAX_TREE_BLOB`]), or a forged entry and a zstd bomb could
+    /// make every restore worker allocate 4 GiB.
+    fn check_raw_length(&self, t: BlobType, id: &Id, raw_length: u32) -> Result<()> {
+        let max = match t {
+            BlobType::Data => self.config.chunker.max as u64,
+            BlobType::Tree => MAX_TREE_BLOB,
+        };
+        if u64::from(raw_length) > max {
+            return Err(Error::corrupt(
+                format!("{t} blob {id}"),
+                format!(
+                    "the index records {raw_length} bytes, more than such a blob holds ({max})"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Read data blobs in order, calling `f` with each plaintext. Blobs that lie
@@ -703,15 +781,16 @@ impl Repository {
         max_run: u64,
         mut f: impl FnMut(&[u8]) -> Result<()>,
     ) -> Result<()> {
-        let locs = ids
-            .iter()
-            .map(|id| {
-                self.index
-                    .lookup(BlobType::Data, id)
-                    .map(|l| (*id, l))
-                    .ok_or_else(|| Error::NotFound(format!("data blob {id} (not in the index)")))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let locs =
+            ids.iter()
+                .map(|id| {
+                    let loc = self.index.lookup(BlobType::Data, id).ok_or_else(|| {
+                        Error::NotFound(format!("data blob {id} (not in the index)"))
+                    })?;
+                    self.check_raw_length(BlobType::Data, id, loc.raw_length)?;
+                    Ok((*id, loc))
+                })
+                .collect::<Result<Vec<_>>>()?;
         // Decompressed plaintexts: one buffer for the whole call.
         let mut scratch = Vec::new();
         let mut i = 0;
@@ -831,20 +910,38 @@ impl Repository {
                 "refusing to remove the key this repository was opened with (open it with another key)".into(),
             ));
         }
-        if self.backend.list(FileKind::Key)?.len() <= 1 {
+        if self.other_keys(name)? == 0 {
             return Err(Error::Refused("refusing to remove the last key".into()));
         }
         // Two removals running at once can each see another key left; the
         // one that finds none after its delete puts its key back.
         let bytes = self.backend.read(FileKind::Key, name)?;
         self.backend.remove(FileKind::Key, name)?;
-        if self.backend.list(FileKind::Key)?.is_empty() {
+        if self.other_keys(name)? == 0 {
             self.backend.write(FileKind::Key, name, bytes)?;
             return Err(Error::Refused(format!(
                 "refusing to remove the last key: another key was removed at the same time, so key {name} was put back"
             )));
         }
         Ok(())
+    }
+
+    /// How many key files other than `name` are usable ones (a damaged or
+    /// foreign file in keys/ opens nothing, so it does not count).
+    fn other_keys(&self, name: &str) -> Result<usize> {
+        let mut n = 0;
+        for f in self.backend.list(FileKind::Key)? {
+            if f.name != name
+                && self
+                    .backend
+                    .read(FileKind::Key, &f.name)
+                    .and_then(|b| parse_key_file(&f.name, &b))
+                    .is_ok()
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// Replace the current key's password: add a new key, then remove the old one.

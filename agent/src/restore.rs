@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::ops::Range;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -28,6 +28,7 @@ use rustix::io::Errno;
 
 use crate::beneath;
 use crate::blob::BlobType;
+use crate::constants::MAX_TREE_DEPTH;
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::repository::Repository;
@@ -206,18 +207,11 @@ fn apply_entry_metadata(ctx: &Ctx<'_>, place: &Place, node: &Node) -> Result<()>
         rfs::chownat(dir, name, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)
             .map_err(errno("chown", path))?;
     }
-    if node.node_type != NodeType::Symlink {
-        // fchmodat2 with AT_SYMLINK_NOFOLLOW where the kernel has it (6.6);
-        // else the entry just made is not a symlink and a plain chmod is safe
-        // against everything but a concurrent writer of the target.
-        let mode = ctx.mode(node);
-        match rfs::chmodat(dir, name, mode, AtFlags::SYMLINK_NOFOLLOW) {
-            Err(Errno::NOSYS | Errno::NOTSUP | Errno::INVAL) => {
-                rfs::chmodat(dir, name, mode, AtFlags::empty())
-            }
-            r => r,
-        }
-        .map_err(errno("chmod", path))?;
+    if let Some(kind) = special_kind(node.node_type) {
+        chmod_special(dir, name, kind, ctx.mode(node)).map_err(|e| match e {
+            Some(e) => Error::io("chmod", path, e.into()),
+            None => Error::Refused("replaced while being restored: mode not set".into()),
+        })?;
     }
     rfs::utimensat(dir, name, &timestamps(node), AtFlags::SYMLINK_NOFOLLOW)
         .map_err(errno("set times", path))
@@ -407,18 +401,49 @@ fn restore_part(ctx: &Ctx<'_>, pf: &PartedFile, blobs: Range<usize>, offset: u64
     }
 }
 
+/// Set the mode of the FIFO or device `name` in `dir`. A chmod by name would
+/// follow a symlink that a writer of the target put in its place since
+/// `mknodat` (rustix's `chmodat` cannot refuse symlinks without fchmodat2).
+/// So the entry is opened as a path (no driver runs, no FIFO blocks) without
+/// following, checked to be of `kind` still, and changed through its /proc
+/// link, which names that inode itself (fchmod refuses O_PATH descriptors).
+/// `Err(None)`: it is no longer of `kind`.
+fn chmod_special(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    kind: FileType,
+    mode: Mode,
+) -> std::result::Result<(), Option<Errno>> {
+    let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = rfs::openat(dir, name, flags, Mode::empty()).map_err(Some)?;
+    let st = rfs::fstat(&fd).map_err(Some)?;
+    if FileType::from_raw_mode(st.st_mode) != kind {
+        return Err(None);
+    }
+    let link = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    rfs::chmod(link.as_str(), mode).map_err(Some)
+}
+
+/// The file type `mknodat` makes for a node, if it is made that way.
+fn special_kind(t: NodeType) -> Option<FileType> {
+    match t {
+        NodeType::Fifo => Some(FileType::Fifo),
+        NodeType::Chardev => Some(FileType::CharacterDevice),
+        NodeType::Blockdev => Some(FileType::BlockDevice),
+        _ => None,
+    }
+}
+
 fn restore_other(ctx: &Ctx<'_>, place: &Place, node: &Node) -> Result<()> {
     let (dir, name, path) = (place.dir.as_fd(), node.name.0.as_slice(), &place.path);
     let special = match node.node_type {
         NodeType::Symlink => None,
-        NodeType::Fifo => Some(FileType::Fifo),
         NodeType::Chardev | NodeType::Blockdev if ctx.skip_devices => {
             return Err(Error::Refused(
                 "device node not restored (devices are refused by this restore)".into(),
             ))
         }
-        NodeType::Chardev => Some(FileType::CharacterDevice),
-        NodeType::Blockdev => Some(FileType::BlockDevice),
+        NodeType::Fifo | NodeType::Chardev | NodeType::Blockdev => special_kind(node.node_type),
         NodeType::Socket => return Ok(()), // a socket is recreated by its server, not by restore
         NodeType::File | NodeType::Dir => {
             return Err(Error::Internal(
@@ -558,6 +583,13 @@ impl Walk<'_, '_> {
                 Some(e) => (e.path.clone(), e.rel.clone()),
             };
             let name = node.name.to_os();
+            if self.stack.len() >= MAX_TREE_DEPTH {
+                self.ctx.error(
+                    &path.join(&name),
+                    format!("nested deeper than {MAX_TREE_DEPTH} directories: not restored"),
+                );
+                return;
+            }
             self.stack.push(Entered {
                 path: path.join(&name),
                 rel: rel.join(&name),
@@ -855,4 +887,39 @@ pub fn restore(repo: &Repository, root: &Id, opts: &RestoreOptions) -> Result<Re
             .into_inner()
             .unwrap_or_else(PoisonError::into_inner),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_special_file_swapped_for_a_symlink_is_not_chmodded_through_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let victim = tmp.path().join("victim");
+        fs::write(&victim, b"x").unwrap();
+        fs::set_permissions(&victim, fs::Permissions::from_mode(0o600)).unwrap();
+        let target = tmp.path().join("target");
+        fs::create_dir(&target).unwrap();
+        let dir = beneath::open_dir_path(&target).unwrap();
+        let mode = Mode::from_raw_mode(0o666);
+
+        rfs::mknodat(&dir, "fifo", FileType::Fifo, Mode::RUSR, 0).unwrap();
+        chmod_special(dir.as_fd(), b"fifo", FileType::Fifo, mode).unwrap();
+        let m = fs::symlink_metadata(target.join("fifo"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(m & 0o777, 0o666);
+
+        // What a writer of the target can do between mknodat and chmod.
+        std::os::unix::fs::symlink(&victim, target.join("swapped")).unwrap();
+        assert_eq!(
+            chmod_special(dir.as_fd(), b"swapped", FileType::Fifo, mode),
+            Err(None)
+        );
+        let m = fs::metadata(&victim).unwrap().permissions().mode();
+        assert_eq!(m & 0o777, 0o600, "the symlink's target was chmodded");
+    }
 }

@@ -333,6 +333,28 @@ fn a_raw_length_that_disagrees_with_the_pack_is_caught() {
         "{:?}",
         summary.errors
     );
+    // One that claims more than any blob holds is refused before decoding
+    // reserves room for it.
+    let tmp2 = tempfile::tempdir().unwrap();
+    let repo2_dir = tmp2.path().join("repo");
+    let mut f = Forger::new(&repo2_dir);
+    let file = f.file("f", b"twelve bytes");
+    let data_id2 = file.content[0];
+    let nodes = vec![file];
+    let root2 = f.tree(nodes);
+    let repo2 = f.finish_with(root2, &repo2_dir, |blobs| {
+        for b in blobs.iter_mut().filter(|b| b.id == data_id2) {
+            b.raw_length = 3 << 30;
+        }
+    });
+    let summary = restore(&repo2, &root2, &opts(&tmp2.path().join("t"))).unwrap();
+    assert!(
+        summary.errors[0]
+            .message
+            .contains("more than such a blob holds"),
+        "{:?}",
+        summary.errors
+    );
     let report = cairn::check::check(&mut repo, cairn::check::ReadData::None).unwrap();
     let problems: Vec<String> = report.problems.iter().map(|p| format!("{p:?}")).collect();
     assert!(
@@ -341,4 +363,84 @@ fn a_raw_length_that_disagrees_with_the_pack_is_caught() {
             .any(|p| p.contains("header does not match the index")),
         "{problems:?}"
     );
+}
+
+/// Trees nested deeper than any stack should hold, forged or on disk: the
+/// part below the limit is restored or backed up, the rest reported.
+#[test]
+fn nesting_beyond_the_depth_limit_is_reported_not_followed() {
+    use cairn::constants::MAX_TREE_DEPTH;
+    let tmp = tempfile::tempdir().unwrap();
+    let repo_dir = tmp.path().join("repo");
+    let mut f = Forger::new(&repo_dir);
+    let mut id = f.tree(Vec::new());
+    for _ in 0..MAX_TREE_DEPTH + 10 {
+        let mut d = node("d", NodeType::Dir);
+        d.subtree = Some(id);
+        id = f.tree(vec![d]);
+    }
+    let mut repo = f.finish(id, &repo_dir);
+    let target = tmp.path().join("target");
+    let summary = restore(&repo, &id, &opts(&target)).unwrap();
+    assert_eq!(summary.errors.len(), 1, "{:?}", summary.errors);
+    assert!(summary.errors[0].message.contains("nested deeper"));
+    assert_eq!(summary.dirs as usize, MAX_TREE_DEPTH);
+    let report = cairn::check::check(&mut repo, cairn::check::ReadData::None).unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.message.contains("nested deeper")),
+        "{:?}",
+        report.problems
+    );
+
+    // The same depth on disk, backed up.
+    let src = tmp.path().join("src");
+    let mut deep = src.clone();
+    for _ in 0..MAX_TREE_DEPTH + 10 {
+        deep.push("d");
+    }
+    fs::create_dir_all(&deep).unwrap();
+    repo.load_index().unwrap();
+    let result = cairn::archiver::backup(
+        &repo,
+        &cairn::archiver::BackupOptions {
+            paths: vec![src.clone()],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(result.errors.len(), 1, "{:?}", result.errors);
+    assert!(result.errors[0].message.contains("nested deeper"));
+}
+
+/// Paths beyond PATH_MAX (30 directories of 200-byte names): entries are
+/// made relative to their directory, and what is opened again at the end
+/// (directory metadata, hard links) is resolved one component at a time.
+#[test]
+fn paths_longer_than_path_max_restore_with_metadata_and_links() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo_dir = tmp.path().join("repo");
+    let mut f = Forger::new(&repo_dir);
+    let mut first = f.file("f", b"linked");
+    first.links = 2;
+    first.inode = 5;
+    let mut second = first.clone();
+    second.name = RawName(b"g".to_vec());
+    let nodes = vec![first, second];
+    let mut id = f.tree(nodes);
+    let long = "n".repeat(200);
+    for _ in 0..30 {
+        let mut d = node(&long, NodeType::Dir);
+        d.mode = 0o40750;
+        d.subtree = Some(id);
+        id = f.tree(vec![d]);
+    }
+    let repo = f.finish(id, &repo_dir);
+    let target = tmp.path().join("target");
+    let summary = restore(&repo, &id, &opts(&target)).unwrap();
+    assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+    assert_eq!(summary.dirs, 30);
+    assert_eq!(summary.others, 1); // the hard link
 }

@@ -271,23 +271,17 @@ impl Backend for LocalBackend {
         if self.root.join("config").exists() {
             return Err(Error::RepositoryExists(self.location()));
         }
-        if let Ok(mut entries) = fs::read_dir(&self.root) {
-            if entries.next().is_some() {
-                if !self.is_unfinished_init() {
-                    return Err(Error::InvalidInput(format!(
-                        "{} exists and is not empty; choose an empty or new directory",
-                        self.location()
-                    )));
-                }
-                // An init that was killed before it wrote the config: its key
-                // files protect no repository (and one with the same password
-                // would make `open` fail on the new config), so they go.
-                let keys = self.root.join("keys");
-                for e in fs::read_dir(&keys).map_err(|e| Error::io("list", &keys, e))? {
-                    let p = e.map_err(|e| Error::io("list", &keys, e))?.path();
-                    fs::remove_file(&p).map_err(|e| Error::io("remove", &p, e))?;
-                }
-            }
+        // A location that is not empty is refused, unless it is what an init
+        // killed before it wrote the config leaves (or one still running: they
+        // cannot be told apart). Its key files are left alone: they open no
+        // config, so `open` skips them, and of two inits racing, the second
+        // config write fails.
+        let not_empty = fs::read_dir(&self.root).is_ok_and(|mut e| e.next().is_some());
+        if not_empty && !self.is_unfinished_init() {
+            return Err(Error::InvalidInput(format!(
+                "{} exists and is not empty; choose an empty or new directory",
+                self.location()
+            )));
         }
         for d in ["keys", "snapshots", "index", "data"] {
             let p = self.root.join(d);

@@ -401,8 +401,26 @@ fn tune_allocator() {
     }
 }
 
+/// Raise the soft limit on open files to the hard limit: backup and restore
+/// hold a directory descriptor per level of the tree they are in, plus one per
+/// queued file, and 1024 (a common soft limit) is less than a deep tree needs.
+fn raise_open_file_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 fn main() -> ExitCode {
     tune_allocator();
+    raise_open_file_limit();
     let cli = Cli::parse();
     let filter = std::env::var("CAIRN_LOG").unwrap_or_else(|_| {
         match cli.verbose {

@@ -257,21 +257,17 @@ fn restore(cli: &Cli, args: &AgentRestoreArgs) -> Result<AgentResult> {
     repo.load_index()?;
     let (id, snap) = match &args.snapshot {
         Some(spec) => repo.find_snapshot(spec)?,
-        None => repo
-            .snapshots()?
-            .into_iter()
-            .rev()
-            .find(|(_, s)| {
+        None => {
+            let what = format!(
+                "snapshot of {} with tags [{}]",
+                args.latest_of.as_deref().unwrap_or("any volume"),
+                args.tags.join(",")
+            );
+            repo.latest_snapshot(&what, |s| {
                 args.latest_of.as_ref().is_none_or(|h| &s.hostname == h)
                     && args.tags.iter().all(|t| s.tags.contains(t))
-            })
-            .ok_or_else(|| {
-                Error::NotFound(format!(
-                    "snapshot of {} with tags [{}]",
-                    args.latest_of.as_deref().unwrap_or("any volume"),
-                    args.tags.join(",")
-                ))
-            })?,
+            })?
+        }
     };
     let started = std::time::Instant::now();
     // A snapshot holds the volume under its mount path: restore that path's
