@@ -315,7 +315,11 @@ pub fn check(repo: &mut Repository, read_data: ReadData) -> Result<CheckReport> 
     Ok(report)
 }
 
-fn read_pack_header(repo: &Repository, id: &Id, size: u64) -> Result<Vec<pack::PackedBlob>> {
+/// Read and authenticate a pack's header (trailer, then the sealed header).
+///
+/// # Errors
+/// Storage errors; a truncated pack or a header that does not authenticate.
+pub fn read_pack_header(repo: &Repository, id: &Id, size: u64) -> Result<Vec<pack::PackedBlob>> {
     let name = id.to_hex();
     if size < 4 {
         return Err(Error::corrupt(

@@ -22,6 +22,7 @@ pub mod index;
 pub mod ls;
 pub mod pack;
 pub mod prune;
+pub mod repair;
 pub mod repository;
 pub mod restore;
 pub mod snapshot;

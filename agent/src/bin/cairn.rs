@@ -112,6 +112,19 @@ enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
+    /// Rebuild what a lost or damaged object broke.
+    Repair {
+        #[command(subcommand)]
+        command: RepairCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RepairCommand {
+    /// Rebuild the index from the pack headers (after a pack or an index file
+    /// was lost or damaged): the next backup then stores the missing data
+    /// again instead of deduplicating against it. Do not run while a prune runs.
+    Index,
 }
 
 #[derive(Args)]
@@ -584,6 +597,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Restore(args) => cmd_restore(&cli, args),
         Command::Check(args) => cmd_check(&cli, args),
+        Command::Repair {
+            command: RepairCommand::Index,
+        } => cmd_repair_index(&cli),
         Command::Forget(args) => cmd_forget(&cli, args),
         Command::Copy(args) => cmd_copy(&cli, args),
         Command::Agent { command } => Ok(agent::run(&cli, command)),
@@ -953,6 +969,30 @@ fn cmd_key(cli: &Cli, command: &KeyCommand) -> Result<ExitCode> {
             } else {
                 println!("password changed (new key {})", &name[..8]);
             }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_repair_index(cli: &Cli) -> Result<ExitCode> {
+    let mut repo = open_repo(cli)?;
+    let report = cairn::repair::repair_index(&mut repo)?;
+    if cli.json {
+        print_json(&report)?;
+    } else {
+        for (pack, why) in &report.packs_unreadable {
+            println!("error: pack {pack}: {why} (left out of the index)");
+        }
+        println!(
+            "indexed {} blobs in {} packs into {} index files (removed {} old ones); {} blobs of the old index are in packs that are gone or unreadable",
+            report.blobs_indexed,
+            report.packs_indexed,
+            report.index_files_written,
+            report.index_files_removed,
+            report.blobs_lost
+        );
+        if report.blobs_lost > 0 {
+            println!("the next backup of the same data stores what was lost again; snapshots that refer to it stay incomplete (`cairn check` names them)");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -1,0 +1,105 @@
+//! `repair index`: rebuild the index from the packs themselves. After a pack
+//! is lost or damaged, the old index still lists its blobs, so every later
+//! backup deduplicates against data that is gone and every snapshot it
+//! writes is unrestorable. The rebuilt index lists exactly the blobs whose
+//! pack headers read and authenticate, so the next backup stores the missing
+//! data again (files whose content is not all indexed are read again, trees
+//! not indexed are written again).
+//!
+//! Not to be run while a prune runs: prune's marks are dropped (every pack is
+//! live again; the next prune marks what is unused, which only delays
+//! deletion), and the old index files are deleted once the new ones exist.
+
+use crate::backend::FileKind;
+use crate::check::read_pack_header;
+use crate::constants::INDEX_FLUSH_BLOBS;
+use crate::error::Result;
+use crate::id::Id;
+use crate::index::IndexFile;
+use crate::repository::Repository;
+
+/// What `repair index` did.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct IndexRepair {
+    /// Packs whose headers were read and indexed.
+    pub packs_indexed: u64,
+    /// Blobs in the new index.
+    pub blobs_indexed: u64,
+    /// Packs whose header could not be read (left out of the index, not deleted).
+    pub packs_unreadable: Vec<(String, String)>,
+    /// Blobs the old index listed in packs that are gone or unreadable.
+    pub blobs_lost: u64,
+    /// Index files written.
+    pub index_files_written: u64,
+    /// Old index files removed.
+    pub index_files_removed: u64,
+}
+
+/// Rebuild the index from pack headers, then replace the old index files.
+///
+/// # Errors
+/// Storage errors while listing, writing or removing; a pack that cannot be
+/// read is reported in the result, not an error.
+pub fn repair_index(repo: &mut Repository) -> Result<IndexRepair> {
+    let mut report = IndexRepair::default();
+    // Index files first: each lists only packs uploaded before it, so all of
+    // them are in the pack listing that follows (unless deleted meanwhile).
+    let old_files: Vec<String> = repo
+        .backend()
+        .list(FileKind::Index)?
+        .into_iter()
+        .map(|f| f.name)
+        .filter(|n| n.parse::<Id>().is_ok())
+        .collect();
+    // What the old index promised, to count what is lost. A damaged index
+    // file is skipped by load_index (and replaced here all the same).
+    repo.load_index()?;
+    let promised: std::collections::HashMap<Id, u64> = {
+        let mut m = std::collections::HashMap::new();
+        for (_, _, loc) in repo.index().iter() {
+            *m.entry(loc.pack).or_insert(0) += 1;
+        }
+        m
+    };
+    let packs = repo.backend().list(FileKind::Pack)?;
+    let mut present = std::collections::HashSet::new();
+    let mut file = IndexFile::default();
+    let mut written = Vec::new();
+    for p in packs {
+        let Ok(id) = p.name.parse::<Id>() else {
+            continue;
+        };
+        match read_pack_header(repo, &id, p.size) {
+            Ok(blobs) => {
+                present.insert(id);
+                report.packs_indexed += 1;
+                report.blobs_indexed += blobs.len() as u64;
+                file.add_pack(id, &blobs);
+                if file.blob_count() >= INDEX_FLUSH_BLOBS {
+                    written.push(repo.save_json(FileKind::Index, &std::mem::take(&mut file))?);
+                }
+            }
+            Err(e) => {
+                tracing::warn!("pack {id} left out of the index: {e}");
+                report.packs_unreadable.push((id.to_hex(), e.to_string()));
+            }
+        }
+    }
+    if !file.packs.is_empty() {
+        written.push(repo.save_json(FileKind::Index, &file)?);
+    }
+    report.index_files_written = written.len() as u64;
+    report.blobs_lost = promised
+        .iter()
+        .filter(|(pack, _)| !present.contains(*pack))
+        .map(|(_, n)| n)
+        .sum();
+    let written: std::collections::HashSet<String> = written.iter().map(Id::to_hex).collect();
+    for name in old_files.into_iter().filter(|n| !written.contains(n)) {
+        match repo.backend().remove(FileKind::Index, &name) {
+            Ok(()) | Err(crate::error::Error::NotFound(_)) => report.index_files_removed += 1,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(report)
+}
