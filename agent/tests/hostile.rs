@@ -444,3 +444,144 @@ fn paths_longer_than_path_max_restore_with_metadata_and_links() {
     assert_eq!(summary.dirs, 30);
     assert_eq!(summary.others, 1); // the hard link
 }
+
+/// Whoever writes the source tree while the agent backs it up (a tenant's
+/// pod) keeps swapping files for symlinks to `/proc/self/environ` (the
+/// agent's own environment, with the repository password), directories for
+/// symlinks to `/etc`, and files for FIFOs. Every backup finishes, and no
+/// snapshot holds a byte from outside the tree.
+#[test]
+fn swapping_entries_during_backups_never_stores_what_is_outside_the_tree() {
+    use std::process::{Command, Stdio};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    const MARKER: &str = "SECRET-MARKER-7f3a9";
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, repo) = (tmp.path().join("src"), tmp.path().join("repo"));
+    fs::create_dir_all(src.join("dir")).unwrap();
+    for i in 0..200 {
+        fs::write(src.join(format!("f{i}")), b"original").unwrap();
+    }
+    fs::write(src.join("dir/inner"), b"inner").unwrap();
+    let cairn = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_cairn"));
+        c.env("CAIRN_REPOSITORY", &repo)
+            .env("CAIRN_PASSWORD", format!("pw-{MARKER}"))
+            .env("AWS_SECRET_ACCESS_KEY", MARKER)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        c
+    };
+    let st = cairn(&["init", "--kdf-memory-kib", "1024", "--kdf-iterations", "1"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let f = src.join(format!("f{}", i % 200));
+                let tmp_name = src.join(".swap");
+                let _ = fs::remove_file(&tmp_name);
+                match i % 3 {
+                    0 => {
+                        let _ = std::os::unix::fs::symlink("/proc/self/environ", &tmp_name);
+                    }
+                    1 => {
+                        let _ = rustix::fs::mknodat(
+                            rustix::fs::CWD,
+                            &tmp_name,
+                            rustix::fs::FileType::Fifo,
+                            rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+                            0,
+                        );
+                    }
+                    _ => {
+                        let _ = fs::write(&tmp_name, b"original");
+                    }
+                }
+                let _ = fs::rename(&tmp_name, &f);
+                // The directory: a symlink to /etc, then back.
+                let d = src.join("dir");
+                let moved = src.join(".dir");
+                if fs::rename(&d, &moved).is_ok() {
+                    let _ = std::os::unix::fs::symlink("/etc", &d);
+                    let _ = fs::remove_file(&d);
+                    let _ = fs::rename(&moved, &d);
+                }
+                i += 1;
+            }
+        });
+        for _ in 0..5 {
+            let mut child = cairn(&["backup", src.to_str().unwrap()]).spawn().unwrap();
+            let started = Instant::now();
+            let status = loop {
+                if let Some(st) = child.try_wait().unwrap() {
+                    break st;
+                }
+                if started.elapsed() > Duration::from_secs(120) {
+                    let _ = child.kill();
+                    stop.store(true, Ordering::Relaxed);
+                    panic!("a backup hung while entries were swapped");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            // 0, or 3 when it reported swapped entries.
+            assert!(matches!(status.code(), Some(0 | 3)), "{status:?}");
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+
+    // Restore every snapshot and read every regular file restored.
+    let mut b = Command::new(env!("CARGO_BIN_EXE_cairn"));
+    let out = b
+        .env("CAIRN_REPOSITORY", &repo)
+        .env("CAIRN_PASSWORD", format!("pw-{MARKER}"))
+        .args(["--json", "snapshots"])
+        .output()
+        .unwrap();
+    let snaps: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<String> = snaps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 5, "{snaps}");
+    let etc_hostname = fs::read("/etc/hostname").unwrap_or_default();
+    for id in ids {
+        let target = tmp.path().join(format!("r-{}", &id[..8]));
+        let st = cairn(&["restore", &id, "--target", target.to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(st.success(), "restore {id}: {st:?}");
+        let mut stack = vec![target];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                let m = fs::symlink_metadata(&p).unwrap();
+                if m.is_dir() {
+                    stack.push(p);
+                } else if m.is_file() {
+                    let data = fs::read(&p).unwrap();
+                    let text = String::from_utf8_lossy(&data);
+                    assert!(
+                        !text.contains(MARKER),
+                        "{} holds the agent's environment",
+                        p.display()
+                    );
+                    assert!(
+                        data == b"original" || data == b"inner" || data.is_empty(),
+                        "{} holds bytes from outside the tree: {text:?}",
+                        p.display()
+                    );
+                    assert!(etc_hostname.is_empty() || data != etc_hostname);
+                }
+            }
+        }
+    }
+}
