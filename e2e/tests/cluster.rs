@@ -283,3 +283,88 @@ async fn schedule_backs_up_by_cron_and_bad_repository_is_reported() {
     controller.stop().await;
     ns.delete().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kubernetes cluster in KUBECONFIG and the agent image (scripts/e2e)"]
+async fn backup_recreated_under_the_same_name_does_not_inherit_the_old_job() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    apply_crds(&client).await;
+    let ns = TestNamespace::create(&client, "recreate").await;
+    let controller = InProcessController::start(&client, &ns.name);
+    setup(&client, &ns.name).await;
+    run_pod(&client, &ns.name, shell_pod("writer", WRITE, &["data"])).await;
+    let backup = serde_json::json!({
+        "apiVersion": "cairn.dev/v1alpha1", "kind": "Backup",
+        "metadata": {"name": "nightly"},
+        "spec": {"repository": {"name": "local"}, "pvcs": ["data"]}
+    });
+    let backups: Api<Backup> = Api::namespaced(client.clone(), &ns.name);
+    let finished = |b: &Backup| {
+        b.status
+            .as_ref()
+            .is_some_and(|s| matches!(s.phase, Phase::Succeeded | Phase::Failed))
+    };
+    create::<Backup>(&client, &ns.name, backup.clone()).await;
+    let first = wait_for(&backups, "nightly", "finished", FIVE_MIN, finished).await;
+    let first_snapshot = first
+        .status
+        .as_ref()
+        .and_then(|s| s.snapshots.first()?.snapshot_id.clone());
+    assert!(first_snapshot.is_some(), "first backup: {:?}", first.status);
+
+    // GitOps deletes the Backup and creates it again under the same name; the
+    // old Job is left behind (orphaned here, so the outcome does not depend
+    // on how fast the garbage collector is).
+    backups
+        .delete("nightly", &kube::api::DeleteParams::orphan())
+        .await
+        .expect("delete the backup");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while backups
+        .get_opt("nightly")
+        .await
+        .expect("get backup")
+        .is_some()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Backup nightly not gone after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let second: Backup = create(&client, &ns.name, backup).await;
+    let second_uid = second.metadata.uid.clone().expect("uid");
+    let second = wait_for(&backups, "nightly", "finished", FIVE_MIN, finished).await;
+    let second_snapshot = second
+        .status
+        .as_ref()
+        .and_then(|s| s.snapshots.first()?.snapshot_id.clone());
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), &ns.name);
+    let job_names = second
+        .status
+        .as_ref()
+        .map(|s| s.job_names.clone())
+        .unwrap_or_default();
+    for name in &job_names {
+        let job = jobs.get(name).await.expect("the second backup's Job");
+        let owners: Vec<_> = job
+            .metadata
+            .owner_references
+            .unwrap_or_default()
+            .into_iter()
+            .map(|o| o.uid)
+            .collect();
+        assert!(
+            owners.contains(&second_uid),
+            "the recreated Backup uses Job {name}, owned by {owners:?}, not by itself ({second_uid})"
+        );
+    }
+    assert_ne!(
+        first_snapshot, second_snapshot,
+        "the recreated Backup reports the old Backup's snapshot"
+    );
+    controller.stop().await;
+    ns.delete().await;
+}
