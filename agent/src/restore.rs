@@ -871,6 +871,18 @@ pub fn restore(repo: &Repository, root: &Id, opts: &RestoreOptions) -> Result<Re
     for (rel, node) in &dirs {
         match finish_dir(&ctx, rel, node) {
             Ok(()) => ndirs += 1,
+            // The target itself (a sub-path restored into it) may belong to
+            // someone else: the root of a new volume is root's, and a restore
+            // Job is not. Its contents are what was asked for; its own
+            // metadata is kept and said so, not an error.
+            Err(Error::Io { cause, .. })
+                if rel.as_os_str().is_empty() && cause.raw_os_error() == Some(libc::EPERM) =>
+            {
+                tracing::warn!(
+                    "{}: not the owner: its own mode, owner and times are left as they are",
+                    opts.target.display()
+                );
+            }
             Err(e) => ctx.error(&opts.target.join(rel), e.to_string()),
         }
     }

@@ -1002,3 +1002,46 @@ fn agent_commands_write_a_result_for_the_controller() {
         "{r}"
     );
 }
+
+/// What a restore Job meets: the root of a new volume belongs to root, the
+/// agent does not. The contents are restored; the target's own metadata is
+/// left (a warning), not an error that fails the restore.
+#[test]
+fn restore_into_a_directory_owned_by_someone_else() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: needs root to make a directory another user cannot chmod");
+        return;
+    }
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(src.join("data")).unwrap();
+    fs::write(src.join("data/f"), b"content").unwrap();
+    fs::set_permissions(src.join("data"), fs::Permissions::from_mode(0o750)).unwrap();
+    env.ok(&["init"]);
+    env.ok(&["backup", src.to_str().unwrap()]);
+    // Everything readable by the unprivileged user; the target is root's,
+    // writable by all (as a volume with fsGroup would be), not theirs.
+    let st = Command::new("chmod")
+        .args(["-R", "a+rwX"])
+        .arg(env.dir.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let target = env.path("volume");
+    fs::create_dir(&target).unwrap();
+    fs::set_permissions(&target, fs::Permissions::from_mode(0o777)).unwrap();
+    let spec = format!("latest:{}", src.join("data").display());
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_cairn"))
+        .args(["restore", &spec, "--target", target.to_str().unwrap()])
+        .env("CAIRN_REPOSITORY", &env.location)
+        .env("CAIRN_PASSWORD", PASSWORD)
+        .env("HOME", env.dir.path())
+        .output()
+        .unwrap();
+    assert_success(&out, &["restore as another user"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not the owner"));
+    assert_eq!(fs::read(target.join("f")).unwrap(), b"content");
+}
