@@ -64,7 +64,7 @@ pub fn padded_len(n: u64) -> u64 {
     n.div_ceil(granule) * granule
 }
 
-fn blob_aad(t: BlobType, id: &Id) -> Vec<u8> {
+pub(crate) fn blob_aad(t: BlobType, id: &Id) -> Vec<u8> {
     let mut a = Vec::with_capacity(aad::BLOB_PREFIX.len() + 33);
     a.extend_from_slice(aad::BLOB_PREFIX);
     a.push(t.as_byte());

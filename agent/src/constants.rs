@@ -63,3 +63,7 @@ pub const MAX_TREE_DEPTH: usize = 1024;
 /// Largest plaintext a tree blob may have (a directory of a few million
 /// entries); readers refuse index entries that claim more.
 pub const MAX_TREE_BLOB: u64 = 1 << 30;
+
+/// Largest JSON a metadata file (config, index, snapshot) may decompress to;
+/// an index file of 50 000 blobs is about 10 MB.
+pub const MAX_METADATA_JSON: u64 = 1 << 30;

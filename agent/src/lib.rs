@@ -17,6 +17,8 @@ pub mod crypto;
 pub mod diff;
 pub mod error;
 pub mod forget;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod id;
 pub mod index;
 pub mod ls;

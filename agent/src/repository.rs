@@ -158,7 +158,12 @@ fn encode_metadata<T: Serialize + ?Sized>(
     Ok(buf)
 }
 
-fn decode_metadata(key: &MasterKey, domain: &[u8], stored: &[u8], object: &str) -> Result<Vec<u8>> {
+pub(crate) fn decode_metadata(
+    key: &MasterKey,
+    domain: &[u8],
+    stored: &[u8],
+    object: &str,
+) -> Result<Vec<u8>> {
     let plain = key.open(domain, stored, object)?;
     let mut json = Vec::new();
     std::io::Read::read_to_end(&mut metadata_json(&plain, object)?, &mut json)
@@ -173,7 +178,7 @@ fn decode_metadata(key: &MasterKey, domain: &[u8], stored: &[u8], object: &str) 
 fn metadata_json<'a>(
     plain: &'a [u8],
     object: &str,
-) -> Result<std::io::BufReader<MetadataPayload<'a>>> {
+) -> Result<std::io::BufReader<std::io::Take<MetadataPayload<'a>>>> {
     let payload = match plain.split_first() {
         Some((&METADATA_RAW, rest)) => MetadataPayload::Raw(rest),
         Some((&METADATA_ZSTD, rest)) => MetadataPayload::Zstd(
@@ -182,6 +187,10 @@ fn metadata_json<'a>(
         ),
         _ => return Err(Error::corrupt(object, "unknown encoding")),
     };
+    // A bound on what decompression may produce: a crafted frame must not
+    // expand into memory without end. Past it the JSON ends early and does
+    // not parse.
+    let payload = std::io::Read::take(payload, MAX_METADATA_JSON);
     Ok(std::io::BufReader::with_capacity(64 << 10, payload))
 }
 
@@ -273,7 +282,7 @@ const KDF_MAX_MEMORY_KIB: u32 = 1024 * 1024;
 const KDF_MAX_ITERATIONS: u32 = 16;
 const KDF_MAX_PARALLELISM: u32 = 16;
 
-fn parse_key_file(name: &str, bytes: &[u8]) -> Result<KeyFile> {
+pub(crate) fn parse_key_file(name: &str, bytes: &[u8]) -> Result<KeyFile> {
     let object = format!("key {name}");
     if Id::of_stored(bytes).to_hex() != name {
         return Err(Error::corrupt(
