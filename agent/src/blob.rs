@@ -349,18 +349,22 @@ mod tests {
         }
     }
 
-    #[test]
-    fn incompressible_blob_is_sealed_in_its_buffer() {
-        let k = MasterKey::from_parts([5; 32], [6; 32], [7; 32]);
-        let mut x = 1u64;
-        let data: Vec<u8> = (0..200_000)
+    /// Incompressible bytes (xorshift64).
+    fn xorshift_bytes(n: usize, mut x: u64) -> Vec<u8> {
+        (0..n)
             .map(|_| {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
                 x as u8
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn incompressible_blob_is_sealed_in_its_buffer() {
+        let k = MasterKey::from_parts([5; 32], [6; 32], [7; 32]);
+        let data = xorshift_bytes(200_000, 1);
         let id = k.blob_id(&data);
         let buf = blob_buffer(&data);
         let (cap, ptr) = (buf.capacity(), buf.as_ptr());
@@ -400,15 +404,7 @@ mod tests {
     #[test]
     fn a_blob_of_another_length_than_recorded_is_corrupt() {
         let k = MasterKey::from_parts([5; 32], [6; 32], [7; 32]);
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let random: Vec<u8> = (0..5000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let random = xorshift_bytes(5000, 0x9e37_79b9_7f4a_7c15);
         // Stored compressed, and stored raw (incompressible).
         for data in [vec![7u8; 5000], random] {
             let id = k.blob_id(&data);

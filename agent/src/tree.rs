@@ -121,6 +121,30 @@ pub struct Node {
     pub rdev: u64,
 }
 
+impl Node {
+    /// A node with a name, type and mode, and every other field zero or
+    /// empty (for writers that fill in the rest, and for tests).
+    pub fn new(name: RawName, node_type: NodeType, mode: u32) -> Node {
+        Node {
+            name,
+            node_type,
+            mode,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 0,
+            ctime_ns: 0,
+            inode: 0,
+            device_id: 0,
+            links: 1,
+            size: 0,
+            content: Vec::new(),
+            subtree: None,
+            target: None,
+            rdev: 0,
+        }
+    }
+}
+
 fn is_zero(v: &u64) -> bool {
     *v == 0
 }
@@ -195,23 +219,7 @@ mod tests {
     use super::*;
 
     fn node(name: &[u8]) -> Node {
-        Node {
-            name: RawName(name.to_vec()),
-            node_type: NodeType::File,
-            mode: 0o100644,
-            uid: 0,
-            gid: 0,
-            mtime_ns: 0,
-            ctime_ns: 0,
-            inode: 0,
-            device_id: 0,
-            links: 1,
-            size: 0,
-            content: Vec::new(),
-            subtree: None,
-            target: None,
-            rdev: 0,
-        }
+        Node::new(RawName(name.to_vec()), NodeType::File, 0o100644)
     }
 
     #[test]

@@ -23,23 +23,7 @@ fn node(name: &str, node_type: NodeType) -> Node {
         NodeType::Symlink => 0o120777,
         _ => 0o104777, // setuid, world-writable: what an attacker would like to plant
     };
-    Node {
-        name: RawName(name.as_bytes().to_vec()),
-        node_type,
-        mode,
-        uid: 0,
-        gid: 0,
-        mtime_ns: 0,
-        ctime_ns: 0,
-        inode: 0,
-        device_id: 0,
-        links: 1,
-        size: 0,
-        content: Vec::new(),
-        subtree: None,
-        target: None,
-        rdev: 0,
-    }
+    Node::new(RawName(name.as_bytes().to_vec()), node_type, mode)
 }
 
 /// Writes blobs and snapshots as a key holder can.
