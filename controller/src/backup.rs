@@ -199,6 +199,14 @@ pub async fn reconcile(b: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Erro
                 }
             }
         };
+        if !jobs::owned_by(&job, b.as_ref()) {
+            jobs::delete_stale(&jobs_api, &job).await?;
+            queued.push(format!(
+                "{pvc} (Job {job_name} of an earlier Backup named {name} is being deleted)"
+            ));
+            job_names.pop();
+            continue;
+        }
         match job_result(&ctx.client, &ns, &job).await? {
             None => {
                 running = true;

@@ -87,6 +87,45 @@ pub fn bounded_name(prefix: &str) -> String {
     format!("{}-{h:08x}", head.trim_end_matches('-'))
 }
 
+/// Whether `job` is `owner`'s: its controller owner reference carries the
+/// owner's UID. A Job under the name that an object's Job must have, owned by
+/// another UID (or by nobody: orphaned), was left by an earlier object of the
+/// same name, deleted and created again as GitOps does: adopting it would
+/// report the old object's result as the new one's. An owner without a UID
+/// (only in the in-process fake API) takes the Job as its own.
+pub fn owned_by<K: Resource<DynamicType = ()>>(job: &Job, owner: &K) -> bool {
+    let Some(uid) = owner.meta().uid.as_deref() else {
+        return true;
+    };
+    job.metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.uid == uid && o.controller == Some(true))
+}
+
+/// Delete a Job left by an earlier object of the same name, with its pods;
+/// exactly that Job (the delete is conditional on its UID).
+///
+/// # Errors
+/// API errors other than "already gone" or "replaced meanwhile".
+pub async fn delete_stale(api: &kube::Api<Job>, job: &Job) -> Result<(), kube::Error> {
+    let params = kube::api::DeleteParams {
+        propagation_policy: Some(kube::api::PropagationPolicy::Background),
+        preconditions: Some(kube::api::Preconditions {
+            uid: job.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        ..kube::api::DeleteParams::default()
+    };
+    let name = job.metadata.name.as_deref().unwrap_or_default();
+    match api.delete(name, &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Name of the Job that backs up `pvc` for `backup` (deterministic: a second
 /// reconcile finds it instead of creating a duplicate).
 pub fn backup_job_name(backup: &str, pvc: &str) -> String {
