@@ -304,7 +304,10 @@ pub fn check(repo: &mut Repository, read_data: ReadData) -> Result<CheckReport> 
                 continue;
             };
             report.blobs_read += 1;
-            if let Err(e) = decode_blob(repo.key(), b.blob_type, &b.id, stored, b.raw_length) {
+            let decoded = repo
+                .check_raw_length(b.blob_type, &b.id, b.raw_length)
+                .and_then(|()| decode_blob(repo.key(), b.blob_type, &b.id, stored, b.raw_length));
+            if let Err(e) = decoded {
                 report.problem(
                     format!("{} blob {} in pack {pack_id}", b.blob_type, b.id),
                     e,

@@ -65,5 +65,6 @@ pub const MAX_TREE_DEPTH: usize = 1024;
 pub const MAX_TREE_BLOB: u64 = 1 << 30;
 
 /// Largest JSON a metadata file (config, index, snapshot) may decompress to;
-/// an index file of 50 000 blobs is about 10 MB.
-pub const MAX_METADATA_JSON: u64 = 1 << 30;
+/// an index file of 50 000 blobs is about 10 MB, so a small crafted frame
+/// cannot make a pod with a small memory limit allocate much.
+pub const MAX_METADATA_JSON: u64 = 256 << 20;

@@ -642,6 +642,8 @@ fn repack(
                     "pack {pack} is shorter than the index says"
                 )));
             };
+            repo.check_raw_length(b.blob_type, &b.id, b.raw_length)
+                .map_err(refuse)?;
             decode_blob(key, b.blob_type, &b.id, stored, b.raw_length).map_err(refuse)?;
             let w = &mut writers[b.blob_type.index()];
             w.add(b.blob_type, b.id, stored, b.raw_length);

@@ -9,13 +9,18 @@
 //! Not to be run while a prune runs: prune's marks are dropped (every pack is
 //! live again; the next prune marks what is unused, which only delays
 //! deletion), and the old index files are deleted once the new ones exist.
+//! A pack that disappears meanwhile (a prune deleting it) makes repair give
+//! up and leave the old index; so does any storage error other than a damaged
+//! pack header. A pack whose header is damaged keeps the old index's entries
+//! (its blobs are sealed one by one and may well be intact).
 
 use crate::backend::FileKind;
 use crate::check::read_pack_header;
 use crate::constants::INDEX_FLUSH_BLOBS;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::index::IndexFile;
+use crate::pack::PackedBlob;
 use crate::repository::Repository;
 
 /// What `repair index` did.
@@ -25,7 +30,7 @@ pub struct IndexRepair {
     pub packs_indexed: u64,
     /// Blobs in the new index.
     pub blobs_indexed: u64,
-    /// Packs whose header could not be read (left out of the index, not deleted).
+    /// Packs whose header is damaged (the old index's entries for them are kept).
     pub packs_unreadable: Vec<(String, String)>,
     /// Blobs the old index listed in packs that are gone or unreadable.
     pub blobs_lost: u64,
@@ -65,28 +70,70 @@ pub fn repair_index(repo: &mut Repository) -> Result<IndexRepair> {
     let mut present = std::collections::HashSet::new();
     let mut file = IndexFile::default();
     let mut written = Vec::new();
-    for p in packs {
+    let mut unreadable = std::collections::HashSet::new();
+    for p in &packs {
         let Ok(id) = p.name.parse::<Id>() else {
             continue;
         };
-        match read_pack_header(repo, &id, p.size) {
-            Ok(blobs) => {
-                present.insert(id);
-                report.packs_indexed += 1;
-                report.blobs_indexed += blobs.len() as u64;
-                file.add_pack(id, &blobs);
-                if file.blob_count() >= INDEX_FLUSH_BLOBS {
-                    written.push(repo.save_json(FileKind::Index, &std::mem::take(&mut file))?);
-                }
-            }
-            Err(e) => {
-                tracing::warn!("pack {id} left out of the index: {e}");
+        let blobs = match read_pack_header(repo, &id, p.size) {
+            Ok(blobs) => blobs,
+            // A damaged header: the blobs may still be intact (each is sealed
+            // on its own), so what the old index knew of them is kept below.
+            Err(e @ Error::Corrupt { .. }) => {
+                tracing::warn!("pack {id}: {e}");
                 report.packs_unreadable.push((id.to_hex(), e.to_string()));
+                unreadable.insert(id);
+                continue;
             }
+            // Anything else (a timeout, a permission) says nothing about the
+            // pack: stop before anything is replaced.
+            Err(e) => {
+                discard(repo, &written);
+                return Err(e);
+            }
+        };
+        present.insert(id);
+        report.packs_indexed += 1;
+        report.blobs_indexed += blobs.len() as u64;
+        file.add_pack(id, &blobs);
+        if file.blob_count() >= INDEX_FLUSH_BLOBS {
+            written.push(repo.save_json(FileKind::Index, &std::mem::take(&mut file))?);
         }
+    }
+    // Packs with a damaged header keep the old index's entries.
+    let mut kept: std::collections::HashMap<Id, Vec<PackedBlob>> = std::collections::HashMap::new();
+    for (blob_type, id, loc) in repo.index().iter() {
+        if unreadable.contains(&loc.pack) {
+            kept.entry(loc.pack).or_default().push(PackedBlob {
+                blob_type,
+                id,
+                offset: loc.offset,
+                length: loc.length,
+                raw_length: loc.raw_length,
+            });
+        }
+    }
+    for (pack, blobs) in &kept {
+        present.insert(*pack);
+        report.blobs_indexed += blobs.len() as u64;
+        file.add_pack(*pack, blobs);
     }
     if !file.packs.is_empty() {
         written.push(repo.save_json(FileKind::Index, &file)?);
+    }
+    // A prune deleting packs meanwhile would leave the new index listing
+    // packs that are gone: then keep the old index, and say so.
+    let now: std::collections::HashSet<String> = repo
+        .backend()
+        .list(FileKind::Pack)?
+        .into_iter()
+        .map(|f| f.name)
+        .collect();
+    if let Some(gone) = present.iter().find(|p| !now.contains(&p.to_hex())) {
+        discard(repo, &written);
+        return Err(Error::Refused(format!(
+            "pack {gone} disappeared while the index was rebuilt (is a prune running?): nothing was changed; run repair again when it is done"
+        )));
     }
     report.index_files_written = written.len() as u64;
     report.blobs_lost = promised
@@ -102,4 +149,14 @@ pub fn repair_index(repo: &mut Repository) -> Result<IndexRepair> {
         }
     }
     Ok(report)
+}
+
+/// Remove the index files this run wrote, when it gives up: the old ones
+/// stay as they were. (Left behind, they would only duplicate entries.)
+fn discard(repo: &Repository, written: &[Id]) {
+    for id in written {
+        if let Err(e) = repo.backend().remove(FileKind::Index, &id.to_hex()) {
+            tracing::warn!("index {id} written by the stopped repair stays: {e}");
+        }
+    }
 }

@@ -761,7 +761,7 @@ impl Repository {
     /// claim more than a blob can hold (a data blob, the chunker's maximum;
     /// a tree, [`MAX_TREE_BLOB`]), or a forged entry and a zstd bomb could
     /// make every restore worker allocate 4 GiB.
-    fn check_raw_length(&self, t: BlobType, id: &Id, raw_length: u32) -> Result<()> {
+    pub(crate) fn check_raw_length(&self, t: BlobType, id: &Id, raw_length: u32) -> Result<()> {
         let max = match t {
             BlobType::Data => self.config.chunker.max as u64,
             BlobType::Tree => MAX_TREE_BLOB,

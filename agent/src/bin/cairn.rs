@@ -981,7 +981,7 @@ fn cmd_repair_index(cli: &Cli) -> Result<ExitCode> {
         print_json(&report)?;
     } else {
         for (pack, why) in &report.packs_unreadable {
-            println!("error: pack {pack}: {why} (left out of the index)");
+            println!("error: pack {pack}: {why} (its entries in the old index are kept)");
         }
         println!(
             "indexed {} blobs in {} packs into {} index files (removed {} old ones); {} blobs of the old index are in packs that are gone or unreadable",
@@ -995,7 +995,12 @@ fn cmd_repair_index(cli: &Cli) -> Result<ExitCode> {
             println!("the next backup of the same data stores what was lost again; snapshots that refer to it stay incomplete (`cairn check` names them)");
         }
     }
-    Ok(ExitCode::SUCCESS)
+    // 3: the index is rebuilt, but something was lost or damaged.
+    if report.blobs_lost > 0 || !report.packs_unreadable.is_empty() {
+        Ok(ExitCode::from(3))
+    } else {
+        Ok(ExitCode::SUCCESS)
+    }
 }
 
 fn cmd_check(cli: &Cli, args: &CheckArgs) -> Result<ExitCode> {
