@@ -252,6 +252,24 @@ fn a_planted_key_that_cannot_be_derived_is_skipped() {
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("skipping key {name}")));
 }
 
+/// A repository with one backup of random files (size, seed) under `src`,
+/// and its largest pack (the one holding their data).
+fn backed_up(files: &[(usize, u64)]) -> (Env, PathBuf, PathBuf) {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    for (i, (size, seed)) in files.iter().enumerate() {
+        fs::write(src.join(format!("f{i}")), random_bytes(*size, *seed)).unwrap();
+    }
+    env.ok(&["init"]);
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let biggest = files_in(&env.repo().join("data"))
+        .into_iter()
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
+    (env, src, biggest)
+}
+
 /// A lost pack used to poison every later backup: the index still listed its
 /// blobs, so backups deduplicated against them and reported success with a
 /// snapshot that could not be restored. `repair index` rebuilds the index
@@ -259,19 +277,8 @@ fn a_planted_key_that_cannot_be_derived_is_skipped() {
 /// earlier snapshots of the same data as well).
 #[test]
 fn a_lost_pack_is_healed_by_repair_index_and_the_next_backup() {
-    let env = Env::new();
-    let src = env.path("src");
-    fs::create_dir_all(&src).unwrap();
-    fs::write(src.join("a"), random_bytes(400_000, 11)).unwrap();
-    fs::write(src.join("b"), random_bytes(300_000, 12)).unwrap();
-    env.ok(&["init"]);
-    env.ok(&["backup", src.to_str().unwrap()]);
-    let packs = files_in(&env.repo().join("data"));
-    let biggest = packs
-        .iter()
-        .max_by_key(|p| fs::metadata(p).unwrap().len())
-        .unwrap();
-    fs::remove_file(biggest).unwrap();
+    let (env, src, biggest) = backed_up(&[(400_000, 11), (300_000, 12)]);
+    fs::remove_file(&biggest).unwrap();
 
     // Without repair, a new backup deduplicates against the lost pack.
     let v = env.json(&["backup", "--force", src.to_str().unwrap()]);
@@ -315,19 +322,9 @@ fn a_lost_pack_is_healed_by_repair_index_and_the_next_backup() {
 /// keeps what the old index knew of them, so restores keep working.
 #[test]
 fn repair_index_keeps_the_entries_of_a_pack_whose_header_is_damaged() {
-    let env = Env::new();
-    let src = env.path("src");
-    fs::create_dir_all(&src).unwrap();
-    fs::write(src.join("a"), random_bytes(400_000, 21)).unwrap();
-    env.ok(&["init"]);
-    env.ok(&["backup", src.to_str().unwrap()]);
-    let packs = files_in(&env.repo().join("data"));
-    let biggest = packs
-        .iter()
-        .max_by_key(|p| fs::metadata(p).unwrap().len())
-        .unwrap();
+    let (env, src, biggest) = backed_up(&[(400_000, 21)]);
     // Inside the sealed header at the end of the pack.
-    flip_byte(biggest, 6);
+    flip_byte(&biggest, 6);
     let out = env.run(&["repair", "index"]);
     assert_eq!(out.status.code(), Some(3), "{}", output(&out));
     assert!(output(&out).contains("entries in the old index are kept"));
