@@ -33,6 +33,17 @@ pub struct JobConfig {
     pub max_per_repository: usize,
     /// Backup Jobs running at once on one node (counted for node-pinned Jobs).
     pub max_per_node: usize,
+    /// Namespaces whose Jobs may use `job.privilegedMover` (`*`: all).
+    pub privileged_mover_namespaces: Vec<String>,
+}
+
+impl JobConfig {
+    /// Whether Jobs in `ns` may run the privileged mover.
+    pub fn privileged_mover_allowed(&self, ns: &str) -> bool {
+        self.privileged_mover_namespaces
+            .iter()
+            .any(|n| n == "*" || n == ns)
+    }
 }
 
 impl Default for JobConfig {
@@ -45,6 +56,7 @@ impl Default for JobConfig {
             backoff_limit: 1,
             max_per_repository: 4,
             max_per_node: 2,
+            privileged_mover_namespaces: Vec::new(),
         }
     }
 }
@@ -84,7 +96,14 @@ pub fn bounded_name(prefix: &str) -> String {
         h = h.wrapping_mul(0x0100_0193);
     }
     let head: String = prefix.chars().take(54).collect();
-    format!("{}-{h:08x}", head.trim_end_matches('-'))
+    format!("{}-{h:08x}", head.trim_end_matches(['-', '.', '_']))
+}
+
+/// A label value for an object name: names may be 253 characters long,
+/// label values only 63 (longer ones are bounded as [`bounded_name`] does,
+/// so they stay distinct and selectors built the same way still match).
+pub fn label_value(name: &str) -> String {
+    bounded_name(name)
 }
 
 /// Whether `job` is `owner`'s: its controller owner reference carries the
@@ -291,33 +310,129 @@ fn owner_ref<K: Resource<DynamicType = ()>>(obj: &K) -> Option<OwnerReference> {
     Some(r)
 }
 
-/// Restricted defaults: non-root, read-only root filesystem, nothing extra.
-fn default_security(o: Option<&JobOverrides>) -> (PodSecurityContext, SecurityContext) {
-    let pod = o
-        .and_then(|o| o.pod_security_context.clone())
-        .unwrap_or(PodSecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(65532),
-            run_as_group: Some(65532),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                localhost_profile: None,
-            }),
-            ..PodSecurityContext::default()
-        });
-    let container = o
-        .and_then(|o| o.security_context.clone())
-        .unwrap_or(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                add: None,
-            }),
-            ..SecurityContext::default()
-        });
-    (pod, container)
+/// What a Job does with its data volume: the privileged mover gets only
+/// the capabilities that work needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Work {
+    /// Reads a PVC (mounted read-only).
+    Backup,
+    /// Writes into a PVC, restoring owners and modes.
+    Restore,
+    /// Only the repository (init, check, prune).
+    Repository,
+}
+
+/// The user and group of the unprivileged agent (the image's `nonroot`).
+pub const AGENT_UID: i64 = 65532;
+
+/// Why `o` may not run in namespace `ns`, if it may not: a privileged mover
+/// was asked for where the controller's administrator did not allow it.
+pub fn privileged_mover_refused(
+    o: Option<&JobOverrides>,
+    ns: &str,
+    cfg: &JobConfig,
+) -> Option<String> {
+    if !o.is_some_and(|o| o.privileged_mover) || cfg.privileged_mover_allowed(ns) {
+        return None;
+    }
+    Some(format!(
+        "job.privilegedMover is not allowed in namespace {ns}: the controller's administrator \
+         lists the namespaces that may run the agent as root (--privileged-mover-namespaces, \
+         Helm value privilegedMovers.namespaces)"
+    ))
+}
+
+/// `over`'s fields set on top of `base`'s (a shallow merge of the JSON
+/// objects): an override changes what it names and keeps the rest of the
+/// secure default, seccomp profile included.
+fn merged<T: serde::Serialize + serde::de::DeserializeOwned + Clone>(
+    base: T,
+    over: Option<&T>,
+) -> T {
+    let Some(over) = over else { return base };
+    let (Ok(serde_json::Value::Object(mut b)), Ok(serde_json::Value::Object(o))) =
+        (serde_json::to_value(&base), serde_json::to_value(over))
+    else {
+        return base;
+    };
+    for (k, v) in o {
+        if !v.is_null() {
+            b.insert(k, v);
+        }
+    }
+    serde_json::from_value(serde_json::Value::Object(b)).unwrap_or(base)
+}
+
+/// The pod and container security contexts of a Job: restricted Pod
+/// Security by default (non-root 65532, fsGroup 65532 applied only when the
+/// volume root does not match, RuntimeDefault seccomp, read-only root
+/// filesystem, all capabilities dropped); with the privileged mover, root
+/// with just the capabilities `work` needs (within `baseline`); then the
+/// user's overrides, merged field by field.
+pub fn security(
+    work: Work,
+    o: Option<&JobOverrides>,
+    privileged: bool,
+) -> (PodSecurityContext, SecurityContext) {
+    let seccomp = Some(SeccompProfile {
+        type_: "RuntimeDefault".into(),
+        localhost_profile: None,
+    });
+    let (pod, container) = if privileged {
+        let add: &[&str] = match work {
+            Work::Backup => &["DAC_OVERRIDE"],
+            Work::Restore => &["CHOWN", "DAC_OVERRIDE", "FOWNER"],
+            Work::Repository => &[],
+        };
+        (
+            PodSecurityContext {
+                run_as_non_root: Some(false),
+                run_as_user: Some(0),
+                run_as_group: Some(0),
+                seccomp_profile: seccomp,
+                ..PodSecurityContext::default()
+            },
+            SecurityContext {
+                allow_privilege_escalation: Some(false),
+                read_only_root_filesystem: Some(true),
+                run_as_non_root: Some(false),
+                capabilities: Some(Capabilities {
+                    drop: Some(vec!["ALL".into()]),
+                    add: (!add.is_empty()).then(|| add.iter().map(|c| c.to_string()).collect()),
+                }),
+                ..SecurityContext::default()
+            },
+        )
+    } else {
+        (
+            PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(AGENT_UID),
+                run_as_group: Some(AGENT_UID),
+                // Lets the agent write the root of a new volume (restore,
+                // a repository on block storage); read-only mounts are left
+                // alone by the kubelet.
+                fs_group: Some(AGENT_UID),
+                fs_group_change_policy: Some("OnRootMismatch".into()),
+                seccomp_profile: seccomp,
+                ..PodSecurityContext::default()
+            },
+            SecurityContext {
+                allow_privilege_escalation: Some(false),
+                read_only_root_filesystem: Some(true),
+                run_as_non_root: Some(true),
+                capabilities: Some(Capabilities {
+                    drop: Some(vec!["ALL".into()]),
+                    add: None,
+                }),
+                ..SecurityContext::default()
+            },
+        )
+    };
+    (
+        merged(pod, o.and_then(|o| o.pod_security_context.as_ref())),
+        merged(container, o.and_then(|o| o.security_context.as_ref())),
+    )
 }
 
 /// Everything a Job needs besides its purpose.
@@ -332,6 +447,7 @@ struct JobParts<'a> {
     data: Option<(String, bool)>,
     node: Option<String>,
     overrides: Option<&'a JobOverrides>,
+    work: Work,
 }
 
 fn build(p: JobParts<'_>, cfg: &JobConfig) -> Job {
@@ -369,7 +485,12 @@ fn build(p: JobParts<'_>, cfg: &JobConfig) -> Job {
         });
     }
     let o = p.overrides;
-    let (pod_security, security) = default_security(o);
+    let privileged = o.is_some_and(|o| o.privileged_mover)
+        && p.namespace
+            .as_deref()
+            .is_some_and(|ns| cfg.privileged_mover_allowed(ns));
+    let (pod_security, security) = security(p.work, o, privileged);
+    let service_account = o.and_then(|o| o.service_account_name.clone());
     let mut node_selector = o.map(|o| o.node_selector.clone()).unwrap_or_default();
     if let Some(node) = p.node {
         // A ReadWriteOnce volume in use can only be mounted on its pod's node.
@@ -410,7 +531,9 @@ fn build(p: JobParts<'_>, cfg: &JobConfig) -> Job {
                 }),
                 spec: Some(PodSpec {
                     restart_policy: Some("Never".into()),
-                    automount_service_account_token: Some(false),
+                    // A token only for a ServiceAccount the user chose (workload identity).
+                    automount_service_account_token: Some(service_account.is_some()),
+                    service_account_name: service_account,
                     enable_service_links: Some(false),
                     security_context: Some(pod_security),
                     node_selector: (!node_selector.is_empty()).then_some(node_selector),
@@ -446,7 +569,7 @@ fn base_labels(component: &str, repo: &str) -> BTreeMap<String, String> {
             labels::MANAGED_BY.to_string(),
             "cairn-controller".to_string(),
         ),
-        (labels::REPOSITORY.to_string(), repo.to_string()),
+        (labels::REPOSITORY.to_string(), label_value(repo)),
     ])
 }
 
@@ -462,8 +585,8 @@ pub fn backup_job(
     let name = backup.name_any();
     let namespace = backup.namespace();
     let mut labels = base_labels("backup", &repo.name_any());
-    labels.insert(labels::BACKUP.into(), name.clone());
-    labels.insert(labels::PVC.into(), pvc.to_string());
+    labels.insert(labels::BACKUP.into(), label_value(&name));
+    labels.insert(labels::PVC.into(), label_value(pvc));
     let mut args: Vec<String> = vec![
         "agent".into(),
         "backup".into(),
@@ -490,6 +613,7 @@ pub fn backup_job(
             data: Some((pvc.to_string(), true)),
             node,
             overrides: backup.spec.job.as_ref(),
+            work: Work::Backup,
         },
         cfg,
     )
@@ -506,8 +630,8 @@ pub fn restore_job(
     let name = restore.name_any();
     let namespace = restore.namespace();
     let mut labels = base_labels("restore", &repo.name_any());
-    labels.insert(labels::RESTORE.into(), name.clone());
-    labels.insert(labels::PVC.into(), target_pvc.to_string());
+    labels.insert(labels::RESTORE.into(), label_value(&name));
+    labels.insert(labels::PVC.into(), label_value(target_pvc));
     let mut args: Vec<String> = vec![
         "agent".into(),
         "restore".into(),
@@ -545,6 +669,7 @@ pub fn restore_job(
             data: Some((target_pvc.to_string(), false)),
             node,
             overrides: restore.spec.job.as_ref(),
+            work: Work::Restore,
         },
         cfg,
     )
@@ -571,7 +696,8 @@ pub fn repository_job(repo: &BackupRepository, cfg: &JobConfig) -> Job {
             repo,
             data: None,
             node: None,
-            overrides: None,
+            overrides: repo.spec.job.as_ref(),
+            work: Work::Repository,
         },
         cfg,
     )
@@ -605,7 +731,8 @@ pub fn prune_job(repo: &BackupRepository, job_name: &str, cfg: &JobConfig) -> Jo
             repo,
             data: None,
             node: None,
-            overrides: None,
+            overrides: repo.spec.job.as_ref(),
+            work: Work::Repository,
         },
         cfg,
     )

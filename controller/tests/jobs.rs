@@ -350,3 +350,163 @@ fn agent_results_are_read_from_the_pod() {
     assert!(r.error.unwrap().contains("exit code 137"));
     assert!(AgentResult::from_pod(&Pod::default()).is_none());
 }
+
+#[test]
+fn security_overrides_merge_into_the_restricted_default() {
+    let repo: BackupRepository = example("repository-s3.yaml");
+    let mut backup: Backup = with_uid(example("backup.yaml"), "uid-5");
+    // The default: restricted Pod Security, fsGroup for writable volumes.
+    let job = backup_job(&backup, &repo, "pgdata", None, &JobConfig::default());
+    let psc = pod_spec(&job).security_context.clone().unwrap();
+    assert_eq!(
+        (psc.run_as_user, psc.run_as_group, psc.fs_group),
+        (Some(65532), Some(65532), Some(65532))
+    );
+    assert_eq!(
+        psc.fs_group_change_policy.as_deref(),
+        Some("OnRootMismatch")
+    );
+    assert_eq!(pod_spec(&job).automount_service_account_token, Some(false));
+    assert_eq!(pod_spec(&job).service_account_name, None);
+
+    // Running as the application's user keeps everything else of the default.
+    backup.spec.job = Some(JobOverrides {
+        pod_security_context: Some(k8s_openapi::api::core::v1::PodSecurityContext {
+            run_as_user: Some(999),
+            run_as_group: Some(999),
+            ..Default::default()
+        }),
+        security_context: Some(k8s_openapi::api::core::v1::SecurityContext {
+            read_only_root_filesystem: Some(true),
+            ..Default::default()
+        }),
+        service_account_name: Some("backup-irsa".into()),
+        ..JobOverrides::default()
+    });
+    let job = backup_job(&backup, &repo, "pgdata", None, &JobConfig::default());
+    let psc = pod_spec(&job).security_context.clone().unwrap();
+    assert_eq!((psc.run_as_user, psc.run_as_group), (Some(999), Some(999)));
+    assert_eq!(psc.run_as_non_root, Some(true));
+    assert_eq!(
+        psc.seccomp_profile.map(|s| s.type_).as_deref(),
+        Some("RuntimeDefault")
+    );
+    let sc = container(&job).security_context.clone().unwrap();
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        sc.capabilities.and_then(|c| c.drop),
+        Some(vec!["ALL".to_string()])
+    );
+    assert_eq!(
+        pod_spec(&job).service_account_name.as_deref(),
+        Some("backup-irsa")
+    );
+    assert_eq!(pod_spec(&job).automount_service_account_token, Some(true));
+}
+
+#[test]
+fn the_privileged_mover_needs_the_administrators_consent() {
+    let repo: BackupRepository = example("repository-s3.yaml");
+    let mut backup: Backup = with_uid(example("backup.yaml"), "uid-6");
+    backup.spec.job = Some(JobOverrides {
+        privileged_mover: true,
+        ..JobOverrides::default()
+    });
+    let ns = backup.metadata.namespace.clone().unwrap();
+    let refused = JobConfig::default();
+    assert!(
+        jobs::privileged_mover_refused(backup.spec.job.as_ref(), &ns, &refused)
+            .is_some_and(|m| m.contains("not allowed"))
+    );
+    // Even if a reconciler went on, the Job is not privileged.
+    let job = backup_job(&backup, &repo, "pgdata", None, &refused);
+    let psc = pod_spec(&job).security_context.clone().unwrap();
+    assert_eq!(psc.run_as_user, Some(65532));
+
+    let allowed = JobConfig {
+        privileged_mover_namespaces: vec!["other".into(), ns.clone()],
+        ..JobConfig::default()
+    };
+    assert_eq!(
+        jobs::privileged_mover_refused(backup.spec.job.as_ref(), &ns, &allowed),
+        None
+    );
+    let job = backup_job(&backup, &repo, "pgdata", None, &allowed);
+    let psc = pod_spec(&job).security_context.clone().unwrap();
+    assert_eq!(
+        (psc.run_as_user, psc.run_as_non_root, psc.fs_group),
+        (Some(0), Some(false), None)
+    );
+    let caps = container(&job)
+        .security_context
+        .clone()
+        .and_then(|s| s.capabilities)
+        .unwrap();
+    assert_eq!(caps.drop, Some(vec!["ALL".to_string()]));
+    assert_eq!(caps.add, Some(vec!["DAC_OVERRIDE".to_string()]));
+
+    let mut restore: Restore = with_uid(example("restore.yaml"), "uid-7");
+    restore.metadata.namespace = Some(ns.clone());
+    restore.spec.job = backup.spec.job.clone();
+    let job = restore_job(&restore, &repo, "target", None, &allowed);
+    let caps = container(&job)
+        .security_context
+        .clone()
+        .and_then(|s| s.capabilities)
+        .unwrap();
+    assert_eq!(
+        caps.add,
+        Some(vec![
+            "CHOWN".to_string(),
+            "DAC_OVERRIDE".to_string(),
+            "FOWNER".to_string()
+        ])
+    );
+}
+
+#[test]
+fn label_values_stay_within_63_characters() {
+    let repo: BackupRepository = example("repository-s3.yaml");
+    let mut backup: Backup = with_uid(example("backup.yaml"), "uid-8");
+    backup.metadata.name = Some(format!("{}.x", "nightly-".repeat(20)));
+    let pvc = "p".repeat(200);
+    let job = backup_job(&backup, &repo, &pvc, None, &JobConfig::default());
+    let name = job.metadata.name.clone().unwrap();
+    assert!(name.len() <= 63, "{name}");
+    for (k, v) in job.metadata.labels.as_ref().unwrap() {
+        assert!(v.len() <= 63, "label {k}={v}");
+        assert!(
+            v.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+                && v.chars().last().is_some_and(|c| c.is_ascii_alphanumeric()),
+            "label {k}={v}"
+        );
+    }
+    assert_ne!(jobs::label_value(&pvc), jobs::label_value(&"p".repeat(201)));
+    assert_eq!(jobs::label_value("short"), "short");
+}
+
+#[test]
+fn repository_jobs_take_the_repositorys_overrides() {
+    let mut repo: BackupRepository = with_uid(example("repository-s3.yaml"), "uid-9");
+    repo.metadata.generation = Some(1);
+    repo.spec.job = Some(JobOverrides {
+        priority_class_name: Some("maintenance".into()),
+        pod_security_context: Some(k8s_openapi::api::core::v1::PodSecurityContext {
+            fs_group: Some(4000),
+            ..Default::default()
+        }),
+        ..JobOverrides::default()
+    });
+    let cfg = JobConfig::default();
+    for job in [
+        jobs::repository_job(&repo, &cfg),
+        jobs::prune_job(&repo, "cairn-prune-x", &cfg),
+    ] {
+        assert_eq!(
+            pod_spec(&job).priority_class_name.as_deref(),
+            Some("maintenance")
+        );
+        let psc = pod_spec(&job).security_context.clone().unwrap();
+        assert_eq!((psc.fs_group, psc.run_as_user), (Some(4000), Some(65532)));
+    }
+}

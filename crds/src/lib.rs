@@ -64,6 +64,21 @@ pub enum Phase {
     Succeeded,
     /// Finished with an error (see `message`).
     Failed,
+    /// A `Backup` whose snapshots were written but without some files the
+    /// agent could not read (see `message` and each snapshot's
+    /// `unreadableFiles`). Not counted as a success: the PVC's last
+    /// successful backup does not advance, so its staleness alert fires.
+    PartiallyFailed,
+}
+
+impl Phase {
+    /// Whether the object has finished (it is left alone from then on).
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            Phase::Succeeded | Phase::Failed | Phase::PartiallyFailed
+        )
+    }
 }
 
 /// Statistics of one volume's backup, from the agent's result.
@@ -108,13 +123,30 @@ pub struct JobOverrides {
     /// Priority class of the pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority_class_name: Option<String>,
-    /// Pod security context (default: non-root user 65532, fsGroup unset).
+    /// Pod security context, merged field by field into the default
+    /// (non-root user and group 65532, fsGroup 65532 with
+    /// `OnRootMismatch`, RuntimeDefault seccomp): set `runAsUser` and
+    /// `runAsGroup` to the application's to read data only it can read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_security_context: Option<PodSecurityContext>,
-    /// Container security context (default: non-root, read-only root
-    /// filesystem, no privilege escalation, all capabilities dropped).
+    /// Container security context, merged field by field into the default
+    /// (non-root, read-only root filesystem, no privilege escalation, all
+    /// capabilities dropped).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security_context: Option<SecurityContext>,
+    /// Run the agent as root with only the capabilities its work needs
+    /// (backup: `DAC_OVERRIDE` to read every file; restore: `CHOWN`,
+    /// `DAC_OVERRIDE`, `FOWNER` to restore owners and modes). Allowed only
+    /// in namespaces the controller's administrator lists
+    /// (`--privileged-mover-namespaces`), which must admit the `baseline`
+    /// Pod Security level.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub privileged_mover: bool,
+    /// ServiceAccount of the agent's pods (for workload identity such as
+    /// IRSA); its token is mounted only when this is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub service_account_name: Option<String>,
     /// Seconds a run may take before Kubernetes stops it (default 6 h).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 60))]
@@ -154,6 +186,9 @@ pub struct BackupRepositorySpec {
     /// maintenance Job per repository at a time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maintenance: Option<Maintenance>,
+    /// Overrides for the repository's own Jobs (init/check and prune).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobOverrides>,
 }
 
 /// Scheduled repository maintenance.
