@@ -157,7 +157,7 @@ pub async fn reconcile(b: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Erro
             status.phase = Phase::Pending;
             status.conditions = vec![ready(false, "RepositoryNotFound", &msg, generation)];
             warn_once(&ctx, b.as_ref(), &old.conditions, "RepositoryNotFound", msg).await;
-            patch_status(&backups, &name, &status).await?;
+            patch_status(&backups, &name, &old, &status).await?;
             return Ok(Action::requeue(Duration::from_secs(60)));
         }
     };
@@ -249,7 +249,7 @@ pub async fn reconcile(b: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Erro
         };
         status.phase = phase;
         status.conditions = vec![ready(reason != "JobStuck", reason, &msg, generation)];
-        patch_status(&backups, &name, &status).await?;
+        patch_status(&backups, &name, &old, &status).await?;
         let wait = if queued.is_empty() { 60 } else { 20 };
         return Ok(Action::requeue(Duration::from_secs(wait)));
     }
@@ -282,6 +282,6 @@ pub async fn reconcile(b: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Erro
         publish(&ctx, b.as_ref(), EventType::Warning, "Failed", msg).await;
         crate::metrics::BACKUPS_FAILED.inc();
     }
-    patch_status(&backups, &name, &status).await?;
+    patch_status(&backups, &name, &old, &status).await?;
     Ok(Action::await_change())
 }

@@ -41,6 +41,16 @@ pub static RECONCILE_ERRORS: Counter = Counter::new(
     "cairn_controller_reconcile_errors_total",
     "Reconciles that failed with an API error and were retried.",
 );
+/// Status writes made (a reconcile that changed the object's status).
+pub static STATUS_WRITES: Counter = Counter::new(
+    "cairn_controller_status_writes_total",
+    "Status subresource patches the controller sent.",
+);
+/// Status writes left out because the status had not changed.
+pub static STATUS_WRITES_SKIPPED: Counter = Counter::new(
+    "cairn_controller_status_writes_skipped_total",
+    "Reconciles whose status equalled the stored one, so nothing was written.",
+);
 /// Backups that finished successfully.
 pub static BACKUPS_SUCCEEDED: Counter = Counter::new(
     "cairn_backups_succeeded_total",
@@ -170,6 +180,8 @@ pub fn render() -> String {
     for c in [
         &RECONCILES,
         &RECONCILE_ERRORS,
+        &STATUS_WRITES,
+        &STATUS_WRITES_SKIPPED,
         &BACKUPS_SUCCEEDED,
         &BACKUPS_FAILED,
     ] {

@@ -101,7 +101,7 @@ pub async fn reconcile(r: Arc<BackupRepository>, ctx: Arc<Context>) -> Result<Ac
                 generation,
             )],
         };
-        patch_status(&api, &name, &status).await?;
+        patch_status(&api, &name, &old, &status).await?;
         return Ok(Action::requeue(Duration::from_secs(30)));
     };
     status.last_check_time = Some(Time(Timestamp::now()));
@@ -128,7 +128,7 @@ pub async fn reconcile(r: Arc<BackupRepository>, ctx: Arc<Context>) -> Result<Ac
         status.conditions = vec![ready(false, "Unreachable", &msg, generation)];
         warn_once(&ctx, r.as_ref(), &old.conditions, "Unreachable", msg).await;
     }
-    patch_status(&api, &name, &status).await?;
+    patch_status(&api, &name, &old, &status).await?;
     if result.ok {
         let mut r = (*r).clone();
         r.status = Some(status);
@@ -168,7 +168,8 @@ pub async fn maintain(
     };
     let api: Api<BackupRepository> = Api::namespaced(ctx.client.clone(), &ns);
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
-    let mut status = r.status.clone().unwrap_or_default();
+    let old = r.status.clone().unwrap_or_default();
+    let mut status = old.clone();
 
     // The outcome of the last run, once.
     if let (Some(job_name), None) = (&status.last_prune_job, &status.last_prune_result) {
@@ -200,7 +201,7 @@ pub async fn maintain(
                 status.snapshot_count = result.snapshots.or(status.snapshot_count);
             }
             publish(ctx, r, kind, reason, msg).await;
-            patch_status(&api, &name, &status).await?;
+            patch_status(&api, &name, &old, &status).await?;
         }
     }
 
@@ -259,7 +260,7 @@ pub async fn maintain(
         status.last_prune_time = Some(Time(
             Timestamp::from_second(due.timestamp()).unwrap_or(Timestamp::UNIX_EPOCH),
         ));
-        patch_status(&api, &name, &status).await?;
+        patch_status(&api, &name, &old, &status).await?;
         return Ok(Action::requeue(Duration::from_secs(60)));
     }
     let wait = schedule

@@ -42,7 +42,7 @@ pub async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Err
         Err(msg) => {
             status.conditions = vec![ready(false, "RepositoryNotFound", &msg, generation)];
             warn_once(&ctx, r.as_ref(), &old.conditions, "RepositoryNotFound", msg).await;
-            patch_status(&api, &name, &status).await?;
+            patch_status(&api, &name, &old, &status).await?;
             return Ok(Action::requeue(Duration::from_secs(60)));
         }
     };
@@ -56,7 +56,7 @@ pub async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Err
                 let msg = format!("target PVC {existing:?} not found");
                 status.conditions = vec![ready(false, "TargetNotFound", &msg, generation)];
                 warn_once(&ctx, r.as_ref(), &old.conditions, "TargetNotFound", msg).await;
-                patch_status(&api, &name, &status).await?;
+                patch_status(&api, &name, &old, &status).await?;
                 return Ok(Action::requeue(Duration::from_secs(60)));
             }
             existing.clone()
@@ -93,7 +93,7 @@ pub async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Err
         (None, None) => {
             let msg = "spec.target names no PVC".to_string();
             status.conditions = vec![ready(false, "InvalidSpec", &msg, generation)];
-            patch_status(&api, &name, &status).await?;
+            patch_status(&api, &name, &old, &status).await?;
             return Ok(Action::await_change());
         }
     };
@@ -140,7 +140,7 @@ pub async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Err
                 generation,
             )],
         };
-        patch_status(&api, &name, &status).await?;
+        patch_status(&api, &name, &old, &status).await?;
         return Ok(Action::requeue(Duration::from_secs(60)));
     };
     status.completion_time = Some(Time(Timestamp::now()));
@@ -159,6 +159,6 @@ pub async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Err
         status.conditions = vec![ready(false, "Failed", &msg, generation)];
         publish(&ctx, r.as_ref(), EventType::Warning, "Failed", msg).await;
     }
-    patch_status(&api, &name, &status).await?;
+    patch_status(&api, &name, &old, &status).await?;
     Ok(Action::await_change())
 }

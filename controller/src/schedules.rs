@@ -110,14 +110,14 @@ pub async fn reconcile_at(
             status.conditions = vec![ready(false, "InvalidSpec", &msg, generation)];
             status.next_schedule_time = None;
             warn_once(&ctx, s.as_ref(), &old.conditions, "InvalidSpec", msg).await;
-            patch_status(&schedules, &name, &status).await?;
+            patch_status(&schedules, &name, &old, &status).await?;
             return Ok(Action::await_change());
         }
     };
     if let Err(msg) = repository(&ctx, &ns, &s.spec.repository.name).await? {
         status.conditions = vec![ready(false, "RepositoryNotFound", &msg, generation)];
         warn_once(&ctx, s.as_ref(), &old.conditions, "RepositoryNotFound", msg).await;
-        patch_status(&schedules, &name, &status).await?;
+        patch_status(&schedules, &name, &old, &status).await?;
         return Ok(Action::requeue(Duration::from_secs(60)));
     }
 
@@ -171,7 +171,7 @@ pub async fn reconcile_at(
             generation,
         )];
         status.next_schedule_time = None;
-        patch_status(&schedules, &name, &status).await?;
+        patch_status(&schedules, &name, &old, &status).await?;
         return Ok(Action::await_change());
     }
     if let Some(due) = schedule.due(since, now) {
@@ -262,7 +262,7 @@ pub async fn reconcile_at(
         .next_after(now)
         .map(|n| n + chrono::Duration::seconds(jitter_seconds(&uid, n, jitter_max) as i64));
     status.next_schedule_time = next.map(to_time);
-    patch_status(&schedules, &name, &status).await?;
+    patch_status(&schedules, &name, &old, &status).await?;
     let wake = requeue_at
         .or(next)
         .unwrap_or(now + chrono::Duration::hours(1));

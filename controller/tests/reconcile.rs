@@ -690,6 +690,60 @@ async fn history_is_kept_within_its_limits() {
     }
 }
 
+#[tokio::test]
+async fn reconciles_that_find_nothing_new_write_no_status() {
+    use cairn_controller::schedules::reconcile_at;
+    // An idle schedule: reconciled again before its next run.
+    let (api, ctx) = schedule_setup(|_| {});
+    reconcile_at(schedule(&api), ctx.clone(), at(1, 1, 0))
+        .await
+        .unwrap();
+    let key = format!("{SCHEDULES}/nightly");
+    let writes = |api: &FakeApi| api.requests("PATCH", &format!("{key}/status"));
+    assert_eq!(writes(&api), 1, "the first reconcile writes the status");
+    let stamp = api.get(&key).unwrap()["status"]["conditions"][0]["lastTransitionTime"].clone();
+    // Condition times have second precision: make "now" differ for sure.
+    let mut s = api.get(&key).unwrap();
+    s["status"]["conditions"][0]["lastTransitionTime"] = json!("2026-03-01T00:30:00Z");
+    api.insert(&key, s);
+    for m in [10, 20, 30] {
+        reconcile_at(schedule(&api), ctx.clone(), at(1, 1, m))
+            .await
+            .unwrap();
+    }
+    assert_eq!(writes(&api), 1, "idle reconciles write nothing");
+    assert_ne!(stamp, Value::Null);
+    assert_eq!(
+        api.get(&key).unwrap()["status"]["conditions"][0]["lastTransitionTime"],
+        "2026-03-01T00:30:00Z"
+    );
+
+    // Suspending changes the reason but not the status: written, and the
+    // condition keeps its transition time.
+    let mut s = api.get(&key).unwrap();
+    s["spec"]["suspend"] = json!(true);
+    api.insert(&key, s);
+    reconcile_at(schedule(&api), ctx.clone(), at(1, 1, 40))
+        .await
+        .unwrap();
+    assert_eq!(writes(&api), 2);
+    let cond = api.get(&key).unwrap()["status"]["conditions"][0].clone();
+    assert_eq!(cond["reason"], "Suspended");
+    assert_eq!(cond["lastTransitionTime"], "2026-03-01T00:30:00Z");
+
+    // A running Backup requeued with nothing new: one write, not one per reconcile.
+    let (api, ctx) = setup(true);
+    for _ in 0..3 {
+        reconcile(backup(&api), ctx.clone()).await.unwrap();
+    }
+    assert_eq!(
+        api.requests("PATCH", &format!("{BACKUPS}/before-upgrade/status")),
+        1
+    );
+    let b = api.get(&format!("{BACKUPS}/before-upgrade")).unwrap();
+    assert_eq!(b["status"]["phase"], "Running");
+}
+
 // ---- leader election ----
 
 #[tokio::test]
