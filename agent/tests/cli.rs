@@ -1045,3 +1045,77 @@ fn restore_into_a_directory_owned_by_someone_else() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not the owner"));
     assert_eq!(fs::read(target.join("f")).unwrap(), b"content");
 }
+
+/// A repository on a volume that agent pods of different users share through
+/// the volume's group: `--group-access` makes it 0770/0660 despite the
+/// umask, a fresh filesystem's lost+found does not make the volume "not
+/// empty", and the agent's backup leaves the volume root's lost+found out.
+#[test]
+fn group_shared_repository_on_a_fresh_volume() {
+    let env = Env::new();
+    let volume = env.path("volume");
+    fs::create_dir_all(volume.join("lost+found")).unwrap();
+    let repo = volume.join("repo-root");
+    fs::create_dir(&repo).unwrap();
+    fs::create_dir(repo.join("lost+found")).unwrap();
+    let term = env.path("termination-log");
+    let out = env
+        .cmd()
+        .env("CAIRN_REPOSITORY", &repo)
+        .env("CAIRN_TERMINATION_LOG", &term)
+        .args([
+            "agent",
+            "init",
+            "--group-access",
+            "--kdf-memory-kib",
+            "1024",
+            "--kdf-iterations",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert_success(&out, &["agent init --group-access"]);
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&repo.join("config")), 0o660);
+    assert_eq!(mode(&repo.join("data")), 0o770);
+    for k in fs::read_dir(repo.join("keys")).unwrap() {
+        assert_eq!(mode(&k.unwrap().path()), 0o660);
+    }
+    // The source volume has a lost+found the agent could not read.
+    let src = env.path("pvc");
+    fs::create_dir_all(src.join("lost+found/#1234")).unwrap();
+    fs::write(src.join("app.db"), b"rows").unwrap();
+    let out = env
+        .cmd()
+        .env("CAIRN_REPOSITORY", &repo)
+        .env("CAIRN_TERMINATION_LOG", &term)
+        .args([
+            "agent",
+            "backup",
+            "--source",
+            src.to_str().unwrap(),
+            "--id",
+            "ns/pvc",
+        ])
+        .output()
+        .unwrap();
+    assert_success(&out, &["agent backup"]);
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["files"], 1, "{r}");
+    // New packs and their directories are group-writable too.
+    let mut dirs = vec![repo.join("data")];
+    let mut packs = 0;
+    while let Some(d) = dirs.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                assert_eq!(mode(&p), 0o770, "{}", p.display());
+                dirs.push(p);
+            } else {
+                assert_eq!(mode(&p), 0o660, "{}", p.display());
+                packs += 1;
+            }
+        }
+    }
+    assert!(packs > 0);
+}

@@ -44,6 +44,33 @@ pub enum Error {
     Invalid(String),
 }
 
+/// A pod (not finished) that mounts `pvc`, other than the agent's own.
+///
+/// # Errors
+/// API failures.
+pub async fn pod_using(client: &Client, ns: &str, pvc: &str) -> Result<Option<String>, Error> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let lp = ListParams::default().fields("status.phase!=Succeeded,status.phase!=Failed");
+    Ok(pods
+        .list(&lp)
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| !p.labels().contains_key(jobs::labels::RESTORE))
+        .find(|p| mounts(p, pvc))
+        .map(|p| p.name_any()))
+}
+
+fn mounts(p: &Pod, pvc: &str) -> bool {
+    p.spec.as_ref().is_some_and(|s| {
+        s.volumes.iter().flatten().any(|v| {
+            v.persistent_volume_claim
+                .as_ref()
+                .is_some_and(|c| c.claim_name == pvc)
+        })
+    })
+}
+
 /// The node of a running pod that mounts `pvc`, when the claim is
 /// ReadWriteOnce: the agent must run there to mount it too.
 async fn rwo_node(client: &Client, ns: &str, pvc: &str) -> Result<Option<String>, Error> {
@@ -60,16 +87,9 @@ async fn rwo_node(client: &Client, ns: &str, pvc: &str) -> Result<Option<String>
         return Ok(None);
     }
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    for p in pods.list(&ListParams::default()).await? {
-        let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
-        let mounts = p.spec.as_ref().is_some_and(|s| {
-            s.volumes.iter().flatten().any(|v| {
-                v.persistent_volume_claim
-                    .as_ref()
-                    .is_some_and(|c| c.claim_name == pvc)
-            })
-        });
-        if running && mounts {
+    let lp = ListParams::default().fields("status.phase=Running");
+    for p in pods.list(&lp).await? {
+        if mounts(&p, pvc) {
             if let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.clone()) {
                 return Ok(Some(node));
             }
@@ -101,7 +121,10 @@ async fn at_limit(
         .collect();
     let same_repo = active
         .iter()
-        .filter(|j| j.labels().get(jobs::labels::REPOSITORY).map(String::as_str) == Some(repo))
+        .filter(|j| {
+            j.labels().get(jobs::labels::REPOSITORY).map(String::as_str)
+                == Some(jobs::label_value(repo).as_str())
+        })
         .count();
     if same_repo >= ctx.jobs.max_per_repository {
         return Ok(Some(format!(
@@ -141,7 +164,7 @@ pub async fn reconcile(b: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Erro
     let name = b.name_any();
     let generation = b.meta().generation;
     let old = b.status.clone().unwrap_or_default();
-    if matches!(old.phase, Phase::Succeeded | Phase::Failed) {
+    if old.phase.is_finished() {
         return Ok(Action::await_change());
     }
     let backups: Api<Backup> = Api::namespaced(ctx.client.clone(), &ns);
@@ -149,6 +172,24 @@ pub async fn reconcile(b: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Erro
         observed_generation: generation,
         ..old.clone()
     };
+
+    if let Some(msg) = jobs::privileged_mover_refused(b.spec.job.as_ref(), &ns, &ctx.jobs) {
+        status.phase = Phase::Failed;
+        status.message = Some(msg.clone());
+        status.completion_time = Some(Time(Timestamp::now()));
+        status.conditions = vec![ready(false, "PrivilegedMoverNotAllowed", &msg, generation)];
+        publish(
+            &ctx,
+            b.as_ref(),
+            EventType::Warning,
+            "PrivilegedMoverNotAllowed",
+            msg,
+        )
+        .await;
+        crate::metrics::BACKUPS_FAILED.inc();
+        patch_status(&backups, &name, &old, &status).await?;
+        return Ok(Action::await_change());
+    }
 
     // The repository must exist; otherwise wait (it may be applied next).
     let repo = match repository(&ctx, &ns, &b.spec.repository.name).await? {
@@ -248,7 +289,9 @@ pub async fn reconcile(b: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Erro
             )
         };
         status.phase = phase;
-        status.conditions = vec![ready(reason != "JobStuck", reason, &msg, generation)];
+        // Ready only once the snapshots exist: `kubectl wait
+        // --for=condition=Ready` must not return while the data is not there.
+        status.conditions = vec![ready(false, reason, &msg, generation)];
         patch_status(&backups, &name, &old, &status).await?;
         let wait = if queued.is_empty() { 60 } else { 20 };
         return Ok(Action::requeue(Duration::from_secs(wait)));
@@ -259,21 +302,40 @@ pub async fn reconcile(b: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Erro
         .filter(|(_, r)| !r.ok)
         .map(|(pvc, r)| format!("{pvc}: {}", r.error.as_deref().unwrap_or("failed")))
         .collect();
-    if failures.is_empty() {
+    // Snapshots written without some files (exit 3): not a success, or the
+    // PVC's last successful backup would advance and no alert would fire.
+    let partial: Vec<String> = results
+        .iter()
+        .filter(|(_, r)| r.ok && r.exit_code == 3)
+        .map(|(pvc, r)| {
+            format!(
+                "{pvc}: {}",
+                r.error.clone().unwrap_or_else(|| format!(
+                    "{} files could not be read",
+                    r.unreadable_files.unwrap_or(0)
+                ))
+            )
+        })
+        .collect();
+    if failures.is_empty() && partial.is_empty() {
         status.phase = Phase::Succeeded;
-        let unreadable: u64 = status.snapshots.iter().map(|s| s.unreadable_files).sum();
-        let msg = format!(
-            "{} snapshot(s) written{}",
-            status.snapshots.len(),
-            if unreadable > 0 {
-                format!("; {unreadable} files could not be read")
-            } else {
-                String::new()
-            }
-        );
+        let msg = format!("{} snapshot(s) written", status.snapshots.len());
         status.conditions = vec![ready(true, "Succeeded", &msg, generation)];
         publish(&ctx, b.as_ref(), EventType::Normal, "Succeeded", msg).await;
         crate::metrics::BACKUPS_SUCCEEDED.inc();
+    } else if failures.is_empty() {
+        status.phase = Phase::PartiallyFailed;
+        let msg = format!(
+            "{} snapshot(s) written, {} of them without files the agent could not read \
+             (run it as the data's user or as the privileged mover, see OPERATIONS.md): {}",
+            status.snapshots.len(),
+            partial.len(),
+            partial.join("; ")
+        );
+        status.message = Some(msg.clone());
+        status.conditions = vec![ready(false, "PartiallyFailed", &msg, generation)];
+        publish(&ctx, b.as_ref(), EventType::Warning, "PartiallyFailed", msg).await;
+        crate::metrics::BACKUPS_FAILED.inc();
     } else {
         status.phase = Phase::Failed;
         let msg = failures.join("; ");

@@ -692,7 +692,13 @@ pub fn repository_job(repo: &BackupRepository, cfg: &JobConfig) -> Job {
             namespace: repo.namespace(),
             labels: base_labels("repository", &name),
             owner: owner_ref(repo),
-            args: vec!["agent".into(), "init".into()],
+            // On a volume, every agent pod shares the repository through the
+            // volume's group (fsGroup), whichever user it runs as.
+            args: if repo.spec.volume.is_some() {
+                vec!["agent".into(), "init".into(), "--group-access".into()]
+            } else {
+                vec!["agent".into(), "init".into()]
+            },
             repo,
             data: None,
             node: None,

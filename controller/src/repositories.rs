@@ -25,6 +25,9 @@ use crate::status::{job_finished, job_result, job_stuck, patch_status, publish, 
 
 /// How often an unreachable repository is checked again.
 pub const RETRY: Duration = Duration::from_secs(600);
+/// How often a ready repository is checked again (a bucket deleted, a key
+/// or credential revoked, a volume lost shows as `Ready=False` within this).
+pub const RECHECK: Duration = Duration::from_secs(3600);
 
 /// Reconcile one `BackupRepository`.
 ///
@@ -46,19 +49,22 @@ pub async fn reconcile(r: Arc<BackupRepository>, ctx: Arc<Context>) -> Result<Ac
         if ready_now { 1.0 } else { 0.0 },
     );
     if old.observed_generation == generation {
+        let since = old
+            .last_check_time
+            .as_ref()
+            .map_or(i64::MAX, |t| Timestamp::now().as_second() - t.0.as_second());
+        let due_in = |every: Duration| every.as_secs().saturating_sub(since.max(0) as u64);
         match reason {
-            Some("Initialized" | "Reachable") => return maintain(&r, &ctx, Utc::now()).await,
-            // Unreachable: check again every RETRY (a Secret or bucket may
-            // have been fixed without the spec changing).
-            Some("Unreachable") => {
-                let since = old
-                    .last_check_time
-                    .as_ref()
-                    .map_or(i64::MAX, |t| Timestamp::now().as_second() - t.0.as_second());
-                if since < RETRY.as_secs() as i64 {
-                    return Ok(Action::requeue(Duration::from_secs(
-                        RETRY.as_secs() - since.max(0) as u64,
-                    )));
+            Some("Initialized" | "Reachable") if due_in(RECHECK) > 0 => {
+                let recheck = Duration::from_secs(due_in(RECHECK));
+                let wait = maintain_wait(&r, &ctx, Utc::now()).await?;
+                return Ok(Action::requeue(wait.map_or(recheck, |w| w.min(recheck))));
+            }
+            // Checked again every RECHECK when ready, every RETRY when not (a
+            // Secret or bucket may have been fixed without the spec changing).
+            Some("Initialized" | "Reachable" | "Unreachable") => {
+                if due_in(RETRY) > 0 {
+                    return Ok(Action::requeue(Duration::from_secs(due_in(RETRY))));
                 }
                 match jobs_api
                     .delete(&job_name, &DeleteParams::background())
@@ -78,6 +84,11 @@ pub async fn reconcile(r: Arc<BackupRepository>, ctx: Arc<Context>) -> Result<Ac
         ..old.clone()
     };
     let job = match jobs_api.get_opt(&job_name).await? {
+        Some(j) if !jobs::owned_by(&j, r.as_ref()) => {
+            // Left by an earlier BackupRepository of the same name.
+            jobs::delete_stale(&jobs_api, &j).await?;
+            return Ok(Action::requeue(Duration::from_secs(5)));
+        }
         Some(j) => j,
         None => {
             let job = jobs::repository_job(&r, &ctx.jobs);
@@ -93,6 +104,15 @@ pub async fn reconcile(r: Arc<BackupRepository>, ctx: Arc<Context>) -> Result<Ac
             Some(why) => {
                 warn_once(&ctx, r.as_ref(), &old.conditions, "JobStuck", why.clone()).await;
                 vec![ready(false, "JobStuck", &why, generation)]
+            }
+            // A periodic recheck of a ready repository keeps it Ready
+            // until the check says otherwise.
+            None if old
+                .conditions
+                .first()
+                .is_some_and(|c| c.status == "True" && c.observed_generation == generation) =>
+            {
+                old.conditions.clone()
             }
             None => vec![ready(
                 false,
@@ -119,8 +139,15 @@ pub async fn reconcile(r: Arc<BackupRepository>, ctx: Arc<Context>) -> Result<Ac
                 format!("reachable; {} snapshots", result.snapshots.unwrap_or(0)),
             )
         };
+        let was_ready = old
+            .conditions
+            .first()
+            .is_some_and(|c| c.status == "True" && c.observed_generation == generation);
         status.conditions = vec![ready(true, reason, &msg, generation)];
-        publish(&ctx, r.as_ref(), EventType::Normal, reason, msg).await;
+        // A periodic recheck that finds nothing new is not news.
+        if !was_ready {
+            publish(&ctx, r.as_ref(), EventType::Normal, reason, msg).await;
+        }
     } else {
         let msg = result
             .error
@@ -132,7 +159,8 @@ pub async fn reconcile(r: Arc<BackupRepository>, ctx: Arc<Context>) -> Result<Ac
     if result.ok {
         let mut r = (*r).clone();
         r.status = Some(status);
-        return maintain(&r, &ctx, Utc::now()).await;
+        let wait = maintain_wait(&r, &ctx, Utc::now()).await?;
+        return Ok(Action::requeue(wait.map_or(RECHECK, |w| w.min(RECHECK))));
     }
     Ok(Action::requeue(RETRY))
 }
@@ -147,8 +175,20 @@ pub async fn maintain(
     ctx: &Context,
     now: DateTime<Utc>,
 ) -> Result<Action, Error> {
+    Ok(match maintain_wait(r, ctx, now).await? {
+        Some(wait) => Action::requeue(wait),
+        None => Action::await_change(),
+    })
+}
+
+/// [`maintain`], returning when to come back (`None`: nothing scheduled).
+async fn maintain_wait(
+    r: &BackupRepository,
+    ctx: &Context,
+    now: DateTime<Utc>,
+) -> Result<Option<Duration>, Error> {
     let Some(m) = &r.spec.maintenance else {
-        return Ok(Action::await_change());
+        return Ok(None);
     };
     let ns = r.namespace().unwrap_or_default();
     let name = r.name_any();
@@ -163,7 +203,7 @@ pub async fn maintain(
                 e.to_string(),
             )
             .await;
-            return Ok(Action::await_change());
+            return Ok(None);
         }
     };
     let api: Api<BackupRepository> = Api::namespaced(ctx.client.clone(), &ns);
@@ -175,7 +215,7 @@ pub async fn maintain(
     if let (Some(job_name), None) = (&status.last_prune_job, &status.last_prune_result) {
         if let Some(job) = jobs_api.get_opt(job_name).await? {
             let Some(result) = job_result(&ctx.client, &ns, &job).await? else {
-                return Ok(Action::requeue(Duration::from_secs(60)));
+                return Ok(Some(Duration::from_secs(60)));
             };
             let (kind, reason, msg) = if result.ok {
                 (
@@ -207,9 +247,10 @@ pub async fn maintain(
 
     // At most one maintenance Job per repository, whatever the status says.
     let lp = ListParams::default().labels(&format!(
-        "{}=prune,{}={name}",
+        "{}=prune,{}={}",
         jobs::labels::COMPONENT,
-        jobs::labels::REPOSITORY
+        jobs::labels::REPOSITORY,
+        jobs::label_value(&name)
     ));
     let active = jobs_api
         .list(&lp)
@@ -218,7 +259,7 @@ pub async fn maintain(
         .iter()
         .any(|j| !job_finished(j));
     if active {
-        return Ok(Action::requeue(Duration::from_secs(60)));
+        return Ok(Some(Duration::from_secs(60)));
     }
 
     let since = status
@@ -261,10 +302,10 @@ pub async fn maintain(
             Timestamp::from_second(due.timestamp()).unwrap_or(Timestamp::UNIX_EPOCH),
         ));
         patch_status(&api, &name, &old, &status).await?;
-        return Ok(Action::requeue(Duration::from_secs(60)));
+        return Ok(Some(Duration::from_secs(60)));
     }
     let wait = schedule
         .next_after(now)
         .map_or(3600, |n| (n - now).num_seconds().clamp(1, 24 * 3600) as u64);
-    Ok(Action::requeue(Duration::from_secs(wait)))
+    Ok(Some(Duration::from_secs(wait)))
 }

@@ -29,7 +29,7 @@ pub async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Err
     let name = r.name_any();
     let generation = r.meta().generation;
     let old = r.status.clone().unwrap_or_default();
-    if matches!(old.phase, Phase::Succeeded | Phase::Failed) {
+    if old.phase.is_finished() {
         return Ok(Action::await_change());
     }
     let api: Api<Restore> = Api::namespaced(ctx.client.clone(), &ns);
@@ -37,6 +37,26 @@ pub async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Err
         observed_generation: generation,
         ..old.clone()
     };
+    let fail = |status: &mut RestoreStatus, reason: &str, msg: String| {
+        status.phase = Phase::Failed;
+        status.message = Some(msg.clone());
+        status.completion_time = Some(Time(Timestamp::now()));
+        status.conditions = vec![ready(false, reason, &msg, generation)];
+        msg
+    };
+    if let Some(msg) = jobs::privileged_mover_refused(r.spec.job.as_ref(), &ns, &ctx.jobs) {
+        let msg = fail(&mut status, "PrivilegedMoverNotAllowed", msg);
+        publish(
+            &ctx,
+            r.as_ref(),
+            EventType::Warning,
+            "PrivilegedMoverNotAllowed",
+            msg,
+        )
+        .await;
+        patch_status(&api, &name, &old, &status).await?;
+        return Ok(Action::await_change());
+    }
     let repo = match repository(&ctx, &ns, &r.spec.repository.name).await? {
         Ok(r) => r,
         Err(msg) => {
@@ -67,7 +87,9 @@ pub async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Err
                     metadata: ObjectMeta {
                         name: Some(new.name.clone()),
                         namespace: Some(ns.clone()),
-                        labels: Some([(jobs::labels::RESTORE.to_string(), name.clone())].into()),
+                        labels: Some(
+                            [(jobs::labels::RESTORE.to_string(), jobs::label_value(&name))].into(),
+                        ),
                         ..ObjectMeta::default()
                     },
                     spec: Some(new.spec.clone()),
@@ -102,8 +124,53 @@ pub async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Err
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
     let job_name = jobs::restore_job_name(&name);
     let job = match jobs_api.get_opt(&job_name).await? {
+        Some(j) if !jobs::owned_by(&j, r.as_ref()) => {
+            // Left by an earlier Restore of the same name: not ours to report.
+            jobs::delete_stale(&jobs_api, &j).await?;
+            let msg = format!("Job {job_name} of an earlier Restore named {name} is being deleted");
+            status.conditions = vec![ready(false, "Queued", &msg, generation)];
+            patch_status(&api, &name, &old, &status).await?;
+            return Ok(Action::requeue(Duration::from_secs(5)));
+        }
         Some(j) => j,
+        None if old.job_name.is_some() => {
+            // Our Job ran and is gone (deleted, or its TTL expired while the
+            // controller was down) before its result was recorded: running
+            // the restore again could overwrite what the application has
+            // written since.
+            let msg = fail(
+                &mut status,
+                "JobLost",
+                format!(
+                    "the restore Job {job_name} disappeared before its result was recorded; \
+                     the target PVC {target} may be partly restored: check it, then create a \
+                     new Restore to run again"
+                ),
+            );
+            publish(&ctx, r.as_ref(), EventType::Warning, "JobLost", msg).await;
+            patch_status(&api, &name, &old, &status).await?;
+            return Ok(Action::await_change());
+        }
         None => {
+            // Restoring under a running application corrupts what it has
+            // open: wait until no pod uses the target.
+            if let Some(pod) = crate::backup::pod_using(&ctx.client, &ns, &target).await? {
+                let msg = format!(
+                    "target PVC {target} is in use by pod {pod}: the restore waits until no pod \
+                     mounts it (scale the application down)"
+                );
+                warn_once(
+                    &ctx,
+                    r.as_ref(),
+                    &old.conditions,
+                    "TargetInUse",
+                    msg.clone(),
+                )
+                .await;
+                status.conditions = vec![ready(false, "TargetInUse", &msg, generation)];
+                patch_status(&api, &name, &old, &status).await?;
+                return Ok(Action::requeue(Duration::from_secs(30)));
+            }
             let job = jobs::restore_job(&r, &repo, &target, None, &ctx.jobs);
             match jobs_api.create(&PostParams::default(), &job).await {
                 Ok(j) => {
@@ -134,7 +201,7 @@ pub async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Err
                 vec![ready(false, "JobStuck", &why, generation)]
             }
             None => vec![ready(
-                true,
+                false,
                 "Running",
                 "the restore Job is running",
                 generation,
@@ -153,10 +220,8 @@ pub async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Err
         status.conditions = vec![ready(true, "Succeeded", &msg, generation)];
         publish(&ctx, r.as_ref(), EventType::Normal, "Succeeded", msg).await;
     } else {
-        status.phase = Phase::Failed;
         let msg = result.error.unwrap_or_else(|| "the restore failed".into());
-        status.message = Some(msg.clone());
-        status.conditions = vec![ready(false, "Failed", &msg, generation)];
+        let msg = fail(&mut status, "Failed", msg);
         publish(&ctx, r.as_ref(), EventType::Warning, "Failed", msg).await;
     }
     patch_status(&api, &name, &old, &status).await?;

@@ -388,7 +388,8 @@ async fn backup_runs_one_job_per_pvc_and_writes_typed_status() {
 
     let b = backup(&api);
     let st = b.status.as_ref().unwrap();
-    assert_eq!(st.phase, Phase::Succeeded, "{st:?}");
+    // Exit 3 (a snapshot without unreadable files) is not a success.
+    assert_eq!(st.phase, Phase::PartiallyFailed, "{st:?}");
     assert!(st.completion_time.is_some());
     let pg = st
         .snapshots
@@ -410,14 +411,14 @@ async fn backup_runs_one_job_per_pvc_and_writes_typed_status() {
             ready.status.as_str(),
             ready.reason.as_str()
         ),
-        ("Ready", "True", "Succeeded")
+        ("Ready", "False", "PartiallyFailed")
     );
     assert!(
-        ready.message.contains("1 files could not be read"),
+        ready.message.contains("uploads: 1 files could not be read"),
         "{}",
         ready.message
     );
-    assert!(events(&api).contains(&"Normal Succeeded".to_string()));
+    assert!(events(&api).contains(&"Warning PartiallyFailed".to_string()));
 
     // Finished: further reconciles change nothing.
     let patches = api.requests("PATCH", "/status");

@@ -10,7 +10,7 @@
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{BufWriter, ErrorKind, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -33,6 +33,16 @@ impl LocalBackend {
         }
     }
 
+    /// A backend for a new repository shared with its group from the start
+    /// (`cairn init --group-access`): directories 0770, files 0660, so
+    /// every user of the directory's group (in Kubernetes: every agent pod
+    /// with the volume's fsGroup) can write it, whatever its own user.
+    pub fn shared_with_group(root: impl Into<PathBuf>) -> LocalBackend {
+        let b = LocalBackend::new(root);
+        let _ = b.group.set(true);
+        b
+    }
+
     /// Modes for new directories and files.
     fn modes(&self) -> (u32, u32) {
         let group = *self.group.get_or_init(|| {
@@ -46,10 +56,26 @@ impl LocalBackend {
     }
 
     fn create_dirs(&self, dir: &Path) -> std::io::Result<()> {
+        let (dir_mode, _) = self.modes();
         DirBuilder::new()
             .recursive(true)
-            .mode(self.modes().0)
-            .create(dir)
+            .mode(dir_mode)
+            .create(dir)?;
+        if dir_mode & 0o070 != 0 {
+            // The umask (022 in most containers) took the group's write bit:
+            // give it back to the directories this repository owns.
+            for d in dir.ancestors() {
+                if !d.starts_with(&self.root) {
+                    break;
+                }
+                if let Ok(m) = fs::symlink_metadata(d) {
+                    if m.is_dir() && m.mode() & 0o070 != 0o070 {
+                        let _ = fs::set_permissions(d, fs::Permissions::from_mode(dir_mode));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     fn path(&self, kind: FileKind, name: &str) -> PathBuf {
@@ -123,6 +149,11 @@ impl LocalBackend {
             .mode(self.modes().1)
             .open(&tmp)
             .map_err(|e| Error::io("create", &tmp, e))?;
+        if self.modes().1 & 0o060 != 0 {
+            // As in create_dirs: the umask must not keep the group out.
+            file.set_permissions(fs::Permissions::from_mode(self.modes().1))
+                .map_err(|e| Error::io("chmod", &tmp, e))?;
+        }
         Ok(LocalStaged {
             backend: LocalBackend {
                 root: self.root.clone(),
@@ -276,7 +307,10 @@ impl Backend for LocalBackend {
         // cannot be told apart). Its key files are left alone: they open no
         // config, so `open` skips them, and of two inits racing, the second
         // config write fails.
-        let not_empty = fs::read_dir(&self.root).is_ok_and(|mut e| e.next().is_some());
+        // A new filesystem's lost+found (the root of a fresh ext4 volume) does
+        // not make it non-empty.
+        let not_empty = fs::read_dir(&self.root)
+            .is_ok_and(|mut e| e.any(|e| e.is_ok_and(|e| e.file_name() != "lost+found")));
         if not_empty && !self.is_unfinished_init() {
             return Err(Error::InvalidInput(format!(
                 "{} exists and is not empty; choose an empty or new directory",

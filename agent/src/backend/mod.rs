@@ -191,6 +191,20 @@ pub trait StagedFile: Send {
     fn commit(self: Box<Self>, name: &str) -> Result<()>;
 }
 
+/// [`open`], for a new repository that a local path shares with its group
+/// (directories 0770, files 0660; see [`LocalBackend::shared_with_group`]).
+/// Other backends are opened as by [`open`].
+///
+/// # Errors
+/// As [`open`].
+pub fn open_group_shared(location: &str) -> Result<Box<dyn Backend>> {
+    let path = location.strip_prefix("local:").unwrap_or(location);
+    if location.is_empty() || location.starts_with("s3:") {
+        return open(location);
+    }
+    Ok(Box::new(LocalBackend::shared_with_group(path)))
+}
+
 /// Open the backend a repository location names: `s3:...` or a local path
 /// (optionally written `local:PATH`).
 ///

@@ -158,6 +158,10 @@ struct InitArgs {
     /// Password file of --from-repo (else CAIRN_FROM_PASSWORD, or a prompt).
     #[arg(long, env = "CAIRN_FROM_PASSWORD_FILE")]
     from_password_file: Option<PathBuf>,
+    /// Share a local repository with the directory's group: directories
+    /// 0770 and files 0660 instead of 0700 and 0600.
+    #[arg(long)]
+    group_access: bool,
 }
 
 #[derive(Args)]
@@ -550,7 +554,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 None => None,
             };
-            let backend = backend::open(&cli.repo)?;
+            let backend = if args.group_access {
+                backend::open_group_shared(&cli.repo)?
+            } else {
+                backend::open(&cli.repo)?
+            };
             let pw = password(&cli, true)?;
             let repo = Repository::init_from(backend, &pw, args.kdf.cost(), from.as_ref())?;
             if cli.json {

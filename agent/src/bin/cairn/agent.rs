@@ -28,6 +28,11 @@ pub enum AgentCommand {
     Init {
         #[command(flatten)]
         kdf: KdfArgs,
+        /// Create a local repository shared with the volume's group
+        /// (0770/0660; the operator sets it for repositories on a PVC, so
+        /// agent pods of any user with the volume's fsGroup can write it).
+        #[arg(long)]
+        group_access: bool,
     },
     /// Back up one volume, then apply the retention policy to its snapshots.
     Backup(AgentBackupArgs),
@@ -126,7 +131,7 @@ pub fn run(cli: &Cli, cmd: &AgentCommand) -> ExitCode {
         AgentCommand::Prune { .. } => "prune",
     };
     let outcome = match cmd {
-        AgentCommand::Init { kdf } => init(cli, kdf),
+        AgentCommand::Init { kdf, group_access } => init(cli, kdf, *group_access),
         AgentCommand::Backup(a) => backup(cli, a),
         AgentCommand::Restore(a) => restore(cli, a),
         AgentCommand::Prune { opts } => prune(cli, opts),
@@ -175,12 +180,20 @@ fn report(result: &mut AgentResult) {
     }
 }
 
-fn init(cli: &Cli, kdf: &KdfArgs) -> Result<AgentResult> {
+fn init(cli: &Cli, kdf: &KdfArgs, group_access: bool) -> Result<AgentResult> {
     let pw = password(cli, false)?;
     let (repo, initialized) = match Repository::open(backend::open(&cli.repo)?, &pw) {
         Ok(r) => (r, false),
         Err(Error::RepositoryNotFound(_)) => (
-            Repository::init(backend::open(&cli.repo)?, &pw, kdf.cost())?,
+            Repository::init(
+                if group_access {
+                    backend::open_group_shared(&cli.repo)?
+                } else {
+                    backend::open(&cli.repo)?
+                },
+                &pw,
+                kdf.cost(),
+            )?,
             true,
         ),
         Err(e) => return Err(e.into()),
@@ -208,7 +221,12 @@ fn backup(cli: &Cli, args: &AgentBackupArgs) -> Result<AgentResult> {
         paths: vec![args.source.clone()],
         tags: args.tags.clone(),
         hostname: Some(args.id.clone()),
-        excludes: Vec::new(),
+        // The volume root's lost+found belongs to the filesystem (ext4 makes
+        // it root-only on every new volume), not to the application.
+        excludes: vec![format!(
+            "{}/lost+found",
+            args.source.display().to_string().trim_end_matches('/')
+        )],
         parent: ParentChoice::Latest,
         change_detection: if args.ignore_inode {
             ChangeDetection::IgnoreInode
@@ -248,6 +266,25 @@ fn backup(cli: &Cli, args: &AgentBackupArgs) -> Result<AgentResult> {
         duration_seconds: Some(s.duration_seconds),
         unreadable_files: Some(r.errors.len() as u64),
         snapshots_forgotten: Some(forgotten),
+        // The first few, so that status and the Event say what and why.
+        error: (!r.errors.is_empty()).then(|| {
+            let first: Vec<String> = r
+                .errors
+                .iter()
+                .take(5)
+                .map(|e| format!("{}: {}", e.path.display(), e.message))
+                .collect();
+            format!(
+                "{} files could not be read (the snapshot lacks them): {}{}",
+                r.errors.len(),
+                first.join("; "),
+                if r.errors.len() > first.len() {
+                    "; ..."
+                } else {
+                    ""
+                }
+            )
+        }),
         ..AgentResult::default()
     })
 }
