@@ -6,18 +6,29 @@
 //! (4), `CAIRN_MAX_JOBS_PER_NODE` (2), `CAIRN_WATCH_NAMESPACE` (all
 //! namespaces when empty), `CAIRN_HTTP_ADDR` (0.0.0.0:8080), `POD_NAME` and
 //! `POD_NAMESPACE` (from the downward API; the Lease lives there).
+//!
+//! Exit codes: 0 after SIGTERM or Ctrl-C (the Lease released, so a standby
+//! takes over at once), 1 when the Lease was lost or could not be renewed
+//! in time (the process stops acting before a standby may take over; its
+//! Deployment restarts it as a standby), 2 for a configuration error.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use cairn_controller::backup::Context;
 use cairn_controller::jobs::JobConfig;
-use cairn_controller::{leader, metrics, run};
+use cairn_controller::leader::{LeaderElector, LeaseConfig};
+use cairn_controller::{metrics, run};
+use futures::FutureExt;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::Client;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 static READY: AtomicBool = AtomicBool::new(false);
+
+/// How long running reconciles may take to finish after SIGTERM before they
+/// are dropped and the Lease released (below the Pod's default 30 s
+/// termination grace period).
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
 
 fn env_or(name: &str, default: &str) -> String {
     std::env::var(name)
@@ -72,7 +83,13 @@ async fn main() {
         );
         std::process::exit(2);
     };
-    let client = match Client::try_default().await {
+    let client = match kube::Config::infer()
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|c| {
+            run::client(c, concat!("cairn-controller/", env!("CARGO_PKG_VERSION")))
+                .map_err(|e| e.to_string())
+        }) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("cairn-controller: cannot reach the Kubernetes API: {e}");
@@ -86,10 +103,17 @@ async fn main() {
 
     let identity = env_or("POD_NAME", "cairn-controller-local");
     let lease_ns = env_or("POD_NAMESPACE", "default");
-    // Only the Lease holder reconciles; losing the Lease ends the process so
-    // that two replicas never act at once.
-    leader::acquire(&client, &lease_ns, &identity).await;
-    tokio::spawn(leader::keep(client.clone(), lease_ns, identity.clone()));
+    let shutdown = stop_signal().boxed().shared();
+    // Only the Lease holder reconciles.
+    let mut elector =
+        LeaderElector::new(client.clone(), &lease_ns, &identity, LeaseConfig::default());
+    tokio::select! {
+        () = elector.acquire() => {}
+        () = shutdown.clone() => {
+            tracing::info!("stopped while standing by");
+            return;
+        }
+    }
     tracing::info!("{identity} is the leader; starting controllers");
 
     let ctx = Arc::new(Context {
@@ -112,8 +136,47 @@ async fn main() {
         ),
     });
     let ns = std::env::var("CAIRN_WATCH_NAMESPACE").unwrap_or_default();
-    run::controllers(ctx, &ns, true, std::future::pending::<()>()).await;
-    tracing::info!("controllers stopped; exiting");
+    tokio::select! {
+        lost = elector.keep() => {
+            // Stop acting at once: another replica may take over as soon as
+            // the Lease expires, and two must never act together.
+            tracing::error!("{lost}; exiting so that only one replica acts");
+            std::process::exit(1);
+        }
+        () = run::controllers(ctx, &ns, false, shutdown.clone()) => {}
+        () = async { shutdown.await; tokio::time::sleep(STOP_GRACE).await } => {
+            // The reconciles still running are dropped with the controllers.
+            tracing::warn!("controllers did not stop within {} s of the signal", STOP_GRACE.as_secs());
+        }
+    }
+    // Graceful stop: the running reconciles finished; hand the Lease over.
+    match elector.release().await {
+        Ok(()) => tracing::info!("controllers stopped; lease released; exiting"),
+        Err(e) => tracing::warn!("controllers stopped; releasing the lease: {e}; exiting"),
+    }
+}
+
+/// Resolves on SIGTERM (what the kubelet sends) or Ctrl-C.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 fn tracing_subscriber_init() {

@@ -41,6 +41,11 @@ pub static RECONCILE_ERRORS: Counter = Counter::new(
     "cairn_controller_reconcile_errors_total",
     "Reconciles that failed with an API error and were retried.",
 );
+/// Requests the controller's client sent to the API server.
+pub static API_REQUESTS: Counter = Counter::new(
+    "cairn_controller_api_requests_total",
+    "Requests sent to the Kubernetes API server (watches count once, when they start).",
+);
 /// Status writes made (a reconcile that changed the object's status).
 pub static STATUS_WRITES: Counter = Counter::new(
     "cairn_controller_status_writes_total",
@@ -180,6 +185,7 @@ pub fn render() -> String {
     for c in [
         &RECONCILES,
         &RECONCILE_ERRORS,
+        &API_REQUESTS,
         &STATUS_WRITES,
         &STATUS_WRITES_SKIPPED,
         &BACKUPS_SUCCEEDED,

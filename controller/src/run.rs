@@ -1,20 +1,32 @@
 //! The four watch loops, runnable by the binary (under leader election) and
-//! by the e2e tests (in-process, against a real cluster).
+//! by the e2e tests (in-process, against a real cluster), with what keeps
+//! them cheap for the API server: reconciles on spec changes only (not on
+//! the controller's own status writes), bounded concurrency, a per-object
+//! exponential backoff after errors, and a client-side rate limit.
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cairn_crds::{Backup, BackupRepository, BackupSchedule, Restore};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::batch::v1::Job;
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::Store;
-use kube::runtime::watcher;
-use kube::{Api, Client};
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{predicates, watcher, WatchStreamExt};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
 
 use crate::backup::{self, Context};
 use crate::{metrics, repositories, restores, schedules};
+
+/// Reconciles of one kind that may run at once (per loop; four loops).
+pub const CONCURRENCY: u16 = 4;
+/// Requests per second the controller's client sends at most (watches
+/// count when they start). The API server's priority and fairness still
+/// applies; this keeps a burst (many objects at start) from flooding it.
+pub const API_QPS: u64 = 20;
 
 /// An API in the watched namespace, or in all namespaces when none is set.
 fn scoped<K>(client: &Client, ns: &str) -> Api<K>
@@ -29,19 +41,156 @@ where
     }
 }
 
-/// After an API error: count it, log it, retry soon.
+/// A client for the controller: `config` with a user agent (so the API
+/// server's audit log and metrics name the controller), at most
+/// [`API_QPS`] requests per second, each counted in
+/// `cairn_controller_api_requests_total`.
+///
+/// # Errors
+/// An invalid configuration (TLS, credentials) or user agent.
+pub fn client(mut config: kube::Config, user_agent: &str) -> Result<Client, kube::Error> {
+    let agent = http::HeaderValue::from_str(user_agent)
+        .map_err(|e| kube::Error::Service(format!("user agent {user_agent:?}: {e}").into()))?;
+    config.headers.push((http::header::USER_AGENT, agent));
+    let count = tower::util::MapRequestLayer::new(|req: http::Request<kube::client::Body>| {
+        metrics::API_REQUESTS.inc();
+        req
+    });
+    Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&tower::limit::RateLimitLayer::new(
+            API_QPS,
+            Duration::from_secs(1),
+        ))
+        .with_layer(&count)
+        .build())
+}
+
+/// Per-object delays after failed reconciles: `first`, doubling with each
+/// further failure up to `max`, forgotten after a success. A permanent
+/// error (a 422, a missing permission) then costs a request every few
+/// minutes instead of every few seconds, while a passing blip is retried soon.
+pub struct ErrorBackoff {
+    first: Duration,
+    max: Duration,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Default for ErrorBackoff {
+    fn default() -> Self {
+        ErrorBackoff::new(Duration::from_secs(5), Duration::from_secs(300))
+    }
+}
+
+impl ErrorBackoff {
+    /// Start at `first`, never wait longer than `max`.
+    pub fn new(first: Duration, max: Duration) -> Self {
+        ErrorBackoff {
+            first,
+            max,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Count a failure of `key`; the delay before its next attempt.
+    pub fn failed(&self, key: &str) -> Duration {
+        let mut failures = self
+            .failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = failures.entry(key.to_string()).or_insert(0);
+        let delay = self
+            .first
+            .saturating_mul(2u32.saturating_pow(*n))
+            .min(self.max);
+        *n = n.saturating_add(1);
+        delay
+    }
+
+    /// `key` reconciled fine: its next failure starts from `first` again.
+    pub fn succeeded(&self, key: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(key);
+    }
+}
+
+fn key_of<K: Resource>(obj: &K) -> String {
+    let m = obj.meta();
+    format!(
+        "{}/{}",
+        m.namespace.as_deref().unwrap_or(""),
+        m.name.as_deref().unwrap_or("")
+    )
+}
+
+/// After a failed reconcile: count it, log it, retry after the object's
+/// backoff.
 fn error_policy<K: kube::Resource<DynamicType = ()>>(
-    obj: Arc<K>,
+    backoff: &ErrorBackoff,
+    obj: &K,
     e: &backup::Error,
-    _ctx: Arc<Context>,
 ) -> Action {
+    let delay = backoff.failed(&key_of(obj));
     tracing::warn!(
-        "reconcile of {} {} failed: {e}",
+        "reconcile of {} {} failed (retry in {} s): {e}",
         K::kind(&()),
-        obj.meta().name.as_deref().unwrap_or("")
+        obj.meta().name.as_deref().unwrap_or(""),
+        delay.as_secs()
     );
     metrics::RECONCILE_ERRORS.inc();
-    Action::requeue(Duration::from_secs(15))
+    Action::requeue(delay)
+}
+
+/// A controller for `K` that reconciles when an object appears or its spec
+/// changes (`metadata.generation`), not on status or metadata writes: the
+/// reconcilers' own status writes would otherwise wake them again. Changes
+/// of owned objects (a Job finishing) and requeues still trigger, as with
+/// `Controller::new`.
+fn on_spec_change<K>(api: Api<K>) -> Controller<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let changes = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation, Default::default());
+    Controller::for_stream(changes, reader)
+        .with_config(controller::Config::default().concurrency(CONCURRENCY))
+}
+
+/// Run `ctrl` until it stops, but end it at once when `shutdown` comes
+/// (unless `on_signal`) before its store is ready: kube-runtime's graceful
+/// shutdown stops the watch that fills the store while the runner waits for
+/// the store, so a controller told to stop during its first list would
+/// never end (seen on the real cluster when a new leader was stopped right
+/// after it took over). Nothing has been reconciled before the store is
+/// ready, so there is nothing to wait for.
+async fn stop_unstarted<K: Resource + Clone + 'static>(
+    ctrl: impl std::future::Future<Output = ()>,
+    store: Store<K>,
+    shutdown: impl std::future::Future<Output = ()>,
+    on_signal: bool,
+) where
+    K::DynamicType: std::hash::Hash + Eq + Clone,
+{
+    let unstarted = async {
+        if on_signal {
+            return std::future::pending().await;
+        }
+        shutdown.await;
+        if store.wait_until_ready().now_or_never().is_some() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        () = ctrl => {}
+        () = unstarted => {
+            tracing::debug!("stopped before its first list finished");
+        }
+    }
 }
 
 /// Run the `Backup`, `BackupSchedule`, `Restore` and `BackupRepository`
@@ -59,37 +208,49 @@ pub async fn controllers(
     macro_rules! run_loop {
         ($ctrl:expr, $reconcile:path) => {{
             let ctrl = $ctrl;
+            let store = ctrl.store();
             let ctrl = if on_signal {
                 ctrl.shutdown_on_signal()
             } else {
                 ctrl.graceful_shutdown_on(shutdown.clone())
             };
-            ctrl.run(
-                |obj, ctx| async move {
-                    metrics::RECONCILES.inc();
-                    $reconcile(obj, ctx).await
-                },
-                error_policy,
-                ctx.clone(),
-            )
-            .for_each(|_| futures::future::ready(()))
+            let backoff = Arc::new(ErrorBackoff::default());
+            let on_error = backoff.clone();
+            let running = ctrl
+                .run(
+                    move |obj, ctx| {
+                        let backoff = backoff.clone();
+                        async move {
+                            metrics::RECONCILES.inc();
+                            let key = key_of(obj.as_ref());
+                            let result = $reconcile(obj, ctx).await;
+                            if result.is_ok() {
+                                backoff.succeeded(&key);
+                            }
+                            result
+                        }
+                    },
+                    move |obj, e, _ctx| error_policy(&on_error, obj.as_ref(), e),
+                    ctx.clone(),
+                )
+                .for_each(|_| futures::future::ready(()));
+            stop_unstarted(running, store, shutdown.clone(), on_signal)
         }};
     }
     let backup_loop = run_loop!(
-        Controller::new(scoped::<Backup>(&client, ns), all())
-            .owns(scoped::<Job>(&client, ns), managed()),
+        on_spec_change(scoped::<Backup>(&client, ns)).owns(scoped::<Job>(&client, ns), managed()),
         backup::reconcile
     );
-    let schedule_ctrl = Controller::new(scoped::<BackupSchedule>(&client, ns), all())
+    // A schedule reacts to its Backups' status (lastSuccessful, history).
+    let schedule_ctrl = on_spec_change(scoped::<BackupSchedule>(&client, ns))
         .owns(scoped::<Backup>(&client, ns), all());
     let schedule_store = schedule_ctrl.store();
     let schedule_loop = run_loop!(schedule_ctrl, schedules::reconcile);
     let restore_loop = run_loop!(
-        Controller::new(scoped::<Restore>(&client, ns), all())
-            .owns(scoped::<Job>(&client, ns), managed()),
+        on_spec_change(scoped::<Restore>(&client, ns)).owns(scoped::<Job>(&client, ns), managed()),
         restores::reconcile
     );
-    let repository_ctrl = Controller::new(scoped::<BackupRepository>(&client, ns), all())
+    let repository_ctrl = on_spec_change(scoped::<BackupRepository>(&client, ns))
         .owns(scoped::<Job>(&client, ns), managed());
     let repository_store = repository_ctrl.store();
     let repository_loop = run_loop!(repository_ctrl, repositories::reconcile);
@@ -124,5 +285,29 @@ async fn forget_deleted(schedules: Store<BackupSchedule>, repositories: Store<Ba
             .collect();
         metrics::retain_known(&live_schedules, &live_repos);
         tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_backoff_doubles_per_object_and_resets_on_success() {
+        let b = ErrorBackoff::default();
+        let secs = |d: Duration| d.as_secs();
+        let delays: Vec<u64> = (0..9).map(|_| secs(b.failed("shop/a"))).collect();
+        assert_eq!(delays, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+        assert_eq!(secs(b.failed("shop/b")), 5, "another object starts fresh");
+        b.succeeded("shop/a");
+        assert_eq!(secs(b.failed("shop/a")), 5, "a success resets");
+        for _ in 0..100 {
+            b.failed("shop/c");
+        }
+        assert_eq!(
+            secs(b.failed("shop/c")),
+            300,
+            "no overflow after many failures"
+        );
     }
 }

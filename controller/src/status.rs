@@ -25,7 +25,29 @@ pub fn ready(ok: bool, reason: &str, message: &str, generation: Option<i64>) -> 
     }
 }
 
-/// Record an Event about `obj`; a failure to record is logged, not fatal.
+/// The longest note the events API accepts, in bytes.
+pub const NOTE_LIMIT: usize = 1024;
+const TRUNCATED: &str = "… (truncated)";
+
+/// `note` cut to at most [`NOTE_LIMIT`] bytes on a character boundary,
+/// ending in "… (truncated)" when it was cut. The API rejects a longer note
+/// (422) and the Event is lost, and failure messages (an agent's error, a
+/// list of failed PVCs) are the ones that grow long.
+pub fn bounded_note(mut note: String) -> String {
+    if note.len() <= NOTE_LIMIT {
+        return note;
+    }
+    let mut end = NOTE_LIMIT - TRUNCATED.len();
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    note.truncate(end);
+    note.push_str(TRUNCATED);
+    note
+}
+
+/// Record an Event about `obj` (its note bounded by [`bounded_note`]); a
+/// failure to record is logged, not fatal.
 pub async fn publish<K>(ctx: &Context, obj: &K, type_: EventType, reason: &str, note: String)
 where
     K: Resource<DynamicType = ()>,
@@ -33,7 +55,7 @@ where
     let ev = Event {
         type_,
         reason: reason.into(),
-        note: Some(note),
+        note: Some(bounded_note(note)),
         action: K::kind(&()).to_string(),
         secondary: None,
     };
@@ -268,6 +290,24 @@ mod tests {
             observed_generation: Some(1),
             conditions: vec![cond],
             ..BackupScheduleStatus::default()
+        }
+    }
+
+    #[test]
+    fn long_notes_are_cut_on_a_character_boundary() {
+        assert_eq!(bounded_note("short".into()), "short");
+        let exact = "x".repeat(NOTE_LIMIT);
+        assert_eq!(bounded_note(exact.clone()), exact);
+        for filler in ["x", "é", "日本", "🦀"] {
+            for pad in 0..4 {
+                let note = format!("{}{}", "a".repeat(pad), filler.repeat(2000));
+                let cut = bounded_note(note.clone());
+                assert!(cut.len() <= NOTE_LIMIT, "{} bytes", cut.len());
+                assert!(cut.len() > NOTE_LIMIT - TRUNCATED.len() - 4);
+                assert!(cut.ends_with("… (truncated)"));
+                let kept = cut.trim_end_matches(TRUNCATED);
+                assert!(note.starts_with(kept));
+            }
         }
     }
 

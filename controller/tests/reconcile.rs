@@ -145,6 +145,15 @@ impl FakeApi {
             }
             "POST" => {
                 let mut obj: Value = serde_json::from_slice(body).unwrap();
+                // events.k8s.io/v1 validation: note must have at most 1024 bytes.
+                if path.ends_with("/events") && obj["note"].as_str().is_some_and(|n| n.len() > 1024)
+                {
+                    return status(
+                        422,
+                        "Invalid",
+                        "note: Too long: may not be more than 1024 bytes",
+                    );
+                }
                 let name = obj["metadata"]["name"]
                     .as_str()
                     .map(str::to_string)
@@ -183,12 +192,26 @@ impl FakeApi {
                     return status(404, "NotFound", &format!("{key} not found"));
                 };
                 let patch: Value = serde_json::from_slice(body).unwrap();
+                // A resourceVersion in the patch is a precondition, as on
+                // the real API server; every write moves it.
+                let current_rv = obj["metadata"]["resourceVersion"].clone();
+                if let Some(rv) = patch["metadata"]["resourceVersion"].as_str() {
+                    if current_rv.as_str() != Some(rv) {
+                        return status(409, "Conflict", "the object has been modified");
+                    }
+                }
+                let next_rv = current_rv
+                    .as_str()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(1)
+                    + 1;
                 if sub {
                     // The status subresource ignores everything but status.
                     merge(&mut obj["status"], &patch["status"]);
                 } else {
                     merge(&mut obj, &patch);
                 }
+                obj["metadata"]["resourceVersion"] = json!(next_rv.to_string());
                 self.insert(&key, obj.clone());
                 ok(200, &obj)
             }
@@ -464,6 +487,38 @@ async fn failed_agent_fails_the_backup_with_its_message() {
     );
     assert_eq!(st.conditions[0].reason, "Failed");
     assert!(events(&api).contains(&"Warning Failed".to_string()));
+}
+
+#[tokio::test]
+async fn a_long_failure_still_makes_its_event() {
+    let (api, ctx) = setup(true);
+    reconcile(backup(&api), ctx.clone()).await.unwrap();
+    // An error of 3 KB of multi-byte text: the events API takes 1024 bytes.
+    let error = "ÿ".repeat(1500);
+    let fail = json!({"command":"backup","ok":false,"exitCode":1,"error":error}).to_string();
+    for pvc in ["postgres-data", "uploads"] {
+        finish_job(
+            &api,
+            &jobs::backup_job_name("before-upgrade", pvc),
+            false,
+            &fail,
+            1,
+        );
+    }
+    reconcile(backup(&api), ctx.clone()).await.unwrap();
+    assert_eq!(backup(&api).status.as_ref().unwrap().phase, Phase::Failed);
+    let failed: Vec<Value> = api
+        .under(EVENTS)
+        .into_iter()
+        .filter(|e| e["reason"] == "Failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{:?}", events(&api));
+    let note = failed[0]["note"].as_str().unwrap();
+    assert!(
+        note.len() <= 1024 && note.ends_with("… (truncated)"),
+        "{note}"
+    );
+    assert!(note.starts_with("postgres-data: ÿÿ"), "{note}");
 }
 
 #[tokio::test]
@@ -747,32 +802,165 @@ async fn reconciles_that_find_nothing_new_write_no_status() {
 
 // ---- leader election ----
 
+const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/shop/leases/cairn-controller";
+
+fn elector(api: &FakeApi, who: &str) -> cairn_controller::leader::LeaderElector {
+    cairn_controller::leader::LeaderElector::new(api.client(), NS, who, Default::default())
+}
+
 #[tokio::test]
-async fn only_one_replica_holds_the_lease() {
-    use cairn_controller::leader::try_acquire;
+async fn a_standby_takes_over_only_after_seeing_the_lease_unchanged_for_its_duration() {
+    use std::time::{Duration, Instant};
     let api = FakeApi::default();
-    let client = api.client();
-    assert!(try_acquire(&client, NS, "replica-a").await.unwrap());
+    let (mut a, mut b) = (elector(&api, "replica-a"), elector(&api, "replica-b"));
+    let t0 = Instant::now();
+    assert!(a.try_acquire_or_renew_at(t0).await.unwrap());
+    assert!(!b.try_acquire_or_renew_at(t0).await.unwrap());
     assert!(
-        !try_acquire(&client, NS, "replica-b").await.unwrap(),
-        "a fresh lease is not taken over"
-    );
-    assert!(
-        try_acquire(&client, NS, "replica-a").await.unwrap(),
+        a.try_acquire_or_renew_at(t0).await.unwrap(),
         "the holder renews"
     );
-    let key = "/apis/coordination.k8s.io/v1/namespaces/shop/leases/cairn-controller";
-    assert_eq!(api.get(key).unwrap()["spec"]["holderIdentity"], "replica-a");
+    assert_eq!(
+        api.get(LEASE).unwrap()["spec"]["holderIdentity"],
+        "replica-a"
+    );
 
-    // replica-a stopped renewing a minute ago: replica-b takes over.
-    let mut lease = api.get(key).unwrap();
+    // The holder's renewTime says nothing to the standby: a renewTime far in
+    // the past (skewed clocks) is not an expired lease.
+    let mut lease = api.get(LEASE).unwrap();
     lease["spec"]["renewTime"] = json!("2020-01-01T00:00:00.000000Z");
-    api.insert(key, lease);
-    assert!(try_acquire(&client, NS, "replica-b").await.unwrap());
-    let lease = api.get(key).unwrap();
+    api.insert(LEASE, lease);
+    assert!(
+        !b.try_acquire_or_renew_at(t0).await.unwrap(),
+        "not by renewTime"
+    );
+    // b saw that record first at t0: 14 s later (duration 15 s) it still waits ...
+    let later = |s| t0 + Duration::from_secs(s);
+    assert!(!b.try_acquire_or_renew_at(later(14)).await.unwrap());
+    // ... and a renewal it sees starts its wait over.
+    assert!(a.try_acquire_or_renew_at(later(14)).await.unwrap());
+    assert!(!b.try_acquire_or_renew_at(later(16)).await.unwrap());
+    assert!(!b.try_acquire_or_renew_at(later(30)).await.unwrap());
+    // Unchanged for 15 s on b's clock: b takes it over.
+    assert!(b.try_acquire_or_renew_at(later(31)).await.unwrap());
+    let lease = api.get(LEASE).unwrap();
     assert_eq!(lease["spec"]["holderIdentity"], "replica-b");
     assert_eq!(lease["spec"]["leaseTransitions"], 1);
-    assert!(!try_acquire(&client, NS, "replica-a").await.unwrap());
+    assert_eq!(lease["spec"]["leaseDurationSeconds"], 15);
+    // a notices on its next renewal and must step down.
+    assert!(!a.try_acquire_or_renew_at(later(32)).await.unwrap());
+}
+
+#[tokio::test]
+async fn two_candidates_racing_for_the_same_record_cannot_both_win() {
+    use std::time::{Duration, Instant};
+    let api = FakeApi::default();
+    let (mut a, mut b, mut c) = (
+        elector(&api, "replica-a"),
+        elector(&api, "replica-b"),
+        elector(&api, "replica-c"),
+    );
+    let t0 = Instant::now();
+    assert!(a.try_acquire_or_renew_at(t0).await.unwrap());
+    assert!(!b.try_acquire_or_renew_at(t0).await.unwrap());
+    assert!(!c.try_acquire_or_renew_at(t0).await.unwrap());
+    let t1 = t0 + Duration::from_secs(20);
+    // Both saw the same expired record; b writes first, c's write carries
+    // the old resourceVersion and loses.
+    assert!(b.try_acquire_or_renew_at(t1).await.unwrap());
+    assert!(!c.try_acquire_or_renew_at(t1).await.unwrap());
+    assert_eq!(
+        api.get(LEASE).unwrap()["spec"]["holderIdentity"],
+        "replica-b"
+    );
+}
+
+#[tokio::test]
+async fn a_released_lease_is_taken_at_once() {
+    use std::time::Instant;
+    let api = FakeApi::default();
+    let (mut a, mut b) = (elector(&api, "replica-a"), elector(&api, "replica-b"));
+    let t0 = Instant::now();
+    assert!(a.try_acquire_or_renew_at(t0).await.unwrap());
+    assert!(!b.try_acquire_or_renew_at(t0).await.unwrap());
+    // b does not release what it does not hold.
+    b.release().await.unwrap();
+    assert_eq!(
+        api.get(LEASE).unwrap()["spec"]["holderIdentity"],
+        "replica-a"
+    );
+    a.release().await.unwrap();
+    let lease = api.get(LEASE).unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], Value::Null);
+    assert_eq!(lease["spec"]["leaseDurationSeconds"], 1);
+    assert!(b.try_acquire_or_renew_at(t0).await.unwrap(), "no waiting");
+    let lease = api.get(LEASE).unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "replica-b");
+    assert_eq!(lease["spec"]["leaseDurationSeconds"], 15);
+}
+
+#[tokio::test]
+async fn a_leader_that_cannot_renew_stops_before_the_lease_expires() {
+    use cairn_controller::leader::{LeaderElector, LeaseConfig, Lost};
+    use std::time::{Duration, Instant};
+    // A fake API server that stops answering after the first two requests
+    // (the GET and the create of the Lease): every later request hangs.
+    let api = FakeApi::default();
+    let served = Arc::new(Mutex::new(0u32));
+    let inner = api.clone();
+    let svc = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+        let api = inner.clone();
+        let served = served.clone();
+        async move {
+            let n = {
+                let mut n = served.lock().unwrap();
+                *n += 1;
+                *n
+            };
+            if n > 2 {
+                futures::future::pending::<()>().await;
+            }
+            let method = req.method().to_string();
+            let path = req.uri().path().to_string();
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            Ok::<_, Infallible>(api.handle(&method, &path, "", &body))
+        }
+    });
+    let config = LeaseConfig {
+        lease_duration: Duration::from_millis(1500),
+        renew_deadline: Duration::from_millis(1000),
+        retry_period: Duration::from_millis(200),
+    };
+    let mut a = LeaderElector::new(Client::new(svc, "default"), NS, "replica-a", config);
+    assert!(a.try_acquire_or_renew().await.unwrap());
+    let start = Instant::now();
+    let lost = tokio::time::timeout(Duration::from_secs(10), a.keep())
+        .await
+        .expect("keep returns");
+    let took = start.elapsed();
+    assert_eq!(lost, Lost::RenewDeadline);
+    // The first renewal starts after one retry period; the deadline counts
+    // from the last success.
+    assert!(took >= Duration::from_millis(1000), "{took:?}");
+    assert!(took < config.lease_duration, "{took:?}");
+
+    // A leader whose Lease was taken over steps down on its next renewal.
+    let api = FakeApi::default();
+    let mut a = LeaderElector::new(api.client(), NS, "replica-a", config);
+    assert!(a.try_acquire_or_renew().await.unwrap());
+    let mut lease = api.get(LEASE).unwrap();
+    lease["spec"]["holderIdentity"] = json!("replica-b");
+    lease["metadata"]["resourceVersion"] = json!("99");
+    api.insert(LEASE, lease);
+    let lost = tokio::time::timeout(Duration::from_secs(10), a.keep())
+        .await
+        .expect("keep returns");
+    assert_eq!(lost, Lost::TakenOver("replica-b".into()));
 }
 
 // ---- Restore ----
@@ -1134,13 +1322,15 @@ async fn rbac_in_deploy_manifest_covers_every_request_and_no_more() {
         cairn_controller::repositories::maintain(&repo_obj(&api), &ctx, Utc::now())
             .await
             .unwrap();
-        let client = api.client();
-        cairn_controller::leader::try_acquire(&client, "cairn-system", "me")
-            .await
-            .unwrap();
-        cairn_controller::leader::try_acquire(&client, "cairn-system", "me")
-            .await
-            .unwrap();
+        let mut me = cairn_controller::leader::LeaderElector::new(
+            api.client(),
+            "cairn-system",
+            "me",
+            Default::default(),
+        );
+        me.try_acquire_or_renew().await.unwrap();
+        me.try_acquire_or_renew().await.unwrap();
+        me.release().await.unwrap();
         logged.extend(api.log.lock().unwrap().clone());
     }
     let used: std::collections::BTreeSet<(String, String, String)> =
