@@ -1,0 +1,514 @@
+//! Real-cluster tests of how the controller runs, rather than what it
+//! reconciles: leader election between controller processes (the
+//! `cairn-controller` binary, killed and stopped as a kubelet would), and
+//! that an idle controller stays quiet (reconciles and API requests per
+//! minute with 50 idle schedules, counted by the controller's own metrics
+//! and by the API server's audit log).
+//!
+//! Marked `#[ignore]`; run with a cluster (`scripts/e2e`, see e2e/README.md).
+//! The controller binary comes from `CAIRN_E2E_CONTROLLER_BINARY`, or is
+//! built here with `cargo build -p cairn-controller`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_controller::backup::Context;
+use cairn_controller::jobs::JobConfig;
+use cairn_controller::{leader, metrics, run};
+use cairn_crds::{BackupRepository, BackupSchedule};
+use cairn_e2e::{apply_crds, audit_log, cluster, create, TestNamespace};
+use futures::FutureExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::Api;
+
+// ---- the controller binary as processes ----
+
+/// The `cairn-controller` binary: `CAIRN_E2E_CONTROLLER_BINARY`, or the
+/// debug build (made now if needed; cargo does nothing when it is current).
+fn controller_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("CAIRN_E2E_CONTROLLER_BINARY").filter(|p| !p.is_empty()) {
+        return p.into();
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let built = Command::new(cargo)
+        .args(["build", "--locked", "-p", "cairn-controller"])
+        .current_dir(&root)
+        .status()
+        .expect("run cargo build -p cairn-controller");
+    assert!(built.success(), "cargo build -p cairn-controller failed");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    target.join("debug/cairn-controller")
+}
+
+/// One controller process; killed when dropped.
+struct Replica {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Replica {
+    fn start(bin: &std::path::Path, ns: &str, name: &str, dir: &std::path::Path) -> Replica {
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(bin)
+            .env("CAIRN_AGENT_IMAGE", "cairn.local/cairn:e2e")
+            .env("POD_NAME", name)
+            .env("POD_NAMESPACE", ns)
+            .env("CAIRN_WATCH_NAMESPACE", ns)
+            .env("CAIRN_HTTP_ADDR", "127.0.0.1:0")
+            .env("CAIRN_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start cairn-controller");
+        Replica {
+            name: name.to_string(),
+            child,
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn led(&self) -> bool {
+        self.log().contains("is the leader; starting controllers")
+    }
+
+    /// SIGTERM, as the kubelet sends on a rollout; the exit code.
+    fn terminate(&mut self) -> Option<i32> {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(sent, "kill -TERM {}", self.name);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "{} did not exit within 20 s of SIGTERM:\n{}",
+            self.name,
+            self.log()
+        );
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The Lease's holder and renew time, if the Lease exists.
+async fn holder(leases: &Api<Lease>) -> (Option<String>, Option<Timestamp>) {
+    match leases.get_opt(leader::LEASE_NAME).await {
+        Ok(Some(l)) => {
+            let spec = l.spec.unwrap_or_default();
+            (
+                spec.holder_identity.filter(|h| !h.is_empty()),
+                spec.renew_time.map(|t| t.0),
+            )
+        }
+        Ok(None) => (None, None),
+        Err(e) => panic!("get lease: {e}"),
+    }
+}
+
+/// Poll (every 100 ms) until `who` holds the Lease; how long that took.
+async fn wait_for_holder(
+    leases: &Api<Lease>,
+    who: &str,
+    limit: Duration,
+    logs: &[&Replica],
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        if holder(leases).await.0.as_deref() == Some(who) {
+            return start.elapsed();
+        }
+        if start.elapsed() > limit {
+            let logs: Vec<String> = logs
+                .iter()
+                .map(|r| format!("--- {}:\n{}", r.name, r.log()))
+                .collect();
+            panic!(
+                "{who} did not take the lease within {limit:?} (holder: {:?})\n{}",
+                holder(leases).await,
+                logs.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster: scripts/e2e"]
+async fn one_replica_leads_and_a_standby_takes_over() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    apply_crds(&client).await;
+    let bin = controller_binary();
+    let ns = TestNamespace::create(&client, "leader").await;
+    let dir = std::env::temp_dir().join(format!("cairn-e2e-{}", ns.name));
+    std::fs::create_dir_all(&dir).expect("log directory");
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
+    let config = leader::LeaseConfig::default();
+    let (duration, retry) = (config.lease_duration, config.retry_period);
+
+    // Two replicas: exactly one leads, the other stands by.
+    let mut a = Replica::start(&bin, &ns.name, "replica-a", &dir);
+    let took = wait_for_holder(&leases, "replica-a", Duration::from_secs(60), &[&a]).await;
+    eprintln!(
+        "e2e: replica-a holds the lease {} ms after its start",
+        took.as_millis()
+    );
+    let mut b = Replica::start(&bin, &ns.name, "replica-b", &dir);
+    let (_, renewed_before) = holder(&leases).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let (now_holder, renewed_after) = holder(&leases).await;
+    assert_eq!(
+        now_holder.as_deref(),
+        Some("replica-a"),
+        "the leader keeps the lease"
+    );
+    assert!(
+        renewed_after > renewed_before,
+        "the leader renews: {renewed_before:?} -> {renewed_after:?}"
+    );
+    assert!(a.led(), "replica-a runs the controllers:\n{}", a.log());
+    assert!(
+        !b.led(),
+        "replica-b must not act while replica-a leads:\n{}",
+        b.log()
+    );
+
+    // The leader dies without releasing: replica-b takes over only after it
+    // saw the lease unchanged for its duration, and not much later.
+    let (_, last_renewal) = holder(&leases).await;
+    a.child.kill().expect("SIGKILL replica-a");
+    let _ = a.child.wait();
+    let took = wait_for_holder(&leases, "replica-b", duration + retry * 4, &[&a, &b]).await;
+    eprintln!(
+        "e2e: replica-a killed (SIGKILL); replica-b took over after {} ms (lease duration {} s, retry period {} s; last renewal {last_renewal:?})",
+        took.as_millis(),
+        duration.as_secs(),
+        retry.as_secs()
+    );
+    // replica-a renewed at most one retry period before it died.
+    assert!(
+        took + retry + Duration::from_millis(500) >= duration,
+        "replica-b took over after {took:?}, before the lease could have expired"
+    );
+    assert!(
+        took <= duration + retry * 2 + Duration::from_secs(1),
+        "takeover took {took:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        b.led(),
+        "replica-b runs the controllers after taking over:\n{}",
+        b.log()
+    );
+
+    // A graceful stop releases the lease: the standby takes over at once.
+    let mut c = Replica::start(&bin, &ns.name, "replica-c", &dir);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(!c.led(), "replica-c stands by:\n{}", c.log());
+    let stopped = Instant::now();
+    let code = b.terminate();
+    let exited = stopped.elapsed();
+    assert_eq!(code, Some(0), "replica-b exits 0 on SIGTERM:\n{}", b.log());
+    assert!(b.log().contains("lease released"), "{}", b.log());
+    wait_for_holder(&leases, "replica-c", Duration::from_secs(10), &[&b, &c]).await;
+    let total = stopped.elapsed();
+    eprintln!(
+        "e2e: replica-b stopped (SIGTERM, exit after {} ms); replica-c took over {} ms after the signal",
+        exited.as_millis(),
+        total.as_millis()
+    );
+    assert!(
+        total <= retry + Duration::from_secs(3),
+        "takeover after a release took {total:?}"
+    );
+
+    // The last one stops too and leaves the lease free.
+    assert_eq!(c.terminate(), Some(0), "{}", c.log());
+    assert_eq!(
+        holder(&leases).await.0,
+        None,
+        "a released lease has no holder"
+    );
+    let lease = leases.get(leader::LEASE_NAME).await.expect("lease");
+    let transitions = lease.spec.and_then(|s| s.lease_transitions);
+    assert_eq!(transitions, Some(2), "two takeovers: a -> b -> c");
+    ns.delete().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---- quiet when idle ----
+
+/// Requests in the API server's audit log sent with `user_agent` and
+/// received in `[from, to)`: distinct audit IDs, by verb.
+fn audited(
+    path: &std::path::Path,
+    user_agent: &str,
+    from: Timestamp,
+    to: Timestamp,
+) -> BTreeMap<String, usize> {
+    let file =
+        std::fs::File::open(path).unwrap_or_else(|e| panic!("audit log {}: {e}", path.display()));
+    let mut seen = HashSet::new();
+    let mut by_verb = BTreeMap::new();
+    for line in std::io::BufReader::new(file).lines().map_while(Result::ok) {
+        if !line.contains(user_agent) {
+            continue;
+        }
+        let Ok(ev) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if ev["userAgent"].as_str() != Some(user_agent) {
+            continue;
+        }
+        let Some(at) = ev["requestReceivedTimestamp"]
+            .as_str()
+            .and_then(|t| t.parse::<Timestamp>().ok())
+        else {
+            continue;
+        };
+        let id = ev["auditID"].as_str().unwrap_or("").to_string();
+        if at >= from && at < to && seen.insert(id) {
+            *by_verb
+                .entry(ev["verb"].as_str().unwrap_or("?").to_string())
+                .or_insert(0) += 1;
+        }
+    }
+    by_verb
+}
+
+struct Counts {
+    reconciles: u64,
+    requests: u64,
+    writes: u64,
+    skipped: u64,
+    errors: u64,
+}
+
+fn counts() -> Counts {
+    Counts {
+        reconciles: metrics::RECONCILES.get(),
+        requests: metrics::API_REQUESTS.get(),
+        writes: metrics::STATUS_WRITES.get(),
+        skipped: metrics::STATUS_WRITES_SKIPPED.get(),
+        errors: metrics::RECONCILE_ERRORS.get(),
+    }
+}
+
+const SCHEDULES: usize = 50;
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster: scripts/e2e"]
+async fn an_idle_controller_stays_quiet() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    apply_crds(&client).await;
+    let ns = TestNamespace::create(&client, "quiet").await;
+
+    // A repository whose status is steady (checked a moment ago by an
+    // earlier controller) and 50 schedules: half suspended, half yearly.
+    let repo: BackupRepository = create(
+        &client,
+        &ns.name,
+        serde_json::json!({
+            "apiVersion": "cairn.dev/v1alpha1", "kind": "BackupRepository",
+            "metadata": {"name": "local"},
+            "spec": {
+                "volume": {"claimName": "repo"},
+                "passwordSecretRef": {"name": "repo-password", "key": "password"},
+                "maintenance": {"pruneSchedule": "0 3 1 1 *"}
+            }
+        }),
+    )
+    .await;
+    // Conditions carry whole seconds.
+    let now = Timestamp::from_second(Timestamp::now().as_second())
+        .expect("now")
+        .to_string();
+    let repos: Api<BackupRepository> = Api::namespaced(client.clone(), &ns.name);
+    repos
+        .patch_status(
+            "local",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"status": {
+                "observedGeneration": repo.metadata.generation,
+                "lastCheckTime": now,
+                "snapshotCount": 0,
+                "conditions": [{"type": "Ready", "status": "True", "reason": "Reachable",
+                    "message": "reachable; 0 snapshots", "lastTransitionTime": now,
+                    "observedGeneration": repo.metadata.generation}]
+            }})),
+        )
+        .await
+        .expect("repository status");
+    for i in 0..SCHEDULES {
+        create::<BackupSchedule>(
+            &client,
+            &ns.name,
+            serde_json::json!({
+                "apiVersion": "cairn.dev/v1alpha1", "kind": "BackupSchedule",
+                "metadata": {"name": format!("idle-{i:02}")},
+                "spec": {
+                    "repository": {"name": "local"},
+                    "schedule": "0 3 1 1 *",
+                    "suspend": i % 2 == 0,
+                    "pvcs": ["data"]
+                }
+            }),
+        )
+        .await;
+    }
+
+    // The controller, in-process, with a client of its own: a user agent
+    // that names this run in the audit log, the binary's rate limit and
+    // request counter.
+    let user_agent = format!("cairn-e2e-quiet/{}", ns.name);
+    let config = kube::Config::infer().await.expect("kubeconfig");
+    let own = run::client(config, &user_agent).expect("controller client");
+    let ctx = Arc::new(Context {
+        client: own.clone(),
+        jobs: JobConfig {
+            image: "cairn.local/cairn:e2e".into(),
+            ..JobConfig::default()
+        },
+        recorder: Recorder::new(
+            own.clone(),
+            Reporter {
+                controller: "cairn-controller".into(),
+                instance: Some("cairn-e2e-quiet".into()),
+            },
+        ),
+    });
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = rx.map(|_| ()).shared();
+    let watched = ns.name.clone();
+    let started = Instant::now();
+    let before = counts();
+    let task = tokio::spawn(async move {
+        run::controllers(ctx, &watched, false, shutdown).await;
+    });
+
+    // Settled: every schedule has a status and nothing moved for 10 s.
+    let schedules: Api<BackupSchedule> = Api::namespaced(client.clone(), &ns.name);
+    let mut last = (u64::MAX, u64::MAX);
+    let mut still_since = Instant::now();
+    loop {
+        let list = schedules
+            .list(&ListParams::default())
+            .await
+            .expect("list schedules");
+        let done = list
+            .items
+            .iter()
+            .filter(|s| {
+                s.status
+                    .as_ref()
+                    .is_some_and(|st| st.observed_generation.is_some())
+            })
+            .count();
+        let c = counts();
+        let now = (c.reconciles, c.requests);
+        if now != last {
+            last = now;
+            still_since = Instant::now();
+        }
+        if done == SCHEDULES && still_since.elapsed() >= Duration::from_secs(10) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "not settled after 180 s: {done}/{SCHEDULES} schedules have a status; reconciles {}",
+            c.reconciles - before.reconciles
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let settled = counts();
+    eprintln!(
+        "e2e: settled after {} s: {} reconciles, {} API requests, {} status writes ({} skipped as unchanged), {} errors",
+        started.elapsed().as_secs(),
+        settled.reconciles - before.reconciles,
+        settled.requests - before.requests,
+        settled.writes - before.writes,
+        settled.skipped - before.skipped,
+        settled.errors - before.errors
+    );
+    assert_eq!(
+        settled.errors, before.errors,
+        "no reconcile failed while settling"
+    );
+
+    // One idle minute.
+    let window = Duration::from_secs(60);
+    let from = Timestamp::now();
+    tokio::time::sleep(window).await;
+    let to = Timestamp::now();
+    let after = counts();
+    let _ = tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+
+    let reconciles = after.reconciles - settled.reconciles;
+    let requests = after.requests - settled.requests;
+    let writes = after.writes - settled.writes;
+    eprintln!(
+        "e2e: idle minute with {SCHEDULES} schedules and 1 repository: {reconciles} reconciles, {requests} API requests (client), {writes} status writes"
+    );
+    if let Some(path) = audit_log() {
+        // The audit log is written asynchronously: give it a moment.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let by_verb = audited(&path, &user_agent, from, to);
+        let total: usize = by_verb.values().sum();
+        eprintln!("e2e: idle minute per the API server's audit log: {total} requests {by_verb:?}");
+        assert!(
+            total <= 30,
+            "{total} requests in an idle minute: {by_verb:?}"
+        );
+        let settle = audited(&path, &user_agent, Timestamp::UNIX_EPOCH, from);
+        let settle_total: usize = settle.values().sum();
+        eprintln!(
+            "e2e: start-up until settled per the audit log: {settle_total} requests {settle:?}"
+        );
+        assert!(
+            settle_total > 0,
+            "the audit log names the controller's user agent"
+        );
+    } else {
+        eprintln!("e2e: no CAIRN_K8S_AUDIT_LOG; counted in the client only");
+    }
+    // Nothing is due for a year and no status changes: every requeue is
+    // hours away. A hot loop (a status write waking the next reconcile)
+    // makes thousands per minute.
+    assert!(
+        reconciles <= 10,
+        "{reconciles} reconciles in an idle minute"
+    );
+    assert!(requests <= 30, "{requests} API requests in an idle minute");
+    assert_eq!(writes, 0, "an idle controller writes no status");
+    ns.delete().await;
+}
