@@ -96,6 +96,12 @@ impl TestNamespace {
     /// Create `cairn-e2e-<suffix>-<time>` with the restricted Pod Security
     /// level enforced, so the agent Jobs must comply with it.
     pub async fn create(client: &Client, suffix: &str) -> Self {
+        Self::create_at(client, suffix, "restricted").await
+    }
+
+    /// [`TestNamespace::create`] with another Pod Security level enforced
+    /// (`baseline` for the privileged mover).
+    pub async fn create_at(client: &Client, suffix: &str, level: &str) -> Self {
         let secs = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -106,7 +112,7 @@ impl TestNamespace {
             "kind": "Namespace",
             "metadata": {
                 "name": name,
-                "labels": {"pod-security.kubernetes.io/enforce": "restricted"}
+                "labels": {"pod-security.kubernetes.io/enforce": level}
             }
         }))
         .expect("namespace object");
@@ -146,16 +152,24 @@ impl InProcessController {
     /// beforehand, see e2e/README.md), its pull policy from
     /// `CAIRN_E2E_PULL_POLICY` (default `IfNotPresent`).
     pub fn start(client: &Client, ns: &str) -> Self {
+        Self::start_with(client, ns, |_| {})
+    }
+
+    /// [`InProcessController::start`] with controller settings changed by
+    /// `tweak` (e.g. the namespaces allowed the privileged mover).
+    pub fn start_with(client: &Client, ns: &str, tweak: impl FnOnce(&mut JobConfig)) -> Self {
         let image = std::env::var("CAIRN_E2E_AGENT_IMAGE").unwrap_or_else(|_| "cairn:e2e".into());
         let pull_policy =
             std::env::var("CAIRN_E2E_PULL_POLICY").unwrap_or_else(|_| "IfNotPresent".into());
+        let mut jobs = JobConfig {
+            image,
+            pull_policy,
+            ..JobConfig::default()
+        };
+        tweak(&mut jobs);
         let ctx = Arc::new(Context {
             client: client.clone(),
-            jobs: JobConfig {
-                image,
-                pull_policy,
-                ..JobConfig::default()
-            },
+            jobs,
             recorder: Recorder::new(
                 client.clone(),
                 Reporter {
@@ -263,6 +277,59 @@ pub async fn run_pod(client: &Client, ns: &str, pod: serde_json::Value) -> Strin
 /// A restricted-compliant busybox pod running `script` with `claims`
 /// mounted at `/<claim>`.
 pub fn shell_pod(name: &str, script: &str, claims: &[&str]) -> serde_json::Value {
+    shell_pod_as(
+        name,
+        script,
+        claims,
+        serde_json::json!({
+            "runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
+            "fsGroup": 65532,
+            "seccompProfile": {"type": "RuntimeDefault"}
+        }),
+        serde_json::json!({
+            "allowPrivilegeEscalation": false,
+            "capabilities": {"drop": ["ALL"]}
+        }),
+    )
+}
+
+/// A restricted pod as [`shell_pod`] makes, running as `uid`:`gid` with
+/// fsGroup `gid` applied on root mismatch only (an application's pod, such
+/// as PostgreSQL's 999).
+pub fn shell_pod_as_user(
+    name: &str,
+    script: &str,
+    claims: &[&str],
+    uid: u32,
+    gid: u32,
+) -> serde_json::Value {
+    shell_pod_as(
+        name,
+        script,
+        claims,
+        serde_json::json!({
+            "runAsNonRoot": true, "runAsUser": uid, "runAsGroup": gid,
+            // As application charts do: with the default policy the kubelet
+            // would make every file group-writable on every mount.
+            "fsGroup": gid, "fsGroupChangePolicy": "OnRootMismatch",
+            "seccompProfile": {"type": "RuntimeDefault"}
+        }),
+        serde_json::json!({
+            "allowPrivilegeEscalation": false,
+            "capabilities": {"drop": ["ALL"]}
+        }),
+    )
+}
+
+/// A busybox pod running `script` with `claims` mounted at `/<claim>` and
+/// the given pod and container security contexts.
+pub fn shell_pod_as(
+    name: &str,
+    script: &str,
+    claims: &[&str],
+    pod_security: serde_json::Value,
+    container_security: serde_json::Value,
+) -> serde_json::Value {
     let image = std::env::var("CAIRN_E2E_BUSYBOX_IMAGE").unwrap_or_else(|_| "busybox:1.36".into());
     let volumes: Vec<_> = claims
         .iter()
@@ -278,24 +345,25 @@ pub fn shell_pod(name: &str, script: &str, claims: &[&str]) -> serde_json::Value
         "metadata": {"name": name},
         "spec": {
             "restartPolicy": "Never",
-            "securityContext": {
-                "runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
-                "fsGroup": 65532,
-                "seccompProfile": {"type": "RuntimeDefault"}
-            },
+            "securityContext": pod_security,
             "containers": [{
                 "name": "sh",
                 "image": image,
                 "command": ["sh", "-euc", script],
                 "volumeMounts": mounts,
-                "securityContext": {
-                    "allowPrivilegeEscalation": false,
-                    "capabilities": {"drop": ["ALL"]}
-                }
+                "securityContext": container_security
             }],
             "volumes": volumes
         }
     })
+}
+
+/// A ReadWriteOnce PVC of `size` in storage class `class` (the local
+/// cluster's `cairn-block`: a root-owned volume root, as on block storage).
+pub fn pvc_of_class(name: &str, size: &str, class: &str) -> serde_json::Value {
+    let mut v = pvc(name, size);
+    v["spec"]["storageClassName"] = serde_json::json!(class);
+    v
 }
 
 /// A ReadWriteOnce PVC of `size` in the default storage class.

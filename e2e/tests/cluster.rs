@@ -124,9 +124,7 @@ async fn backup_and_restore_a_pvc() {
     .await;
     let backups: Api<Backup> = Api::namespaced(client.clone(), &ns.name);
     let b = wait_for(&backups, "first", "finished", FIVE_MIN, |b| {
-        b.status
-            .as_ref()
-            .is_some_and(|s| matches!(s.phase, Phase::Succeeded | Phase::Failed))
+        b.status.as_ref().is_some_and(|s| s.phase.is_finished())
     })
     .await;
     let st = b.status.expect("status");
@@ -174,9 +172,7 @@ async fn backup_and_restore_a_pvc() {
     .await;
     let restores: Api<Restore> = Api::namespaced(client.clone(), &ns.name);
     let r = wait_for(&restores, "rehearsal", "finished", FIVE_MIN, |r| {
-        r.status
-            .as_ref()
-            .is_some_and(|s| matches!(s.phase, Phase::Succeeded | Phase::Failed))
+        r.status.as_ref().is_some_and(|s| s.phase.is_finished())
     })
     .await;
     let rs = r.status.expect("status");
@@ -301,11 +297,7 @@ async fn backup_recreated_under_the_same_name_does_not_inherit_the_old_job() {
         "spec": {"repository": {"name": "local"}, "pvcs": ["data"]}
     });
     let backups: Api<Backup> = Api::namespaced(client.clone(), &ns.name);
-    let finished = |b: &Backup| {
-        b.status
-            .as_ref()
-            .is_some_and(|s| matches!(s.phase, Phase::Succeeded | Phase::Failed))
-    };
+    let finished = |b: &Backup| b.status.as_ref().is_some_and(|s| s.phase.is_finished());
     create::<Backup>(&client, &ns.name, backup.clone()).await;
     let first = wait_for(&backups, "nightly", "finished", FIVE_MIN, finished).await;
     let first_snapshot = first
