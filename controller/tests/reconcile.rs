@@ -1378,9 +1378,19 @@ async fn rbac_in_deploy_manifest_covers_every_request_and_no_more() {
         "restores",
         "jobs",
     ];
+    // And `update` of the owners' finalizers: never called, but checked by
+    // the API server (OwnerReferencesPermissionEnforcement) whenever the
+    // controller creates an object whose owner reference blocks deletion.
+    let owners = [
+        "backups/finalizers",
+        "backuprepositories/finalizers",
+        "backupschedules/finalizers",
+        "restores/finalizers",
+    ];
     let extra: Vec<_> = granted
         .difference(&used)
         .filter(|(_, r, v)| !(watched.contains(&r.as_str()) && (v == "list" || v == "watch")))
+        .filter(|(_, r, v)| !(owners.contains(&r.as_str()) && v == "update"))
         .collect();
     assert!(extra.is_empty(), "granted but never used: {extra:?}");
 }

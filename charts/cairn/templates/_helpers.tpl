@@ -51,4 +51,9 @@ app.kubernetes.io/component: controller
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+# blockOwnerDeletion on the owner references the controller sets (enforced by
+# OwnerReferencesPermissionEnforcement, on by default on OpenShift).
+- apiGroups: ["cairn.dev"]
+  resources: ["backups/finalizers", "backuprepositories/finalizers", "backupschedules/finalizers", "restores/finalizers"]
+  verbs: ["update"]
 {{- end -}}
