@@ -73,11 +73,21 @@ fn mounts(p: &Pod, pvc: &str) -> bool {
 
 /// The node of a running pod that mounts `pvc`, when the claim is
 /// ReadWriteOnce: the agent must run there to mount it too.
-async fn rwo_node(client: &Client, ns: &str, pvc: &str) -> Result<Option<String>, Error> {
+/// `Err(None)`-like answer: `Ok(None)` when the claim does not exist.
+async fn rwo_node(client: &Client, ns: &str, pvc: &str) -> Result<Option<Option<String>>, Error> {
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
     let Some(claim) = claims.get_opt(pvc).await? else {
         return Ok(None);
     };
+    Ok(Some(claim_node(client, ns, pvc, &claim).await?))
+}
+
+async fn claim_node(
+    client: &Client,
+    ns: &str,
+    pvc: &str,
+    claim: &PersistentVolumeClaim,
+) -> Result<Option<String>, Error> {
     let rwo = claim
         .spec
         .as_ref()
@@ -209,13 +219,19 @@ pub async fn reconcile(b: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Erro
     let mut job_names = Vec::new();
     let mut queued = Vec::new();
     let mut stuck: Vec<String> = Vec::new();
+    let mut missing: Vec<String> = Vec::new();
     for pvc in &b.spec.pvcs {
         let job_name = jobs::backup_job_name(&name, pvc);
         job_names.push(job_name.clone());
         let job = match jobs_api.get_opt(&job_name).await? {
             Some(j) => j,
             None => {
-                let node = rwo_node(&ctx.client, &ns, pvc).await?;
+                let Some(node) = rwo_node(&ctx.client, &ns, pvc).await? else {
+                    // Waits: a GitOps tool may apply the PVC after the Backup.
+                    missing.push(pvc.clone());
+                    job_names.pop();
+                    continue;
+                };
                 if let Some(why) = at_limit(&ctx, &ns, &repo.name_any(), node.as_deref()).await? {
                     queued.push(format!("{pvc} ({why})"));
                     job_names.pop();
@@ -266,11 +282,30 @@ pub async fn reconcile(b: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Erro
         .iter()
         .map(|(pvc, r)| r.snapshot_result(pvc))
         .collect();
-    if running || !queued.is_empty() {
+    if running || !queued.is_empty() || !missing.is_empty() {
+        let phase_now = if running {
+            Phase::Running
+        } else {
+            Phase::Pending
+        };
         let (phase, reason, msg) = if !stuck.is_empty() {
             let msg = stuck.join("; ");
             warn_once(&ctx, b.as_ref(), &old.conditions, "JobStuck", msg.clone()).await;
             (Phase::Running, "JobStuck", msg)
+        } else if !missing.is_empty() {
+            let msg = format!(
+                "PVC {} not found in namespace {ns}; waiting for it",
+                missing.join(", ")
+            );
+            warn_once(
+                &ctx,
+                b.as_ref(),
+                &old.conditions,
+                "PVCNotFound",
+                msg.clone(),
+            )
+            .await;
+            (phase_now, "PVCNotFound", msg)
         } else if queued.is_empty() {
             (
                 Phase::Running,
@@ -293,7 +328,11 @@ pub async fn reconcile(b: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Erro
         // --for=condition=Ready` must not return while the data is not there.
         status.conditions = vec![ready(false, reason, &msg, generation)];
         patch_status(&backups, &name, &old, &status).await?;
-        let wait = if queued.is_empty() { 60 } else { 20 };
+        let wait = if queued.is_empty() && missing.is_empty() {
+            60
+        } else {
+            20
+        };
         return Ok(Action::requeue(Duration::from_secs(wait)));
     }
     status.completion_time = Some(Time(Timestamp::now()));

@@ -209,13 +209,64 @@ pub async fn job_result(
         .filter_map(AgentResult::from_pod)
         .max_by_key(|r| r.ok);
     let succeeded = job.status.as_ref().and_then(|s| s.succeeded).unwrap_or(0) > 0;
-    Ok(Some(best.unwrap_or_else(|| AgentResult {
-        ok: succeeded,
-        exit_code: if succeeded { 0 } else { 1 },
-        error: Some("the Job finished but its pod (and result) is gone".into()),
-        ..AgentResult::default()
-    })))
+    let failure = job_failure(job);
+    Ok(Some(match best {
+        // Killed at the deadline or out of retries: say so first, the
+        // agent's last words (a log tail, often) after.
+        Some(mut r) if !r.ok => {
+            // Not when the agent reported its own error: that says it all.
+            let agent_reported = !r.command.is_empty() && !deadline_exceeded(job);
+            if let (Some(f), false) = (failure, agent_reported) {
+                r.error = Some(match r.error.take() {
+                    Some(e) if !e.is_empty() => format!("{f}; the agent's last message: {e}"),
+                    _ => f,
+                });
+            }
+            r
+        }
+        Some(r) => r,
+        None => AgentResult {
+            ok: succeeded,
+            exit_code: if succeeded { 0 } else { 1 },
+            error: Some(
+                failure
+                    .unwrap_or_else(|| "the Job finished but its pod (and result) is gone".into()),
+            ),
+            ..AgentResult::default()
+        },
+    }))
 }
+
+/// Why Kubernetes failed a Job, from its `Failed` condition: the deadline
+/// (`DeadlineExceeded`), the retries (`BackoffLimitExceeded`), the pod
+/// failure policy (`PodFailurePolicy`), ...
+pub fn job_failure(job: &k8s_openapi::api::batch::v1::Job) -> Option<String> {
+    let st = job.status.as_ref()?;
+    st.conditions.iter().flatten().find_map(|c| {
+        let reason = c.reason.as_deref().filter(|r| !r.is_empty())?;
+        (c.type_ == "Failed" && c.status == "True").then(|| {
+            format!(
+                "Job {} failed: {reason}: {}",
+                job.name_any(),
+                c.message.as_deref().unwrap_or("")
+            )
+        })
+    })
+}
+
+fn deadline_exceeded(job: &k8s_openapi::api::batch::v1::Job) -> bool {
+    job.status
+        .iter()
+        .flat_map(|s| s.conditions.iter().flatten())
+        .any(|c| {
+            c.type_ == "Failed"
+                && c.status == "True"
+                && c.reason.as_deref() == Some("DeadlineExceeded")
+        })
+}
+
+/// Seconds a Job may go without a pod before its Events are read for why.
+const NO_POD_GRACE: i64 = 20;
 
 /// Container waiting reasons that will not resolve by waiting: the user has
 /// to act (create the Secret, fix the image, load it into the node).
@@ -273,7 +324,49 @@ pub async fn job_stuck(
     }
     let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), ns);
     let lp = kube::api::ListParams::default().labels(&format!("job-name={}", job.name_any()));
-    Ok(pods.list(&lp).await?.items.iter().find_map(pod_stuck))
+    let pods = pods.list(&lp).await?.items;
+    if !pods.is_empty() {
+        return Ok(pods.iter().find_map(pod_stuck));
+    }
+    // No pod at all: admission (Pod Security, a ResourceQuota, a LimitRange,
+    // a webhook) may refuse to create it. The Job controller retries and
+    // says why only in a FailedCreate Event on the Job.
+    let age = job
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map_or(i64::MAX, |t| Timestamp::now().as_second() - t.0.as_second());
+    if age < NO_POD_GRACE {
+        return Ok(None);
+    }
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), ns);
+    let name = job.name_any();
+    let lp = kube::api::ListParams::default().fields(&format!(
+        "involvedObject.kind=Job,involvedObject.name={name},reason=FailedCreate"
+    ));
+    let newest = events
+        .list(&lp)
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.involved_object.name.as_deref() == Some(name.as_str())
+                && e.involved_object.uid == job.metadata.uid
+                && e.reason.as_deref() == Some("FailedCreate")
+        })
+        .max_by_key(|e| {
+            e.last_timestamp
+                .as_ref()
+                .map(|t| t.0.as_second())
+                .or(e.event_time.as_ref().map(|t| t.0.as_second()))
+                .unwrap_or(0)
+        });
+    Ok(newest.map(|e| {
+        format!(
+            "the pod of Job {name} cannot be created: {}",
+            e.message.unwrap_or_default()
+        )
+    }))
 }
 
 #[cfg(test)]

@@ -281,6 +281,12 @@ fn setup_with(with_repo: bool, jobs_cfg: JobConfig) -> (FakeApi, Arc<Context>) {
                "spec":{"accessModes":["ReadWriteOnce"]}}),
     );
     api.insert(
+        &format!("{PVCS}/uploads"),
+        json!({"apiVersion":"v1","kind":"PersistentVolumeClaim",
+               "metadata":{"name":"uploads","namespace":NS},
+               "spec":{"accessModes":["ReadWriteMany"]}}),
+    );
+    api.insert(
         &format!("{PODS}/postgres-0"),
         json!({"apiVersion":"v1","kind":"Pod","metadata":{"name":"postgres-0","namespace":NS},
                "spec":{"nodeName":"node-3","containers":[{"name":"pg"}],

@@ -51,6 +51,10 @@ app.kubernetes.io/component: controller
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+# Why a Job has no pod (admission refused it): its FailedCreate Events.
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["list"]
 # blockOwnerDeletion on the owner references the controller sets (enforced by
 # OwnerReferencesPermissionEnforcement, on by default on OpenShift).
 - apiGroups: ["cairn.dev"]
