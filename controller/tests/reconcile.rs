@@ -1580,3 +1580,77 @@ async fn stuck_job_pods_are_reported_not_shown_as_running() {
     assert!(st.conditions[0].message.starts_with("uploads: pod "));
     assert!(st.conditions[0].message.contains("ImagePullBackOff"));
 }
+
+// ---- the controller's client ----
+
+/// A plain HTTP server that answers every request with a 404 Status and
+/// remembers each request's User-Agent.
+async fn http_404_server() -> (String, Arc<Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let agents = Arc::new(Mutex::new(Vec::new()));
+    let seen = agents.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = sock.into_split();
+                let mut lines = BufReader::new(read).lines();
+                let mut agent = String::new();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Some(v) = line
+                        .to_ascii_lowercase()
+                        .strip_prefix("user-agent:")
+                        .map(str::trim)
+                    {
+                        agent = v.to_string();
+                    }
+                    if line.is_empty() {
+                        seen.lock().unwrap().push(std::mem::take(&mut agent));
+                        let body = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","reason":"NotFound","code":404}"#;
+                        let resp = format!(
+                            "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if write.write_all(resp.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (url, agents)
+}
+
+#[tokio::test]
+async fn the_controllers_client_names_itself_counts_and_limits_its_requests() {
+    use cairn_controller::{metrics, run};
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use std::time::{Duration, Instant};
+    let (url, agents) = http_404_server().await;
+    let config = kube::Config::new(url.parse().unwrap());
+    let client = run::client(config, "cairn-controller/test").unwrap();
+    let maps: kube::Api<ConfigMap> = kube::Api::namespaced(client, NS);
+    let before = metrics::API_REQUESTS.get();
+    let n = run::API_QPS * 2 + 5;
+    let start = Instant::now();
+    for i in 0..n {
+        assert!(maps.get_opt(&format!("m{i}")).await.unwrap().is_none());
+    }
+    let took = start.elapsed();
+    // At most API_QPS per second: the last 5 wait for the third second.
+    assert!(
+        took >= Duration::from_millis(1900),
+        "{n} requests in {took:?}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert!(metrics::API_REQUESTS.get() - before >= n);
+    let agents = agents.lock().unwrap();
+    assert_eq!(agents.len() as u64, n);
+    assert!(
+        agents.iter().all(|a| a == "cairn-controller/test"),
+        "{agents:?}"
+    );
+}
