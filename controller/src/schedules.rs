@@ -69,6 +69,17 @@ pub fn run_name(schedule: &str, t: DateTime<Utc>) -> String {
     crate::jobs::bounded_name(&format!("{schedule}-{}", t.format("%Y%m%d-%H%M")))
 }
 
+/// PVCs of one `Backup` (the CRD's `maxItems` for `spec.pvcs`).
+pub const MAX_PVCS_PER_BACKUP: usize = 256;
+
+/// Name of part `i` of the run at `t`: the run's name, then `-2`, `-3`, ...
+pub fn run_part_name(schedule: &str, t: DateTime<Utc>, i: usize) -> String {
+    if i == 0 {
+        return run_name(schedule, t);
+    }
+    crate::jobs::bounded_name(&format!("{schedule}-{}-{}", t.format("%Y%m%d-%H%M"), i + 1))
+}
+
 /// Reconcile one `BackupSchedule` at the current time.
 ///
 /// # Errors
@@ -124,7 +135,10 @@ pub async fn reconcile_at(
     // 2. History: this schedule's Backups.
     let backups: Api<Backup> = Api::namespaced(ctx.client.clone(), &ns);
     let mut history: Vec<Backup> = backups
-        .list(&ListParams::default().labels(&format!("{SCHEDULE_LABEL}={name}")))
+        .list(&ListParams::default().labels(&format!(
+            "{SCHEDULE_LABEL}={}",
+            crate::jobs::label_value(&name)
+        )))
         .await?
         .items;
     history.sort_by_key(|b| b.metadata.creation_timestamp.as_ref().map(|t| t.0));
@@ -193,12 +207,10 @@ pub async fn reconcile_at(
             .await;
         } else if now < start_at {
             requeue_at = Some(start_at);
-        } else if let Some(active) = history.iter().find(|b| {
-            !matches!(
-                b.status.as_ref().map(|st| st.phase),
-                Some(Phase::Succeeded | Phase::Failed)
-            )
-        }) {
+        } else if let Some(active) = history
+            .iter()
+            .find(|b| !b.status.as_ref().is_some_and(|st| st.phase.is_finished()))
+        {
             status.last_schedule_time = Some(to_time(due));
             publish(
                 &ctx,
@@ -219,37 +231,49 @@ pub async fn reconcile_at(
                 status.last_schedule_time = Some(to_time(due));
                 publish(&ctx, s.as_ref(), EventType::Warning, "NoVolumes", msg).await;
             } else {
-                let run = run_name(&name, due);
-                let backup = Backup {
-                    metadata: ObjectMeta {
-                        name: Some(run.clone()),
-                        namespace: Some(ns.clone()),
-                        labels: Some(BTreeMap::from([(SCHEDULE_LABEL.to_string(), name.clone())])),
-                        owner_references: s.controller_owner_ref(&()).map(|r| vec![r]),
-                        ..ObjectMeta::default()
-                    },
-                    spec: BackupSpec {
-                        repository: s.spec.repository.clone(),
-                        pvcs,
-                        tags: s.spec.tags.clone(),
-                        retention: s.spec.retention.clone(),
-                        job: s.spec.job.clone(),
-                    },
-                    status: None,
-                };
-                match backups.create(&PostParams::default(), &backup).await {
-                    Ok(_) => {
-                        publish(
-                            &ctx,
-                            s.as_ref(),
-                            EventType::Normal,
-                            "Scheduled",
-                            format!("created Backup {run}"),
-                        )
-                        .await;
+                // A Backup holds at most MAX_PVCS_PER_BACKUP PVCs (its CRD's
+                // maxItems): a larger selection makes one Backup per part.
+                let parts: Vec<&[String]> = pvcs.chunks(MAX_PVCS_PER_BACKUP).collect();
+                let mut created = Vec::new();
+                for (i, part) in parts.iter().enumerate() {
+                    let run = run_part_name(&name, due, i);
+                    let backup = Backup {
+                        metadata: ObjectMeta {
+                            name: Some(run.clone()),
+                            namespace: Some(ns.clone()),
+                            labels: Some(BTreeMap::from([(
+                                SCHEDULE_LABEL.to_string(),
+                                crate::jobs::label_value(&name),
+                            )])),
+                            owner_references: s.controller_owner_ref(&()).map(|r| vec![r]),
+                            ..ObjectMeta::default()
+                        },
+                        spec: BackupSpec {
+                            repository: s.spec.repository.clone(),
+                            pvcs: part.to_vec(),
+                            tags: s.spec.tags.clone(),
+                            retention: s.spec.retention.clone(),
+                            job: s.spec.job.clone(),
+                        },
+                        status: None,
+                    };
+                    match backups.create(&PostParams::default(), &backup).await {
+                        Ok(_) => created.push(run),
+                        Err(kube::Error::Api(e)) if e.code == 409 => {}
+                        Err(e) => return Err(e.into()),
                     }
-                    Err(kube::Error::Api(e)) if e.code == 409 => {}
-                    Err(e) => return Err(e.into()),
+                }
+                if !created.is_empty() {
+                    let msg = if parts.len() == 1 {
+                        format!("created Backup {}", created.join(", "))
+                    } else {
+                        format!(
+                            "{} PVCs, more than {MAX_PVCS_PER_BACKUP} per Backup: created Backups {}",
+                            pvcs.len(),
+                            created.join(", ")
+                        )
+                    };
+                    publish(&ctx, s.as_ref(), EventType::Normal, "Scheduled", msg).await;
                 }
                 status.last_schedule_time = Some(to_time(due));
             }
@@ -318,19 +342,24 @@ async fn prune_history(
     history: &[Backup],
     s: &BackupSchedule,
 ) -> Result<(), Error> {
-    for (phase, limit) in [
+    // PartiallyFailed runs count as failed ones: they are kept as long.
+    for (phases, limit) in [
         (
-            Phase::Succeeded,
+            &[Phase::Succeeded][..],
             s.spec.successful_history_limit.unwrap_or(DEFAULT_HISTORY),
         ),
         (
-            Phase::Failed,
+            &[Phase::Failed, Phase::PartiallyFailed][..],
             s.spec.failed_history_limit.unwrap_or(DEFAULT_HISTORY),
         ),
     ] {
         let done: Vec<&Backup> = history
             .iter()
-            .filter(|b| b.status.as_ref().map(|st| st.phase) == Some(phase))
+            .filter(|b| {
+                b.status
+                    .as_ref()
+                    .is_some_and(|st| phases.contains(&st.phase))
+            })
             .collect();
         let excess = done
             .len()

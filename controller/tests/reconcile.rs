@@ -663,6 +663,52 @@ async fn schedule_creates_each_run_once_with_the_selected_pvcs() {
     );
 }
 
+/// A run that finished PartiallyFailed is finished: the next run goes ahead
+/// (it must not be skipped as "still running" forever), and it is not a
+/// success for the PVC's last successful backup.
+#[tokio::test]
+async fn a_partially_failed_run_neither_blocks_the_next_nor_counts_as_success() {
+    let (api, ctx) = schedule_setup(|_| {});
+    reconcile_schedule(schedule(&api), ctx.clone(), at(1, 2, 1))
+        .await
+        .unwrap();
+    let run = run_name("nightly", at(1, 2, 0));
+    let key = format!("{BACKUPS}/{run}");
+    let mut done = api.get(&key).expect("run created");
+    done["status"] = json!({"phase":"PartiallyFailed","completionTime":"2026-03-01T02:10:00Z",
+        "snapshots":[{"pvc":"db","snapshotId":"abcd1234","unreadableFiles":3}]});
+    api.insert(&key, done);
+    reconcile_schedule(schedule(&api), ctx.clone(), at(2, 2, 1))
+        .await
+        .unwrap();
+    assert!(api
+        .get(&format!("{BACKUPS}/{}", run_name("nightly", at(2, 2, 0))))
+        .is_some());
+    assert!(!schedule_events(&api).contains(&"Warning Skipped".to_string()));
+    let st = schedule(&api).status.clone().unwrap();
+    assert!(st.last_successful.iter().all(|p| p.pvc != "db"), "{st:?}");
+}
+
+/// More PVCs than a Backup may hold: one Backup per 256, covering them all.
+#[test]
+fn runs_are_split_in_parts_a_backup_can_hold() {
+    let t = at(1, 2, 0);
+    assert_eq!(
+        cairn_controller::schedules::run_part_name("s", t, 0),
+        run_name("s", t)
+    );
+    assert_eq!(
+        cairn_controller::schedules::run_part_name("s", t, 1),
+        format!("{}-2", run_name("s", t))
+    );
+    let long = "n".repeat(70);
+    assert!(cairn_controller::schedules::run_part_name(&long, t, 1).len() <= 63);
+    assert_ne!(
+        cairn_controller::schedules::run_part_name(&long, t, 1),
+        cairn_controller::schedules::run_part_name(&long, t, 2)
+    );
+}
+
 #[tokio::test]
 async fn missed_runs_past_the_deadline_are_skipped_not_started_late() {
     let (api, ctx) = schedule_setup(|_| {});

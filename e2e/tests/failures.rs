@@ -279,3 +279,81 @@ async fn a_job_past_its_deadline_fails_with_the_reason() {
     controller.stop().await;
     ns.delete().await;
 }
+
+/// A selector that matches 300 PVCs: more than a Backup may hold (its CRD's
+/// maxItems, 256). The run makes two Backups that together cover every PVC,
+/// instead of one the API server refuses with a 422 on every reconcile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kubernetes cluster in KUBECONFIG and the agent image (scripts/e2e)"]
+async fn a_selector_matching_300_pvcs_makes_backups_the_api_accepts() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    apply_crds(&client).await;
+    let ns = TestNamespace::create(&client, "many").await;
+    let controller = InProcessController::start(&client, &ns.name);
+    secret(&client, &ns.name, "right", "e2e-correct-horse-battery").await;
+    let t = Instant::now();
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns.name);
+    for i in 0..300 {
+        // A class nothing provides: the claims stay Pending, which is all
+        // the schedule needs to see.
+        let mut c = pvc(&format!("vol-{i:03}"), "1Gi");
+        c["metadata"]["labels"] = serde_json::json!({"backup": "yes"});
+        c["spec"]["storageClassName"] = serde_json::json!("not-provisioned");
+        let c: PersistentVolumeClaim = serde_json::from_value(c).expect("claim");
+        claims
+            .create(&kube::api::PostParams::default(), &c)
+            .await
+            .expect("create claim");
+    }
+    eprintln!("e2e: 300 PVCs created in {:?}", t.elapsed());
+    repository(&client, &ns.name, "local", "right").await;
+    create::<cairn_crds::BackupSchedule>(
+        &client,
+        &ns.name,
+        serde_json::json!({
+            "apiVersion": "cairn.dev/v1alpha1", "kind": "BackupSchedule",
+            "metadata": {"name": "all"},
+            "spec": {
+                "repository": {"name": "local"},
+                "schedule": "* * * * *",
+                "selector": {"matchLabels": {"backup": "yes"}}
+            }
+        }),
+    )
+    .await;
+    let backups: Api<Backup> = Api::namespaced(client.clone(), &ns.name);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let made = loop {
+        let list = backups.list(&ListParams::default()).await.expect("backups");
+        if list.items.len() >= 2 {
+            break list.items;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no Backups after 180 s: {:?}",
+            list.items.len()
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    let mut covered: Vec<String> = made.iter().flat_map(|b| b.spec.pvcs.clone()).collect();
+    assert!(made.iter().all(|b| b.spec.pvcs.len() <= 256));
+    covered.sort();
+    covered.dedup();
+    assert_eq!(
+        covered.len(),
+        300,
+        "every PVC in exactly one Backup of the run"
+    );
+    assert_eq!(made.iter().map(|b| b.spec.pvcs.len()).sum::<usize>(), 300);
+    eprintln!(
+        "e2e: Backups {:?} after {:?}",
+        made.iter()
+            .map(|b| b.metadata.name.clone().unwrap_or_default())
+            .collect::<Vec<_>>(),
+        t.elapsed()
+    );
+    controller.stop().await;
+    ns.delete().await;
+}
