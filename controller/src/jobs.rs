@@ -337,8 +337,8 @@ pub fn privileged_mover_refused(
     }
     Some(format!(
         "job.privilegedMover is not allowed in namespace {ns}: the controller's administrator \
-         lists the namespaces that may run the agent as root (--privileged-mover-namespaces, \
-         Helm value privilegedMovers.namespaces)"
+         lists the namespaces that may run the agent as root (CAIRN_PRIVILEGED_MOVER_NAMESPACES, \
+         Helm value agent.privilegedMoverNamespaces)"
     ))
 }
 

@@ -125,6 +125,12 @@ async fn main() {
                 .parse()
                 .unwrap_or(4),
             max_per_node: env_or("CAIRN_MAX_JOBS_PER_NODE", "2").parse().unwrap_or(2),
+            privileged_mover_namespaces: env_or("CAIRN_PRIVILEGED_MOVER_NAMESPACES", "")
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::to_string)
+                .collect(),
             ..JobConfig::default()
         },
         recorder: Recorder::new(

@@ -138,7 +138,8 @@ pub struct JobOverrides {
     /// (backup: `DAC_OVERRIDE` to read every file; restore: `CHOWN`,
     /// `DAC_OVERRIDE`, `FOWNER` to restore owners and modes). Allowed only
     /// in namespaces the controller's administrator lists
-    /// (`--privileged-mover-namespaces`), which must admit the `baseline`
+    /// (`CAIRN_PRIVILEGED_MOVER_NAMESPACES`, Helm value
+    /// `agent.privilegedMoverNamespaces`), which must admit the `baseline`
     /// Pod Security level.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub privileged_mover: bool,
