@@ -28,6 +28,28 @@ use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::Api;
 
+/// The in-process tests read process-wide counters (`metrics`): one at a
+/// time, whatever `--test-threads` says.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A Context for in-process loops over `client`.
+fn context(client: &kube::Client, instance: &str) -> Arc<Context> {
+    Arc::new(Context {
+        client: client.clone(),
+        jobs: JobConfig {
+            image: "cairn.local/cairn:e2e".into(),
+            ..JobConfig::default()
+        },
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "cairn-controller".into(),
+                instance: Some(instance.into()),
+            },
+        ),
+    })
+}
+
 // ---- the controller binary as processes ----
 
 /// The `cairn-controller` binary: `CAIRN_E2E_CONTROLLER_BINARY`, or the
@@ -350,6 +372,7 @@ async fn an_idle_controller_stays_quiet() {
     let Some(client) = cluster().await else {
         return;
     };
+    let _serial = SERIAL.lock().await;
     apply_crds(&client).await;
     let ns = TestNamespace::create(&client, "quiet").await;
 
@@ -413,20 +436,7 @@ async fn an_idle_controller_stays_quiet() {
     let user_agent = format!("cairn-e2e-quiet/{}", ns.name);
     let config = kube::Config::infer().await.expect("kubeconfig");
     let own = run::client(config, &user_agent).expect("controller client");
-    let ctx = Arc::new(Context {
-        client: own.clone(),
-        jobs: JobConfig {
-            image: "cairn.local/cairn:e2e".into(),
-            ..JobConfig::default()
-        },
-        recorder: Recorder::new(
-            own.clone(),
-            Reporter {
-                controller: "cairn-controller".into(),
-                instance: Some("cairn-e2e-quiet".into()),
-            },
-        ),
-    });
+    let ctx = context(&own, "cairn-e2e-quiet");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown = rx.map(|_| ()).shared();
     let watched = ns.name.clone();
@@ -547,5 +557,179 @@ async fn an_idle_controller_stays_quiet() {
     );
     assert!(requests <= 30, "{requests} API requests in an idle minute");
     assert_eq!(writes, 0, "an idle controller writes no status");
+    ns.delete().await;
+}
+
+// ---- Events and errors, as the real API answers them ----
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster: scripts/e2e"]
+async fn a_long_event_note_is_cut_not_rejected() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::runtime::events::{Event, EventType};
+    use kube::Resource;
+    let Some(client) = cluster().await else {
+        return;
+    };
+    let ns = TestNamespace::create(&client, "events").await;
+    let about: ConfigMap = create(
+        &client,
+        &ns.name,
+        serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "about"}}),
+    )
+    .await;
+    let ctx = context(&client, "cairn-e2e-events");
+    // An agent's error can be long, and in any language.
+    let long = format!("postgres-data: {}", "ÿ".repeat(1500));
+
+    // The events API refuses it whole ...
+    let refused = ctx
+        .recorder
+        .publish(
+            &Event {
+                type_: EventType::Warning,
+                reason: "Unbounded".into(),
+                note: Some(long.clone()),
+                action: "Backup".into(),
+                secondary: None,
+            },
+            &about.object_ref(&()),
+        )
+        .await;
+    match refused {
+        Err(kube::Error::Api(e)) => {
+            eprintln!("e2e: a {} byte note: {} {}", long.len(), e.code, e.message);
+            assert_eq!(e.code, 422, "{e:?}");
+        }
+        other => panic!("a {} byte note was not refused: {other:?}", long.len()),
+    }
+    // ... so the controller cuts it.
+    cairn_controller::status::publish(&ctx, &about, EventType::Warning, "Failed", long.clone())
+        .await;
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(client.clone(), &ns.name);
+    let list = events
+        .list(&ListParams::default())
+        .await
+        .expect("list events");
+    let reasons: Vec<_> = list.items.iter().map(|e| e.reason.clone()).collect();
+    let failed = list
+        .items
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("Failed"))
+        .unwrap_or_else(|| panic!("no Failed event: {reasons:?}"));
+    let note = failed.note.as_deref().unwrap_or("");
+    eprintln!(
+        "e2e: recorded a {} byte note ending {:?}",
+        note.len(),
+        note.chars()
+            .rev()
+            .take(16)
+            .collect::<String>()
+            .chars()
+            .rev()
+            .collect::<String>()
+    );
+    assert!(note.len() <= 1024, "{}", note.len());
+    assert!(note.ends_with("… (truncated)"), "{note}");
+    assert!(long.starts_with(note.trim_end_matches("… (truncated)")));
+    assert!(
+        !reasons.iter().any(|r| r.as_deref() == Some("Unbounded")),
+        "{reasons:?}"
+    );
+    ns.delete().await;
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster: scripts/e2e"]
+async fn a_failing_reconcile_backs_off() {
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    let Some(client) = cluster().await else {
+        return;
+    };
+    apply_crds(&client).await;
+    let _serial = SERIAL.lock().await;
+    let ns = TestNamespace::create(&client, "backoff").await;
+    // A user who may watch everything the loops watch but not read a
+    // BackupRepository: every reconcile of a schedule fails with 403.
+    let user = format!("cairn-e2e-nobody-{}", ns.name);
+    create::<Role>(
+        &client,
+        &ns.name,
+        serde_json::json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "watch-only"},
+            "rules": [
+                {"apiGroups": ["cairn.dev"], "verbs": ["list", "watch"],
+                 "resources": ["backups", "backupschedules", "restores", "backuprepositories"]},
+                {"apiGroups": ["batch"], "verbs": ["list", "watch"], "resources": ["jobs"]}
+            ]
+        }),
+    )
+    .await;
+    create::<RoleBinding>(
+        &client,
+        &ns.name,
+        serde_json::json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "watch-only"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "watch-only"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]
+        }),
+    )
+    .await;
+    create::<BackupSchedule>(
+        &client,
+        &ns.name,
+        serde_json::json!({
+            "apiVersion": "cairn.dev/v1alpha1", "kind": "BackupSchedule",
+            "metadata": {"name": "forbidden"},
+            "spec": {"repository": {"name": "local"}, "schedule": "0 3 1 1 *", "pvcs": ["data"]}
+        }),
+    )
+    .await;
+    let mut config = kube::Config::infer().await.expect("kubeconfig");
+    config.auth_info.impersonate = Some(user.clone());
+    let own = run::client(config, &format!("cairn-e2e-backoff/{}", ns.name)).expect("client");
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = rx.map(|_| ()).shared();
+    let watched = ns.name.clone();
+    let ctx = context(&own, "cairn-e2e-backoff");
+    let errors_before = metrics::RECONCILE_ERRORS.get();
+    let start = Instant::now();
+    let task = tokio::spawn(async move {
+        run::controllers(ctx, &watched, false, shutdown).await;
+    });
+    // Watch the error counter for 45 s: failures at about 0, 5, 15 and 35 s.
+    let mut at = Vec::new();
+    let mut seen = errors_before;
+    while start.elapsed() < Duration::from_secs(45) {
+        let now = metrics::RECONCILE_ERRORS.get();
+        for _ in seen..now {
+            at.push(start.elapsed());
+        }
+        seen = now;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+    let gaps: Vec<f64> = at.windows(2).map(|w| (w[1] - w[0]).as_secs_f64()).collect();
+    eprintln!(
+        "e2e: a permanently failing reconcile (403) failed at {:?} s; gaps {gaps:.1?} s",
+        at.iter()
+            .map(|d| (d.as_secs_f64() * 10.0).round() / 10.0)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        at.len(),
+        4,
+        "failures at {at:?} (a fixed 15 s policy: 3; a hot loop: many)"
+    );
+    for (gap, want) in gaps.iter().zip([5.0, 10.0, 20.0]) {
+        assert!(
+            *gap >= want - 0.5 && *gap <= want + 3.0,
+            "gaps {gaps:?}, expected about 5, 10, 20 s"
+        );
+    }
     ns.delete().await;
 }
