@@ -452,6 +452,19 @@ struct JobParts<'a> {
 
 fn build(p: JobParts<'_>, cfg: &JobConfig) -> Job {
     let (mut envs, mut volumes, mut mounts) = repository_access(p.repo);
+    if p.work == Work::Restore {
+        // A restore only reads the repository. Read-only, its volume is also
+        // left alone by the kubelet when the restore runs with another
+        // fsGroup (the application's), instead of being re-grouped whole.
+        for v in volumes.iter_mut().filter(|v| v.name == "repository") {
+            if let Some(c) = v.persistent_volume_claim.as_mut() {
+                c.read_only = Some(true);
+            }
+        }
+        for m in mounts.iter_mut().filter(|m| m.name == "repository") {
+            m.read_only = Some(true);
+        }
+    }
     // Read-only root filesystem: the metadata cache and temp files go to emptyDirs.
     envs.push(env("CAIRN_CACHE_DIR", "/cache"));
     envs.push(env("HOME", "/tmp"));
@@ -489,7 +502,18 @@ fn build(p: JobParts<'_>, cfg: &JobConfig) -> Job {
         && p.namespace
             .as_deref()
             .is_some_and(|ns| cfg.privileged_mover_allowed(ns));
-    let (pod_security, security) = security(p.work, o, privileged);
+    let (mut pod_security, security) = security(p.work, o, privileged);
+    if p.repo.spec.volume.is_some() {
+        // The repository volume is shared through group 65532 (its fsGroup
+        // when created): an agent running as the application's user and
+        // group still reads and writes it.
+        let groups = pod_security
+            .supplemental_groups
+            .get_or_insert_with(Vec::new);
+        if !groups.contains(&AGENT_UID) {
+            groups.push(AGENT_UID);
+        }
+    }
     let service_account = o.and_then(|o| o.service_account_name.clone());
     let mut node_selector = o.map(|o| o.node_selector.clone()).unwrap_or_default();
     if let Some(node) = p.node {

@@ -296,6 +296,36 @@ fn restore_job_writes_into_the_target() {
         (claim.claim_name.as_str(), claim.read_only),
         ("postgres-data-restored", Some(false))
     );
+    // A repository on a volume is only read by a restore.
+    let mut on_volume = repo.clone();
+    on_volume.spec.s3 = None;
+    on_volume.spec.volume = Some(cairn_crds::VolumeStorage {
+        claim_name: "backup-store".into(),
+        sub_path: None,
+    });
+    let job = restore_job(&restore, &on_volume, "t", None, &JobConfig::default());
+    let pod = pod_spec(&job);
+    let v = pod
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "repository")
+        .unwrap();
+    assert_eq!(
+        v.persistent_volume_claim.as_ref().unwrap().read_only,
+        Some(true)
+    );
+    let m = container(&job).volume_mounts.as_ref().unwrap();
+    assert_eq!(
+        m.iter().find(|m| m.name == "repository").unwrap().read_only,
+        Some(true)
+    );
+    // ... by any user, through the repository's group.
+    assert_eq!(
+        pod.security_context.as_ref().unwrap().supplemental_groups,
+        Some(vec![65532])
+    );
     let owner = &job.metadata.owner_references.as_ref().unwrap()[0];
     assert_eq!(owner.kind, "Restore");
 }
