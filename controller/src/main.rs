@@ -1,10 +1,11 @@
-//! Cairn's Kubernetes controller binary: leader election, the `Backup` and
-//! `BackupSchedule` watch loops, and `/healthz`, `/readyz`, `/metrics`.
+//! Cairn's Kubernetes controller binary: leader election, the four watch
+//! loops ([`run::controllers`]), and `/healthz`, `/readyz`, `/metrics`.
 //!
 //! Configuration (environment): `CAIRN_AGENT_IMAGE` (required),
 //! `CAIRN_AGENT_PULL_POLICY` (IfNotPresent), `CAIRN_MAX_JOBS_PER_REPOSITORY`
 //! (4), `CAIRN_MAX_JOBS_PER_NODE` (2), `CAIRN_WATCH_NAMESPACE` (all
-//! namespaces when empty), `CAIRN_HTTP_ADDR` (0.0.0.0:8080), `POD_NAME` and
+//! namespaces when empty), `CAIRN_HTTP_ADDR` (0.0.0.0:8080), `CAIRN_API_QPS`
+//! (20 requests per second to the API server at most), `POD_NAME` and
 //! `POD_NAMESPACE` (from the downward API; the Lease lives there).
 //!
 //! Exit codes: 0 after SIGTERM or Ctrl-C (the Lease released, so a standby
@@ -87,8 +88,13 @@ async fn main() {
         .await
         .map_err(|e| e.to_string())
         .and_then(|c| {
-            run::client(c, concat!("cairn-controller/", env!("CARGO_PKG_VERSION")))
-                .map_err(|e| e.to_string())
+            let qps = env_or("CAIRN_API_QPS", "").parse().unwrap_or(run::API_QPS);
+            run::client(
+                c,
+                concat!("cairn-controller/", env!("CARGO_PKG_VERSION")),
+                qps,
+            )
+            .map_err(|e| e.to_string())
         }) {
         Ok(c) => c,
         Err(e) => {

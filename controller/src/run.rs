@@ -23,8 +23,8 @@ use crate::{metrics, repositories, restores, schedules};
 
 /// Reconciles of one kind that may run at once (per loop; four loops).
 pub const CONCURRENCY: u16 = 4;
-/// Requests per second the controller's client sends at most (watches
-/// count when they start). The API server's priority and fairness still
+/// Requests per second the controller's client sends at most by default
+/// (`CAIRN_API_QPS`; watches count when they start). The API server's priority and fairness still
 /// applies; this keeps a burst (many objects at start) from flooding it.
 pub const API_QPS: u64 = 20;
 
@@ -42,13 +42,13 @@ where
 }
 
 /// A client for the controller: `config` with a user agent (so the API
-/// server's audit log and metrics name the controller), at most
-/// [`API_QPS`] requests per second, each counted in
-/// `cairn_controller_api_requests_total`.
+/// server's audit log and metrics name the controller), at most `qps`
+/// requests per second (at least 1; [`API_QPS`] unless configured), each
+/// counted in `cairn_controller_api_requests_total`.
 ///
 /// # Errors
 /// An invalid configuration (TLS, credentials) or user agent.
-pub fn client(mut config: kube::Config, user_agent: &str) -> Result<Client, kube::Error> {
+pub fn client(mut config: kube::Config, user_agent: &str, qps: u64) -> Result<Client, kube::Error> {
     let agent = http::HeaderValue::from_str(user_agent)
         .map_err(|e| kube::Error::Service(format!("user agent {user_agent:?}: {e}").into()))?;
     config.headers.push((http::header::USER_AGENT, agent));
@@ -58,7 +58,7 @@ pub fn client(mut config: kube::Config, user_agent: &str) -> Result<Client, kube
     });
     Ok(kube::client::ClientBuilder::try_from(config)?
         .with_layer(&tower::limit::RateLimitLayer::new(
-            API_QPS,
+            qps.max(1),
             Duration::from_secs(1),
         ))
         .with_layer(&count)

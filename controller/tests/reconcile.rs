@@ -1677,7 +1677,7 @@ async fn the_controllers_client_names_itself_counts_and_limits_its_requests() {
     use std::time::{Duration, Instant};
     let (url, agents) = http_404_server().await;
     let config = kube::Config::new(url.parse().unwrap());
-    let client = run::client(config, "cairn-controller/test").unwrap();
+    let client = run::client(config, "cairn-controller/test", run::API_QPS).unwrap();
     let maps: kube::Api<ConfigMap> = kube::Api::namespaced(client, NS);
     let before = metrics::API_REQUESTS.get();
     let n = run::API_QPS * 2 + 5;

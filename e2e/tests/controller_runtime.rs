@@ -435,7 +435,7 @@ async fn an_idle_controller_stays_quiet() {
     // request counter.
     let user_agent = format!("cairn-e2e-quiet/{}", ns.name);
     let config = kube::Config::infer().await.expect("kubeconfig");
-    let own = run::client(config, &user_agent).expect("controller client");
+    let own = run::client(config, &user_agent, run::API_QPS).expect("controller client");
     let ctx = context(&own, "cairn-e2e-quiet");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown = rx.map(|_| ()).shared();
@@ -690,7 +690,12 @@ async fn a_failing_reconcile_backs_off() {
     .await;
     let mut config = kube::Config::infer().await.expect("kubeconfig");
     config.auth_info.impersonate = Some(user.clone());
-    let own = run::client(config, &format!("cairn-e2e-backoff/{}", ns.name)).expect("client");
+    let own = run::client(
+        config,
+        &format!("cairn-e2e-backoff/{}", ns.name),
+        run::API_QPS,
+    )
+    .expect("client");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown = rx.map(|_| ()).shared();
     let watched = ns.name.clone();
