@@ -187,9 +187,18 @@ impl LeaderElector {
 
     /// Wait until this replica holds the Lease.
     pub async fn acquire(&mut self) {
+        let mut said = false;
         loop {
             match self.try_acquire_or_renew().await {
                 Ok(true) => return,
+                Ok(false) if !said => {
+                    said = true;
+                    let by = self.observed.as_ref().and_then(|o| o.holder.clone());
+                    tracing::info!(
+                        "the lease is held by {}; standing by",
+                        by.as_deref().unwrap_or("another replica")
+                    );
+                }
                 Ok(false) => tracing::debug!("another replica holds the lease; standing by"),
                 Err(e) => tracing::warn!("lease {LEASE_NAME}: {e}"),
             }
