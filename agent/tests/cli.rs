@@ -1119,3 +1119,40 @@ fn group_shared_repository_on_a_fresh_volume() {
     }
     assert!(packs > 0);
 }
+
+/// A mistyped CA bundle is a clear error (exit 1), never the TLS layer's
+/// panic on a bundle without a PEM certificate; a plain-http endpoint needs
+/// no certificates at all.
+#[test]
+fn bad_ca_bundles_are_clear_errors() {
+    let env = Env::new();
+    let s3 = |c: &mut Command, location: &str| {
+        c.env("CAIRN_REPOSITORY", location)
+            .env("AWS_ACCESS_KEY_ID", "x")
+            .env("AWS_SECRET_ACCESS_KEY", "y")
+            .env("AWS_REGION", "garage")
+            .env("CAIRN_S3_MAX_ATTEMPTS", "1")
+            .arg("snapshots");
+    };
+    let junk = env.path("ca.pem");
+    fs::write(&junk, b"this is not a certificate\n").unwrap();
+    let mut c = env.cmd();
+    c.env("CAIRN_S3_CA_BUNDLE", &junk);
+    s3(&mut c, "s3:https://127.0.0.1:9/bucket");
+    assert_fails(&c.output().unwrap(), 1, "holds no PEM certificate");
+
+    fs::write(
+        &junk,
+        b"-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let mut c = env.cmd();
+    c.env("CAIRN_S3_CA_BUNDLE", &junk);
+    s3(&mut c, "s3:https://127.0.0.1:9/bucket");
+    assert_fails(&c.output().unwrap(), 1, "not PEM certificates");
+
+    // Plain http: the error is the connection's, not about certificates.
+    let mut c = env.cmd();
+    s3(&mut c, "s3:http://127.0.0.1:9/bucket");
+    assert_fails(&c.output().unwrap(), 1, "Connection refused");
+}

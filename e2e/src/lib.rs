@@ -199,6 +199,44 @@ impl InProcessController {
             let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
         }
     }
+
+    /// Stop the loops at once, wherever they are (as a killed controller
+    /// would: nothing finishes, nothing is cleaned up).
+    pub async fn kill(mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
+
+/// The address of the first node (its `InternalIP`).
+pub async fn node_address(client: &Client) -> Option<String> {
+    let nodes = Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
+        .list(&kube::api::ListParams::default())
+        .await
+        .ok()?;
+    nodes.items.iter().find_map(|n| {
+        n.status
+            .as_ref()?
+            .addresses
+            .as_ref()?
+            .iter()
+            .find(|a| a.type_ == "InternalIP")
+            .map(|a| a.address.clone())
+    })
+}
+
+/// Where the e2e tests run an S3 server (Garage) that pods reach:
+/// `CAIRN_E2E_S3_BIND`, else on the local cluster (`CAIRN_K8S_STATE` set) its
+/// node's address, which is an address of this machine. `None` elsewhere
+/// (kind, k3d: set `CAIRN_E2E_S3_BIND` to a host address their pods reach).
+pub async fn s3_bind_address(client: &Client) -> Option<String> {
+    if let Ok(a) = std::env::var("CAIRN_E2E_S3_BIND") {
+        return Some(a);
+    }
+    std::env::var_os("CAIRN_K8S_STATE")?;
+    node_address(client).await
 }
 
 impl Drop for InProcessController {

@@ -360,3 +360,171 @@ async fn backup_recreated_under_the_same_name_does_not_inherit_the_old_job() {
     controller.stop().await;
     ns.delete().await;
 }
+
+/// A repository on S3 (Garage on an address of this machine that pods
+/// reach): the repository becomes Ready, a backup written through it
+/// survives the controller being killed while its Job runs (the restarted
+/// controller adopts the same Job, makes no second one, and records the
+/// result), and a restore from it reproduces the data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kubernetes cluster in KUBECONFIG and the agent image (scripts/e2e)"]
+async fn s3_repository_and_a_controller_killed_mid_job() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    let Some(bind) = cairn_e2e::s3_bind_address(&client).await else {
+        eprintln!("NOT RUN: set CAIRN_E2E_S3_BIND to an address of this machine that pods reach");
+        return;
+    };
+    let Some(garage) = cairn_testkit::garage::garage_on(&bind) else {
+        return;
+    };
+    apply_crds(&client).await;
+    let ns = TestNamespace::create(&client, "s3").await;
+    let controller = InProcessController::start(&client, &ns.name);
+    create::<Secret>(
+        &client,
+        &ns.name,
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "repo"},
+            "stringData": {
+                "password": "e2e-correct-horse-battery",
+                "AWS_ACCESS_KEY_ID": garage.key_id,
+                "AWS_SECRET_ACCESS_KEY": garage.secret
+            }
+        }),
+    )
+    .await;
+    create::<PersistentVolumeClaim>(&client, &ns.name, pvc("data", "1Gi")).await;
+    create::<BackupRepository>(
+        &client,
+        &ns.name,
+        serde_json::json!({
+            "apiVersion": "cairn.dev/v1alpha1", "kind": "BackupRepository",
+            "metadata": {"name": "s3"},
+            "spec": {
+                "s3": {
+                    "endpoint": garage.endpoint, "bucket": garage.bucket,
+                    "prefix": ns.name, "region": "garage", "pathStyle": true,
+                    "credentialsSecretRef": {"name": "repo"}
+                },
+                "passwordSecretRef": {"name": "repo", "key": "password"}
+            }
+        }),
+    )
+    .await;
+    let t = std::time::Instant::now();
+    let repos: Api<BackupRepository> = Api::namespaced(client.clone(), &ns.name);
+    let r = wait_for(&repos, "s3", "checked", FIVE_MIN, |r| {
+        r.status
+            .as_ref()
+            .and_then(|s| s.conditions.first())
+            .is_some_and(|c| c.reason != "Checking")
+    })
+    .await;
+    let c = &r.status.expect("status").conditions[0];
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", "Initialized"),
+        "{}",
+        c.message
+    );
+    eprintln!(
+        "e2e: S3 repository at {} Ready after {:?}",
+        garage.endpoint,
+        t.elapsed()
+    );
+
+    run_pod(&client, &ns.name, shell_pod("writer", WRITE, &["data"])).await;
+    let before = run_pod(
+        &client,
+        &ns.name,
+        shell_pod("manifest-before", &manifest_script("/data"), &["data"]),
+    )
+    .await;
+
+    // The controller dies right after creating the Job.
+    create::<Backup>(
+        &client,
+        &ns.name,
+        serde_json::json!({
+            "apiVersion": "cairn.dev/v1alpha1", "kind": "Backup",
+            "metadata": {"name": "to-s3"},
+            "spec": {"repository": {"name": "s3"}, "pvcs": ["data"]}
+        }),
+    )
+    .await;
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), &ns.name);
+    let job_name = cairn_controller::jobs::backup_job_name("to-s3", "data");
+    let job = wait_for(&jobs, &job_name, "created", FIVE_MIN, |_| true).await;
+    controller.kill().await;
+    let controller = InProcessController::start(&client, &ns.name);
+    let backups: Api<Backup> = Api::namespaced(client.clone(), &ns.name);
+    let b = wait_for(&backups, "to-s3", "finished", FIVE_MIN, |b| {
+        b.status.as_ref().is_some_and(|s| s.phase.is_finished())
+    })
+    .await;
+    let st = b.status.expect("status");
+    assert_eq!(st.phase, Phase::Succeeded, "{:?}", st.message);
+    assert!(st.snapshots[0].snapshot_id.is_some());
+    let all = jobs.list(&ListParams::default()).await.expect("jobs");
+    let backup_jobs: Vec<_> = all
+        .items
+        .iter()
+        .filter(|j| {
+            j.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.starts_with("cairn-backup-"))
+        })
+        .collect();
+    assert_eq!(
+        backup_jobs.len(),
+        1,
+        "one Job, not a second after the restart"
+    );
+    assert_eq!(backup_jobs[0].metadata.uid, job.metadata.uid);
+
+    create::<Restore>(
+        &client,
+        &ns.name,
+        serde_json::json!({
+            "apiVersion": "cairn.dev/v1alpha1", "kind": "Restore",
+            "metadata": {"name": "from-s3"},
+            "spec": {
+                "repository": {"name": "s3"},
+                "snapshot": {"latestOf": "data"},
+                "target": {"newPvc": {"name": "restored", "spec": {
+                    "accessModes": ["ReadWriteOnce"],
+                    "resources": {"requests": {"storage": "1Gi"}}
+                }}}
+            }
+        }),
+    )
+    .await;
+    let restores: Api<Restore> = Api::namespaced(client.clone(), &ns.name);
+    let r = wait_for(&restores, "from-s3", "finished", FIVE_MIN, |r| {
+        r.status.as_ref().is_some_and(|s| s.phase.is_finished())
+    })
+    .await;
+    let rs = r.status.expect("status");
+    assert_eq!(rs.phase, Phase::Succeeded, "{:?}", rs.message);
+    let after = run_pod(
+        &client,
+        &ns.name,
+        shell_pod(
+            "manifest-after",
+            &manifest_script("/restored"),
+            &["restored"],
+        ),
+    )
+    .await;
+    assert_eq!(before, after, "restored tree differs");
+    eprintln!(
+        "e2e: backup to and restore from S3 verified after {:?}",
+        t.elapsed()
+    );
+    controller.stop().await;
+    ns.delete().await;
+}

@@ -188,6 +188,56 @@ fn describe<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>
     (status, code, DisplayErrorContext(err).to_string())
 }
 
+/// The certificates an HTTPS connection trusts: the system's (unless the
+/// endpoint is plain `http://`, which needs none) and the CA bundle's.
+///
+/// Checked here because the TLS layer would panic on what a user can cause:
+/// a CA bundle without a valid PEM certificate, or a system without CA
+/// certificates (a minimal container image).
+fn trust_store(cfg: &S3Config) -> Result<TrustStore> {
+    let plain_http = cfg
+        .endpoint
+        .as_deref()
+        .is_some_and(|e| e.starts_with("http://"));
+    let mut trust = TrustStore::empty();
+    let mut any = false;
+    if !plain_http {
+        let native = rustls_native_certs::load_native_certs();
+        if !native.certs.is_empty() {
+            trust = trust.with_native_roots(true);
+            any = true;
+        }
+    }
+    if let Some(path) = &cfg.ca_bundle {
+        use rustls_pki_types::pem::PemObject;
+        let pem = std::fs::read(path).map_err(|e| Error::io("read CA bundle", path, e))?;
+        let certs = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| {
+                Error::InvalidInput(format!(
+                    "CA bundle {}: not PEM certificates: {e}",
+                    path.display()
+                ))
+            })?;
+        if certs.is_empty() {
+            return Err(Error::InvalidInput(format!(
+                "CA bundle {} holds no PEM certificate",
+                path.display()
+            )));
+        }
+        trust = trust.with_pem_certificate(pem);
+        any = true;
+    }
+    if !plain_http && !any {
+        return Err(Error::InvalidInput(
+            "no CA certificates to verify the S3 endpoint with: this system has none \
+             (SSL_CERT_FILE, /etc/ssl/certs) and no CA bundle was given (CAIRN_S3_CA_BUNDLE)"
+                .into(),
+        ));
+    }
+    Ok(trust)
+}
+
 impl S3Backend {
     /// Connect (lazily: no request is made here).
     ///
@@ -200,11 +250,7 @@ impl S3Backend {
             .enable_all()
             .build()
             .map_err(|e| Error::Internal(format!("cannot start the S3 runtime: {e}")))?;
-        let mut trust = TrustStore::default();
-        if let Some(path) = &cfg.ca_bundle {
-            let pem = std::fs::read(path).map_err(|e| Error::io("read CA bundle", path, e))?;
-            trust = trust.with_pem_certificate(pem);
-        }
+        let trust = trust_store(&cfg)?;
         let tls_context = TlsContext::builder()
             .with_trust_store(trust)
             .build()
