@@ -528,3 +528,100 @@ async fn s3_repository_and_a_controller_killed_mid_job() {
     controller.stop().await;
     ns.delete().await;
 }
+
+/// A ReadWriteOnce PVC that a running application pod mounts: its backup Job
+/// is pinned to that pod's node; a restore into it waits (TargetInUse, one
+/// Warning Event) until the application is gone, then runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kubernetes cluster in KUBECONFIG and the agent image (scripts/e2e)"]
+async fn volumes_in_use_pin_backups_and_hold_restores() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    apply_crds(&client).await;
+    let ns = TestNamespace::create(&client, "inuse").await;
+    let controller = InProcessController::start(&client, &ns.name);
+    setup(&client, &ns.name).await;
+    run_pod(&client, &ns.name, shell_pod("writer", WRITE, &["data"])).await;
+    // The application keeps the volume mounted.
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &ns.name);
+    let app: k8s_openapi::api::core::v1::Pod =
+        serde_json::from_value(shell_pod("app", "sleep 3600", &["data"])).expect("pod");
+    pods.create(&kube::api::PostParams::default(), &app)
+        .await
+        .expect("create app pod");
+    let app = wait_for(&pods, "app", "running", FIVE_MIN, |p| {
+        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+    })
+    .await;
+    let node = app.spec.and_then(|s| s.node_name).expect("scheduled");
+
+    create::<Backup>(
+        &client,
+        &ns.name,
+        serde_json::json!({
+            "apiVersion": "cairn.dev/v1alpha1", "kind": "Backup",
+            "metadata": {"name": "live"},
+            "spec": {"repository": {"name": "local"}, "pvcs": ["data"]}
+        }),
+    )
+    .await;
+    let backups: Api<Backup> = Api::namespaced(client.clone(), &ns.name);
+    let b = wait_for(&backups, "live", "finished", FIVE_MIN, |b| {
+        b.status.as_ref().is_some_and(|s| s.phase.is_finished())
+    })
+    .await;
+    assert_eq!(b.status.as_ref().map(|s| s.phase), Some(Phase::Succeeded));
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), &ns.name);
+    let job = jobs
+        .get(&cairn_controller::jobs::backup_job_name("live", "data"))
+        .await
+        .expect("job");
+    let selector = job
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|p| p.node_selector)
+        .unwrap_or_default();
+    assert_eq!(selector.get("kubernetes.io/hostname"), Some(&node));
+
+    create::<Restore>(
+        &client,
+        &ns.name,
+        serde_json::json!({
+            "apiVersion": "cairn.dev/v1alpha1", "kind": "Restore",
+            "metadata": {"name": "over-live"},
+            "spec": {
+                "repository": {"name": "local"},
+                "snapshot": {"latestOf": "data"},
+                "target": {"pvc": "data"}
+            }
+        }),
+    )
+    .await;
+    let restores: Api<Restore> = Api::namespaced(client.clone(), &ns.name);
+    let r = wait_for(&restores, "over-live", "held", FIVE_MIN, |r| {
+        r.status
+            .as_ref()
+            .and_then(|s| s.conditions.first())
+            .is_some_and(|c| c.reason == "TargetInUse")
+    })
+    .await;
+    let msg = &r.status.expect("status").conditions[0].message;
+    assert!(msg.contains("app"), "{msg}");
+    assert!(jobs
+        .get_opt(&cairn_controller::jobs::restore_job_name("over-live"))
+        .await
+        .expect("get")
+        .is_none());
+    pods.delete("app", &kube::api::DeleteParams::default().grace_period(0))
+        .await
+        .expect("delete app");
+    let r = wait_for(&restores, "over-live", "finished", FIVE_MIN, |r| {
+        r.status.as_ref().is_some_and(|s| s.phase.is_finished())
+    })
+    .await;
+    let rs = r.status.expect("status");
+    assert_eq!(rs.phase, Phase::Succeeded, "{:?}", rs.message);
+    controller.stop().await;
+    ns.delete().await;
+}
