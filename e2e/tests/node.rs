@@ -115,3 +115,110 @@ async fn restricted_pod_runs_and_job_completes() {
         start.elapsed().as_secs_f64()
     );
 }
+
+/// The agent image the local cluster runs (packaged by
+/// scripts/k8s/agent-image, no docker here) has what the Dockerfile's
+/// `agent` target gives users: its user, its entrypoint, the binary where
+/// the entrypoint says, and CA certificates (distroless ships them).
+#[test]
+#[ignore = "needs the agent image archive of the local cluster (scripts/e2e local)"]
+fn the_agent_image_matches_the_dockerfile() {
+    let Some(state) = std::env::var_os("CAIRN_K8S_STATE") else {
+        eprintln!("e2e: NOT RUN: no CAIRN_K8S_STATE (the local cluster's agent image)");
+        return;
+    };
+    let archive = std::path::Path::new(&state).join("agent-image.tar");
+    if !archive.is_file() {
+        assert_ne!(
+            std::env::var("CAIRN_E2E_REQUIRE").as_deref(),
+            Ok("1"),
+            "no {}",
+            archive.display()
+        );
+        eprintln!("e2e: NOT RUN: no {}", archive.display());
+        return;
+    }
+    // The Dockerfile's agent stage.
+    let dockerfile = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Dockerfile"))
+        .expect("Dockerfile");
+    let stage: Vec<&str> = dockerfile
+        .lines()
+        .skip_while(|l| !(l.starts_with("FROM ") && l.ends_with(" AS agent")))
+        .skip(1)
+        .take_while(|l| !l.starts_with("FROM "))
+        .collect();
+    let directive = |d: &str| {
+        stage
+            .iter()
+            .find_map(|l| l.strip_prefix(d))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no {d} in the Dockerfile's agent stage"))
+            .to_string()
+    };
+    let user = directive("USER ");
+    let entrypoint: Vec<String> =
+        serde_json::from_str(&directive("ENTRYPOINT ")).expect("ENTRYPOINT");
+    let copied = directive("COPY ");
+    let binary = copied
+        .split_whitespace()
+        .last()
+        .expect("COPY destination")
+        .to_string();
+    assert_eq!(
+        entrypoint,
+        vec![binary.clone()],
+        "the entrypoint is the copied binary"
+    );
+
+    // The image: index -> manifest -> config and layer.
+    let dir = std::env::temp_dir().join(format!("cairn-image-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let ok = std::process::Command::new("tar")
+        .arg("-xf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&dir)
+        .status()
+        .expect("tar")
+        .success();
+    assert!(ok, "unpack {}", archive.display());
+    let json = |p: std::path::PathBuf| -> serde_json::Value {
+        serde_json::from_slice(
+            &std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())),
+        )
+        .expect("JSON")
+    };
+    let blob = |digest: &serde_json::Value| {
+        let d = digest.as_str().expect("digest");
+        dir.join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
+    let index = json(dir.join("index.json"));
+    let manifest = json(blob(&index["manifests"][0]["digest"]));
+    let config = json(blob(&manifest["config"]["digest"]));
+    assert_eq!(config["config"]["User"], json!(user));
+    assert_eq!(config["config"]["Entrypoint"], json!(entrypoint));
+    let layer = blob(&manifest["layers"][0]["digest"]);
+    let listing = std::process::Command::new("tar")
+        .arg("-tzvf")
+        .arg(&layer)
+        .output()
+        .expect("tar -t");
+    let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
+    let _ = std::fs::remove_dir_all(&dir);
+    let entry = |path: &str| {
+        listing
+            .lines()
+            .find(|l| l.ends_with(&format!(" {}", path.trim_start_matches('/'))))
+            .unwrap_or_else(|| panic!("{path} not in the image:\n{listing}"))
+            .to_string()
+    };
+    assert!(
+        entry(&binary).starts_with("-rwxr-xr-x"),
+        "{}",
+        entry(&binary)
+    );
+    entry("/etc/ssl/certs/ca-certificates.crt");
+    entry("/etc/passwd");
+    eprintln!("e2e: agent image: user {user}, entrypoint {entrypoint:?}, {binary} and CA certificates present");
+}
