@@ -279,6 +279,9 @@ const STUCK_REASONS: &[&str] = &[
     "ErrImageNeverPull",
 ];
 
+/// Seconds a pod may be unschedulable before its Job counts as stuck.
+const UNSCHEDULABLE_GRACE: i64 = 30;
+
 /// Why a running Job's pod cannot make progress, if it cannot: a container
 /// stuck on its configuration or image, or a pod the scheduler cannot place.
 /// Kubernetes keeps such pods waiting (the Job does not fail), so without
@@ -298,15 +301,22 @@ pub fn pod_stuck(pod: &k8s_openapi::api::core::v1::Pod) -> Option<String> {
         }
     }
     st.conditions.iter().flatten().find_map(|c| {
+        // Unschedulable for a moment is normal (a claim being bound, a node
+        // scaling up): stuck only after UNSCHEDULABLE_GRACE.
+        let waited = c
+            .last_transition_time
+            .as_ref()
+            .map_or(i64::MAX, |t| Timestamp::now().as_second() - t.0.as_second());
         (c.type_ == "PodScheduled"
             && c.status == "False"
-            && c.reason.as_deref() == Some("Unschedulable"))
-        .then(|| {
-            format!(
-                "pod {name} cannot be scheduled: {}",
-                c.message.as_deref().unwrap_or("")
-            )
-        })
+            && c.reason.as_deref() == Some("Unschedulable")
+            && waited >= UNSCHEDULABLE_GRACE)
+            .then(|| {
+                format!(
+                    "pod {name} cannot be scheduled: {}",
+                    c.message.as_deref().unwrap_or("")
+                )
+            })
     })
 }
 
@@ -384,6 +394,24 @@ mod tests {
             conditions: vec![cond],
             ..BackupScheduleStatus::default()
         }
+    }
+
+    #[test]
+    fn a_pod_is_stuck_unschedulable_only_after_a_grace_period() {
+        let pod = |secs_ago: i64| -> k8s_openapi::api::core::v1::Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "p"},
+                "status": {"conditions": [{
+                    "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                    "message": "pod has unbound immediate PersistentVolumeClaims",
+                    "lastTransitionTime": at(Timestamp::now().as_second() - secs_ago).0.to_string()
+                }]}
+            }))
+            .expect("pod")
+        };
+        assert_eq!(pod_stuck(&pod(1)), None, "a claim being bound is not stuck");
+        assert!(pod_stuck(&pod(UNSCHEDULABLE_GRACE + 5))
+            .is_some_and(|m| m.contains("cannot be scheduled")));
     }
 
     #[test]

@@ -18,6 +18,7 @@ use kube::api::{DeleteParams, LogParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 
 /// The kubeconfig path the e2e tests would use, if any.
 pub fn kubeconfig() -> Option<std::path::PathBuf> {
@@ -127,8 +128,19 @@ impl TestNamespace {
         }
     }
 
-    /// Delete the namespace (kept with `CAIRN_E2E_KEEP=1`).
+    /// Delete the namespace (kept with `CAIRN_E2E_KEEP=1`). First, where the
+    /// local cluster's audit log is at hand: the controller's ServiceAccount
+    /// of this namespace (see [`controller_client`]) was never refused (403).
+    ///
+    /// # Panics
+    /// When it was: the chart's RBAC lacks something the controller does.
     pub async fn delete(&self) {
+        let user = format!("system:serviceaccount:{}:cairn-controller", self.name);
+        let forbidden = forbidden_requests(&user);
+        assert!(
+            forbidden.is_empty(),
+            "the controller's ServiceAccount was refused: {forbidden:#?}"
+        );
         if std::env::var("CAIRN_E2E_KEEP").is_ok_and(|v| v == "1") {
             eprintln!("e2e: keeping namespace {} (CAIRN_E2E_KEEP=1)", self.name);
             return;
@@ -146,18 +158,102 @@ pub struct InProcessController {
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// A client for namespace `ns` with exactly the controller's rights: a
+/// ServiceAccount `cairn-controller` there, bound by a RoleBinding to the
+/// ClusterRole `cairn-e2e-controller`, which holds the rules of
+/// `deploy/controller.yaml`'s ClusterRole (equal to the chart's, as
+/// controller/tests/chart.rs checks), authenticated with a TokenRequest
+/// token. `CAIRN_E2E_CONTROLLER_AS_ADMIN=1` keeps the admin client.
+///
+/// # Panics
+/// When the cluster refuses to set it up (the test cannot go on).
+pub async fn controller_client(admin: &Client, ns: &str) -> Client {
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{ClusterRole, RoleBinding};
+    if std::env::var("CAIRN_E2E_CONTROLLER_AS_ADMIN").is_ok_and(|v| v == "1") {
+        return admin.clone();
+    }
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/controller.yaml"
+    ))
+    .expect("deploy/controller.yaml");
+    let mut role: ClusterRole = serde_yaml::Deserializer::from_str(&text)
+        .filter_map(|d| serde_json::Value::deserialize(d).ok())
+        .find(|d| d["kind"] == "ClusterRole")
+        .and_then(|d| serde_json::from_value(d).ok())
+        .expect("a ClusterRole in deploy/controller.yaml");
+    role.metadata = kube::api::ObjectMeta {
+        name: Some("cairn-e2e-controller".into()),
+        ..Default::default()
+    };
+    let pp = PatchParams::apply("cairn-e2e").force();
+    Api::<ClusterRole>::all(admin.clone())
+        .patch("cairn-e2e-controller", &pp, &Patch::Apply(&role))
+        .await
+        .expect("apply the controller's ClusterRole");
+    let sa: ServiceAccount = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": "cairn-controller"}
+    }))
+    .expect("service account");
+    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), ns);
+    sas.patch("cairn-controller", &pp, &Patch::Apply(&sa))
+        .await
+        .expect("apply the ServiceAccount");
+    let rb: RoleBinding = serde_json::from_value(serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "cairn-controller"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": "cairn-e2e-controller"},
+        "subjects": [{"kind": "ServiceAccount", "name": "cairn-controller", "namespace": ns}]
+    }))
+    .expect("role binding");
+    Api::<RoleBinding>::namespaced(admin.clone(), ns)
+        .patch("cairn-controller", &pp, &Patch::Apply(&rb))
+        .await
+        .expect("apply the RoleBinding");
+    let tr: TokenRequest = serde_json::from_value(serde_json::json!({
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+        "spec": {"expirationSeconds": 7200}
+    }))
+    .expect("token request");
+    let token = sas
+        .create_token_request("cairn-controller", &PostParams::default(), &tr)
+        .await
+        .expect("TokenRequest")
+        .status
+        .expect("token")
+        .token;
+    let mut cfg = kube::Config::infer().await.expect("kubeconfig");
+    cfg.auth_info = kube::config::AuthInfo {
+        token: Some(token.into()),
+        ..Default::default()
+    };
+    Client::try_from(cfg).expect("client with the ServiceAccount's token")
+}
+
 impl InProcessController {
-    /// Start the four loops. The agent image comes from
+    /// Start the four loops with the controller's own rights (see
+    /// [`controller_client`]). The agent image comes from
     /// `CAIRN_E2E_AGENT_IMAGE` (default `cairn:e2e`, loaded into the cluster
     /// beforehand, see e2e/README.md), its pull policy from
     /// `CAIRN_E2E_PULL_POLICY` (default `IfNotPresent`).
-    pub fn start(client: &Client, ns: &str) -> Self {
-        Self::start_with(client, ns, |_| {})
+    pub async fn start(admin: &Client, ns: &str) -> Self {
+        Self::start_with(admin, ns, |_| {}).await
     }
 
     /// [`InProcessController::start`] with controller settings changed by
     /// `tweak` (e.g. the namespaces allowed the privileged mover).
-    pub fn start_with(client: &Client, ns: &str, tweak: impl FnOnce(&mut JobConfig)) -> Self {
+    pub async fn start_with(admin: &Client, ns: &str, tweak: impl FnOnce(&mut JobConfig)) -> Self {
+        let client = controller_client(admin, ns).await;
+        Self::with_client(&client, ns, tweak)
+    }
+
+    /// Start the loops with `client` as it is (a test that made its own
+    /// least-privileged client).
+    pub fn with_client(client: &Client, ns: &str, tweak: impl FnOnce(&mut JobConfig)) -> Self {
         let image = std::env::var("CAIRN_E2E_AGENT_IMAGE").unwrap_or_else(|_| "cairn:e2e".into());
         let pull_policy =
             std::env::var("CAIRN_E2E_PULL_POLICY").unwrap_or_else(|_| "IfNotPresent".into());
@@ -490,6 +586,33 @@ pub fn cairn_api(client: &Client, ns: &str, kind: &str) -> Api<kube::api::Dynami
     let gvk = kube::api::GroupVersionKind::gvk("cairn.dev", "v1alpha1", kind);
     let ar = kube::api::ApiResource::from_gvk_with_plural(&gvk, plural);
     Api::namespaced_with(client.clone(), ns, &ar)
+}
+
+/// Requests of `user` that the API server refused with 403, from the local
+/// cluster's audit log (`verb path`); empty without one.
+pub fn forbidden_requests(user: &str) -> Vec<String> {
+    let Some(path) = audit_log() else {
+        return Vec::new();
+    };
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter(|l| l.contains(user))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| {
+            e["user"]["username"] == user
+                && e["stage"] == "ResponseComplete"
+                && e["responseStatus"]["code"] == 403
+        })
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["verb"].as_str().unwrap_or(""),
+                e["requestURI"].as_str().unwrap_or("")
+            )
+        })
+        .collect()
 }
 
 /// The audit log the local harness's API server writes (JSON lines), when

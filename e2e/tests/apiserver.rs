@@ -367,7 +367,7 @@ async fn controller_under_the_charts_service_account() {
         "the chart's ServiceAccount may list nodes? {forbidden:?}"
     );
 
-    let controller = InProcessController::start(&sa, &ns.name);
+    let controller = InProcessController::with_client(&sa, &ns.name, |_| {});
     create::<Secret>(
         &admin,
         &ns.name,

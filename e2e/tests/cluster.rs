@@ -87,7 +87,7 @@ async fn backup_and_restore_a_pvc() {
     };
     apply_crds(&client).await;
     let ns = TestNamespace::create(&client, "br").await;
-    let controller = InProcessController::start(&client, &ns.name);
+    let controller = InProcessController::start(&client, &ns.name).await;
     setup(&client, &ns.name).await;
 
     // The repository gets initialised by its Job and becomes Ready.
@@ -209,7 +209,7 @@ async fn schedule_backs_up_by_cron_and_bad_repository_is_reported() {
     };
     apply_crds(&client).await;
     let ns = TestNamespace::create(&client, "sched").await;
-    let controller = InProcessController::start(&client, &ns.name);
+    let controller = InProcessController::start(&client, &ns.name).await;
     setup(&client, &ns.name).await;
     run_pod(&client, &ns.name, shell_pod("writer", WRITE, &["data"])).await;
 
@@ -288,7 +288,7 @@ async fn backup_recreated_under_the_same_name_does_not_inherit_the_old_job() {
     };
     apply_crds(&client).await;
     let ns = TestNamespace::create(&client, "recreate").await;
-    let controller = InProcessController::start(&client, &ns.name);
+    let controller = InProcessController::start(&client, &ns.name).await;
     setup(&client, &ns.name).await;
     run_pod(&client, &ns.name, shell_pod("writer", WRITE, &["data"])).await;
     let backup = serde_json::json!({
@@ -381,7 +381,7 @@ async fn s3_repository_and_a_controller_killed_mid_job() {
     };
     apply_crds(&client).await;
     let ns = TestNamespace::create(&client, "s3").await;
-    let controller = InProcessController::start(&client, &ns.name);
+    let controller = InProcessController::start(&client, &ns.name).await;
     create::<Secret>(
         &client,
         &ns.name,
@@ -420,7 +420,12 @@ async fn s3_repository_and_a_controller_killed_mid_job() {
         r.status
             .as_ref()
             .and_then(|s| s.conditions.first())
-            .is_some_and(|c| c.reason != "Checking")
+            .is_some_and(|c| {
+                matches!(
+                    c.reason.as_str(),
+                    "Initialized" | "Reachable" | "Unreachable"
+                )
+            })
     })
     .await;
     let c = &r.status.expect("status").conditions[0];
@@ -459,7 +464,7 @@ async fn s3_repository_and_a_controller_killed_mid_job() {
     let job_name = cairn_controller::jobs::backup_job_name("to-s3", "data");
     let job = wait_for(&jobs, &job_name, "created", FIVE_MIN, |_| true).await;
     controller.kill().await;
-    let controller = InProcessController::start(&client, &ns.name);
+    let controller = InProcessController::start(&client, &ns.name).await;
     let backups: Api<Backup> = Api::namespaced(client.clone(), &ns.name);
     let b = wait_for(&backups, "to-s3", "finished", FIVE_MIN, |b| {
         b.status.as_ref().is_some_and(|s| s.phase.is_finished())
@@ -540,7 +545,7 @@ async fn volumes_in_use_pin_backups_and_hold_restores() {
     };
     apply_crds(&client).await;
     let ns = TestNamespace::create(&client, "inuse").await;
-    let controller = InProcessController::start(&client, &ns.name);
+    let controller = InProcessController::start(&client, &ns.name).await;
     setup(&client, &ns.name).await;
     run_pod(&client, &ns.name, shell_pod("writer", WRITE, &["data"])).await;
     // The application keeps the volume mounted.

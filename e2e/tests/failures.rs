@@ -54,7 +54,12 @@ async fn repository_verdict(
     let r = wait_for(&repos, name, "checked", FIVE_MIN, |r| {
         r.status.as_ref().is_some_and(|s| {
             s.observed_generation == r.metadata.generation
-                && s.conditions.first().is_some_and(|c| c.reason != "Checking")
+                && s.conditions.first().is_some_and(|c| {
+                    matches!(
+                        c.reason.as_str(),
+                        "Initialized" | "Reachable" | "Unreachable"
+                    )
+                })
         })
     })
     .await;
@@ -125,7 +130,7 @@ async fn failures_are_reported_and_recover() {
     };
     apply_crds(&client).await;
     let ns = TestNamespace::create(&client, "fail").await;
-    let controller = InProcessController::start(&client, &ns.name);
+    let controller = InProcessController::start(&client, &ns.name).await;
     secret(&client, &ns.name, "right", "e2e-correct-horse-battery").await;
     secret(&client, &ns.name, "wrong", "not-the-password").await;
     create::<PersistentVolumeClaim>(&client, &ns.name, pvc("repo", "2Gi")).await;
@@ -240,7 +245,7 @@ async fn a_job_past_its_deadline_fails_with_the_reason() {
     };
     apply_crds(&client).await;
     let ns = TestNamespace::create(&client, "deadline").await;
-    let controller = InProcessController::start(&client, &ns.name);
+    let controller = InProcessController::start(&client, &ns.name).await;
     create::<Secret>(
         &client,
         &ns.name,
@@ -291,7 +296,7 @@ async fn a_selector_matching_300_pvcs_makes_backups_the_api_accepts() {
     };
     apply_crds(&client).await;
     let ns = TestNamespace::create(&client, "many").await;
-    let controller = InProcessController::start(&client, &ns.name);
+    let controller = InProcessController::start(&client, &ns.name).await;
     secret(&client, &ns.name, "right", "e2e-correct-horse-battery").await;
     let t = Instant::now();
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns.name);

@@ -88,9 +88,13 @@ async fn repository(client: &kube::Client, ns: &str) {
     let repos: Api<BackupRepository> = Api::namespaced(client.clone(), ns);
     let r = wait_for(&repos, "local", "initialised", FIVE_MIN, |r| {
         r.status.as_ref().is_some_and(|s| {
-            s.conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.reason != "Checking")
+            s.conditions.iter().any(|c| {
+                c.type_ == "Ready"
+                    && matches!(
+                        c.reason.as_str(),
+                        "Initialized" | "Reachable" | "Unreachable"
+                    )
+            })
         })
     })
     .await;
@@ -196,7 +200,7 @@ async fn data_of_another_user_under_restricted_pod_security() {
     };
     apply_crds(&client).await;
     let ns = TestNamespace::create(&client, "perm").await;
-    let controller = InProcessController::start(&client, &ns.name);
+    let controller = InProcessController::start(&client, &ns.name).await;
     let t = std::time::Instant::now();
     repository(&client, &ns.name).await;
     eprintln!(
@@ -330,7 +334,8 @@ async fn the_privileged_mover_backs_up_and_restores_owners() {
     let allowed = ns.name.clone();
     let controller = InProcessController::start_with(&client, &ns.name, move |c| {
         c.privileged_mover_namespaces = vec![allowed];
-    });
+    })
+    .await;
     repository(&client, &ns.name).await;
     create::<PersistentVolumeClaim>(
         &client,
