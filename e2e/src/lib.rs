@@ -622,3 +622,152 @@ pub fn audit_log() -> Option<std::path::PathBuf> {
         .filter(|p| !p.is_empty())
         .map(Into::into)
 }
+
+// ---- Objects most tests make, and what they wait for.
+
+/// A Secret `name` holding `password` under the key `password`.
+pub async fn password_secret(client: &Client, ns: &str, name: &str, password: &str) {
+    create::<k8s_openapi::api::core::v1::Secret>(
+        client,
+        ns,
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name},
+            "stringData": {"password": password}
+        }),
+    )
+    .await;
+}
+
+/// A `BackupRepository` `name` on the PVC `claim`, its password in the
+/// Secret `secret` (key `password`).
+pub async fn volume_repository(client: &Client, ns: &str, name: &str, claim: &str, secret: &str) {
+    create::<cairn_crds::BackupRepository>(
+        client,
+        ns,
+        serde_json::json!({
+            "apiVersion": "cairn.dev/v1alpha1", "kind": "BackupRepository",
+            "metadata": {"name": name},
+            "spec": {
+                "volume": {"claimName": claim},
+                "passwordSecretRef": {"name": secret, "key": "password"}
+            }
+        }),
+    )
+    .await;
+}
+
+/// Wait (5 min) for a repository's verdict on its current generation
+/// (`Initialized`, `Reachable` or `Unreachable`, not `Checking` or a
+/// passing `JobStuck`); its Ready condition's (status, reason, message).
+pub async fn repository_verdict(client: &Client, ns: &str, name: &str) -> (String, String, String) {
+    let repos: Api<cairn_crds::BackupRepository> = Api::namespaced(client.clone(), ns);
+    let r = wait_for(&repos, name, "checked", Duration::from_secs(300), |r| {
+        r.status.as_ref().is_some_and(|s| {
+            s.observed_generation == r.metadata.generation
+                && s.conditions.first().is_some_and(|c| {
+                    matches!(
+                        c.reason.as_str(),
+                        "Initialized" | "Reachable" | "Unreachable"
+                    )
+                })
+        })
+    })
+    .await;
+    let c = r.status.expect("status").conditions.remove(0);
+    (c.status, c.reason, c.message)
+}
+
+/// A `Backup` `name` of `pvcs` into repository `repo`, with `job` overrides.
+pub async fn create_backup(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    repo: &str,
+    pvcs: &[&str],
+    job: serde_json::Value,
+) {
+    create::<cairn_crds::Backup>(
+        client,
+        ns,
+        serde_json::json!({
+            "apiVersion": "cairn.dev/v1alpha1", "kind": "Backup",
+            "metadata": {"name": name},
+            "spec": {"repository": {"name": repo}, "pvcs": pvcs, "job": job}
+        }),
+    )
+    .await;
+}
+
+/// Wait (5 min) until the Backup `name` has finished.
+pub async fn finished_backup(client: &Client, ns: &str, name: &str) -> cairn_crds::Backup {
+    let api: Api<cairn_crds::Backup> = Api::namespaced(client.clone(), ns);
+    wait_for(&api, name, "finished", Duration::from_secs(300), |b| {
+        b.status.as_ref().is_some_and(|s| s.phase.is_finished())
+    })
+    .await
+}
+
+/// Warning Events about the object `about`, as `reason: note`.
+pub async fn warning_events(client: &Client, ns: &str, about: &str) -> Vec<String> {
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
+    events
+        .list(&kube::api::ListParams::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.type_.as_deref() == Some("Warning")
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(about)
+        })
+        .map(|e| {
+            format!(
+                "{}: {}",
+                e.reason.unwrap_or_default(),
+                e.note.unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+/// A `Restore` `name` of the latest snapshot of `of_pvc` from `repo` into a
+/// new 1 GiB PVC `target.0` (of storage class `target.1`, or the default),
+/// with `job` overrides; waits (5 min) until it has finished.
+pub async fn restore_into_new_pvc(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    repo: &str,
+    of_pvc: &str,
+    (target, class): (&str, Option<&str>),
+    job: serde_json::Value,
+) -> cairn_crds::Restore {
+    let mut spec = serde_json::json!({
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": "1Gi"}}
+    });
+    if let Some(c) = class {
+        spec["storageClassName"] = serde_json::json!(c);
+    }
+    create::<cairn_crds::Restore>(
+        client,
+        ns,
+        serde_json::json!({
+            "apiVersion": "cairn.dev/v1alpha1", "kind": "Restore",
+            "metadata": {"name": name},
+            "spec": {
+                "repository": {"name": repo},
+                "snapshot": {"latestOf": of_pvc},
+                "target": {"newPvc": {"name": target, "spec": spec}},
+                "job": job
+            }
+        }),
+    )
+    .await;
+    let api: Api<cairn_crds::Restore> = Api::namespaced(client.clone(), ns);
+    wait_for(&api, name, "finished", Duration::from_secs(300), |r| {
+        r.status.as_ref().is_some_and(|s| s.phase.is_finished())
+    })
+    .await
+}

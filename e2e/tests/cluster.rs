@@ -153,27 +153,15 @@ async fn backup_and_restore_a_pvc() {
     );
 
     // Restore the latest snapshot of the PVC into a new PVC.
-    create::<Restore>(
+    let r = cairn_e2e::restore_into_new_pvc(
         &client,
         &ns.name,
-        serde_json::json!({
-            "apiVersion": "cairn.dev/v1alpha1", "kind": "Restore",
-            "metadata": {"name": "rehearsal"},
-            "spec": {
-                "repository": {"name": "local"},
-                "snapshot": {"latestOf": "data"},
-                "target": {"newPvc": {"name": "restored", "spec": {
-                    "accessModes": ["ReadWriteOnce"],
-                    "resources": {"requests": {"storage": "1Gi"}}
-                }}}
-            }
-        }),
+        "rehearsal",
+        "local",
+        "data",
+        ("restored", None),
+        serde_json::json!({}),
     )
-    .await;
-    let restores: Api<Restore> = Api::namespaced(client.clone(), &ns.name);
-    let r = wait_for(&restores, "rehearsal", "finished", FIVE_MIN, |r| {
-        r.status.as_ref().is_some_and(|s| s.phase.is_finished())
-    })
     .await;
     let rs = r.status.expect("status");
     assert_eq!(
@@ -491,27 +479,15 @@ async fn s3_repository_and_a_controller_killed_mid_job() {
     );
     assert_eq!(backup_jobs[0].metadata.uid, job.metadata.uid);
 
-    create::<Restore>(
+    let r = cairn_e2e::restore_into_new_pvc(
         &client,
         &ns.name,
-        serde_json::json!({
-            "apiVersion": "cairn.dev/v1alpha1", "kind": "Restore",
-            "metadata": {"name": "from-s3"},
-            "spec": {
-                "repository": {"name": "s3"},
-                "snapshot": {"latestOf": "data"},
-                "target": {"newPvc": {"name": "restored", "spec": {
-                    "accessModes": ["ReadWriteOnce"],
-                    "resources": {"requests": {"storage": "1Gi"}}
-                }}}
-            }
-        }),
+        "from-s3",
+        "s3",
+        "data",
+        ("restored", None),
+        serde_json::json!({}),
     )
-    .await;
-    let restores: Api<Restore> = Api::namespaced(client.clone(), &ns.name);
-    let r = wait_for(&restores, "from-s3", "finished", FIVE_MIN, |r| {
-        r.status.as_ref().is_some_and(|s| s.phase.is_finished())
-    })
     .await;
     let rs = r.status.expect("status");
     assert_eq!(rs.phase, Phase::Succeeded, "{:?}", rs.message);

@@ -6,79 +6,16 @@
 use std::time::{Duration, Instant};
 
 use cairn_crds::{Backup, BackupRepository, Phase};
-use cairn_e2e::{apply_crds, cluster, create, pvc, wait_for, InProcessController, TestNamespace};
+use cairn_e2e::{
+    apply_crds, cluster, create, create_backup, finished_backup, password_secret, pvc,
+    repository_verdict, volume_repository, wait_for, warning_events, InProcessController,
+    TestNamespace,
+};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, ResourceQuota, Secret};
-use k8s_openapi::api::events::v1::Event;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::Api;
 
 const FIVE_MIN: Duration = Duration::from_secs(300);
-
-async fn secret(client: &kube::Client, ns: &str, name: &str, password: &str) {
-    create::<Secret>(
-        client,
-        ns,
-        serde_json::json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": name},
-            "stringData": {"password": password}
-        }),
-    )
-    .await;
-}
-
-async fn repository(client: &kube::Client, ns: &str, name: &str, secret: &str) {
-    create::<BackupRepository>(
-        client,
-        ns,
-        serde_json::json!({
-            "apiVersion": "cairn.dev/v1alpha1", "kind": "BackupRepository",
-            "metadata": {"name": name},
-            "spec": {
-                "volume": {"claimName": "repo"},
-                "passwordSecretRef": {"name": secret, "key": "password"}
-            }
-        }),
-    )
-    .await;
-}
-
-/// Wait until the repository's Ready condition has a reason other than
-/// `Checking`; return (status, reason, message).
-async fn repository_verdict(
-    client: &kube::Client,
-    ns: &str,
-    name: &str,
-) -> (String, String, String) {
-    let repos: Api<BackupRepository> = Api::namespaced(client.clone(), ns);
-    let r = wait_for(&repos, name, "checked", FIVE_MIN, |r| {
-        r.status.as_ref().is_some_and(|s| {
-            s.observed_generation == r.metadata.generation
-                && s.conditions.first().is_some_and(|c| {
-                    matches!(
-                        c.reason.as_str(),
-                        "Initialized" | "Reachable" | "Unreachable"
-                    )
-                })
-        })
-    })
-    .await;
-    let c = r.status.expect("status").conditions.remove(0);
-    (c.status, c.reason, c.message)
-}
-
-async fn backup_of(client: &kube::Client, ns: &str, name: &str, pvc: &str) {
-    create::<Backup>(
-        client,
-        ns,
-        serde_json::json!({
-            "apiVersion": "cairn.dev/v1alpha1", "kind": "Backup",
-            "metadata": {"name": name},
-            "spec": {"repository": {"name": "local"}, "pvcs": [pvc]}
-        }),
-    )
-    .await;
-}
 
 /// Wait until the Backup's Ready condition has `reason`; return its message.
 async fn condition(api: &Api<Backup>, name: &str, reason: &str, timeout: Duration) -> String {
@@ -92,26 +29,13 @@ async fn condition(api: &Api<Backup>, name: &str, reason: &str, timeout: Duratio
     b.status.expect("status").conditions.remove(0).message
 }
 
-async fn finished(api: &Api<Backup>, name: &str) -> Backup {
-    wait_for(api, name, "finished", FIVE_MIN, |b| {
-        b.status.as_ref().is_some_and(|s| s.phase.is_finished())
-    })
-    .await
-}
-
+/// How many Warning Events with `reason` are about `about`.
 async fn warnings(client: &kube::Client, ns: &str, about: &str, reason: &str) -> usize {
-    let events: Api<Event> = Api::namespaced(client.clone(), ns);
-    events
-        .list(&ListParams::default())
+    let prefix = format!("{reason}: ");
+    warning_events(client, ns, about)
         .await
-        .expect("events")
-        .items
         .iter()
-        .filter(|e| {
-            e.type_.as_deref() == Some("Warning")
-                && e.reason.as_deref() == Some(reason)
-                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(about)
-        })
+        .filter(|w| w.starts_with(&prefix))
         .count()
 }
 
@@ -131,10 +55,10 @@ async fn failures_are_reported_and_recover() {
     apply_crds(&client).await;
     let ns = TestNamespace::create(&client, "fail").await;
     let controller = InProcessController::start(&client, &ns.name).await;
-    secret(&client, &ns.name, "right", "e2e-correct-horse-battery").await;
-    secret(&client, &ns.name, "wrong", "not-the-password").await;
+    password_secret(&client, &ns.name, "right", "e2e-correct-horse-battery").await;
+    password_secret(&client, &ns.name, "wrong", "not-the-password").await;
     create::<PersistentVolumeClaim>(&client, &ns.name, pvc("repo", "2Gi")).await;
-    repository(&client, &ns.name, "local", "right").await;
+    volume_repository(&client, &ns.name, "local", "repo", "right").await;
     let (status, reason, msg) = repository_verdict(&client, &ns.name, "local").await;
     assert_eq!(
         (status.as_str(), reason.as_str()),
@@ -144,7 +68,7 @@ async fn failures_are_reported_and_recover() {
 
     // Wrong password, then fixed in the spec.
     let t = Instant::now();
-    repository(&client, &ns.name, "same-place", "wrong").await;
+    volume_repository(&client, &ns.name, "same-place", "repo", "wrong").await;
     let (status, reason, msg) = repository_verdict(&client, &ns.name, "same-place").await;
     assert_eq!(
         (status.as_str(), reason.as_str()),
@@ -190,7 +114,15 @@ async fn failures_are_reported_and_recover() {
     )
     .await;
     let backups: Api<Backup> = Api::namespaced(client.clone(), &ns.name);
-    backup_of(&client, &ns.name, "quota", "data").await;
+    create_backup(
+        &client,
+        &ns.name,
+        "quota",
+        "local",
+        &["data"],
+        serde_json::json!({}),
+    )
+    .await;
     let msg = condition(&backups, "quota", "JobStuck", FIVE_MIN).await;
     assert!(
         msg.contains("cannot be created") && msg.contains("exceeded quota"),
@@ -207,7 +139,7 @@ async fn failures_are_reported_and_recover() {
         .delete("no-pods", &DeleteParams::default())
         .await
         .expect("delete quota");
-    let b = finished(&backups, "quota").await;
+    let b = finished_backup(&client, &ns.name, "quota").await;
     let st = b.status.expect("status");
     assert_eq!(st.phase, Phase::Succeeded, "{:?}", st.message);
     eprintln!("e2e: quota removed, backup done after {:?}", t.elapsed());
@@ -216,12 +148,20 @@ async fn failures_are_reported_and_recover() {
     let t = Instant::now();
     let long = format!("volume-{}", "x".repeat(90));
     let name = format!("backup-of-a-volume-with-a-long-name-{}", "y".repeat(40));
-    backup_of(&client, &ns.name, &name, &long).await;
+    create_backup(
+        &client,
+        &ns.name,
+        &name,
+        "local",
+        &[&long],
+        serde_json::json!({}),
+    )
+    .await;
     let msg = condition(&backups, &name, "PVCNotFound", FIVE_MIN).await;
     assert!(msg.contains(&long), "{msg}");
     assert_eq!(warnings(&client, &ns.name, &name, "PVCNotFound").await, 1);
     create::<PersistentVolumeClaim>(&client, &ns.name, pvc(&long, "1Gi")).await;
-    let b = finished(&backups, &name).await;
+    let b = finished_backup(&client, &ns.name, &name).await;
     let st = b.status.expect("status");
     assert_eq!(st.phase, Phase::Succeeded, "{:?}", st.message);
     assert!(st.job_names[0].len() <= 63);
@@ -258,23 +198,20 @@ async fn a_job_past_its_deadline_fails_with_the_reason() {
     .await;
     create::<PersistentVolumeClaim>(&client, &ns.name, pvc("repo", "1Gi")).await;
     create::<PersistentVolumeClaim>(&client, &ns.name, pvc("data", "1Gi")).await;
-    repository(&client, &ns.name, "local", "keyless").await;
+    volume_repository(&client, &ns.name, "local", "repo", "keyless").await;
     let t = Instant::now();
-    create::<Backup>(
+    create_backup(
         &client,
         &ns.name,
-        serde_json::json!({
-            "apiVersion": "cairn.dev/v1alpha1", "kind": "Backup",
-            "metadata": {"name": "late"},
-            "spec": {"repository": {"name": "local"}, "pvcs": ["data"],
-                     "job": {"activeDeadlineSeconds": 60}}
-        }),
+        "late",
+        "local",
+        &["data"],
+        serde_json::json!({"activeDeadlineSeconds": 60}),
     )
     .await;
     // (JobStuck may show before the deadline, if a reconcile falls in the
     // minute; the end is what counts.)
-    let backups: Api<Backup> = Api::namespaced(client.clone(), &ns.name);
-    let b = finished(&backups, "late").await;
+    let b = finished_backup(&client, &ns.name, "late").await;
     let st = b.status.expect("status");
     assert_eq!(st.phase, Phase::Failed);
     let msg = st.message.unwrap_or_default();
@@ -297,7 +234,7 @@ async fn a_selector_matching_300_pvcs_makes_backups_the_api_accepts() {
     apply_crds(&client).await;
     let ns = TestNamespace::create(&client, "many").await;
     let controller = InProcessController::start(&client, &ns.name).await;
-    secret(&client, &ns.name, "right", "e2e-correct-horse-battery").await;
+    password_secret(&client, &ns.name, "right", "e2e-correct-horse-battery").await;
     let t = Instant::now();
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns.name);
     for i in 0..300 {
@@ -313,7 +250,7 @@ async fn a_selector_matching_300_pvcs_makes_backups_the_api_accepts() {
             .expect("create claim");
     }
     eprintln!("e2e: 300 PVCs created in {:?}", t.elapsed());
-    repository(&client, &ns.name, "local", "right").await;
+    volume_repository(&client, &ns.name, "local", "repo", "right").await;
     create::<cairn_crds::BackupSchedule>(
         &client,
         &ns.name,

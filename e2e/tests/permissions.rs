@@ -9,19 +9,13 @@
 //!
 //! Marked `#[ignore]`; run by `scripts/e2e` (see e2e/README.md).
 
-use std::time::Duration;
-
-use cairn_crds::{Backup, BackupRepository, Phase, Restore};
+use cairn_crds::{Backup, Phase, Restore};
 use cairn_e2e::{
-    apply_crds, cluster, create, pvc_of_class, run_pod, shell_pod_as, shell_pod_as_user, wait_for,
-    InProcessController, TestNamespace,
+    apply_crds, cluster, create, create_backup, finished_backup, password_secret, pvc_of_class,
+    repository_verdict, restore_into_new_pvc, run_pod, shell_pod_as, shell_pod_as_user,
+    volume_repository, warning_events, InProcessController, TestNamespace,
 };
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
-use k8s_openapi::api::events::v1::Event;
-use kube::api::ListParams;
-use kube::Api;
-
-const FIVE_MIN: Duration = Duration::from_secs(300);
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 
 fn block_class() -> String {
     std::env::var("CAIRN_E2E_BLOCK_STORAGE_CLASS").unwrap_or_else(|_| "cairn-block".into())
@@ -60,95 +54,34 @@ fn manifest(dir: &str) -> String {
 }
 
 async fn repository(client: &kube::Client, ns: &str) {
-    create::<Secret>(
-        client,
-        ns,
-        serde_json::json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": "repo-password"},
-            "stringData": {"password": "e2e-correct-horse-battery"}
-        }),
-    )
-    .await;
+    password_secret(client, ns, "repo-password", "e2e-correct-horse-battery").await;
     // The repository on a root-owned volume: init must manage with fsGroup.
     create::<PersistentVolumeClaim>(client, ns, pvc_of_class("repo", "2Gi", &block_class())).await;
-    create::<BackupRepository>(
-        client,
-        ns,
-        serde_json::json!({
-            "apiVersion": "cairn.dev/v1alpha1", "kind": "BackupRepository",
-            "metadata": {"name": "local"},
-            "spec": {
-                "volume": {"claimName": "repo"},
-                "passwordSecretRef": {"name": "repo-password", "key": "password"}
-            }
-        }),
-    )
-    .await;
-    let repos: Api<BackupRepository> = Api::namespaced(client.clone(), ns);
-    let r = wait_for(&repos, "local", "initialised", FIVE_MIN, |r| {
-        r.status.as_ref().is_some_and(|s| {
-            s.conditions.iter().any(|c| {
-                c.type_ == "Ready"
-                    && matches!(
-                        c.reason.as_str(),
-                        "Initialized" | "Reachable" | "Unreachable"
-                    )
-            })
-        })
-    })
-    .await;
-    let c = &r.status.expect("status").conditions[0];
+    volume_repository(client, ns, "local", "repo", "repo-password").await;
+    let (status, reason, msg) = repository_verdict(client, ns, "local").await;
     assert_eq!(
-        (c.status.as_str(), c.reason.as_str()),
+        (status.as_str(), reason.as_str()),
         ("True", "Initialized"),
-        "repository on a root-owned volume: {}",
-        c.message
+        "repository on a root-owned volume: {msg}"
     );
 }
 
 async fn backup(client: &kube::Client, ns: &str, name: &str, job: serde_json::Value) -> Backup {
-    create::<Backup>(
-        client,
-        ns,
-        serde_json::json!({
-            "apiVersion": "cairn.dev/v1alpha1", "kind": "Backup",
-            "metadata": {"name": name},
-            "spec": {"repository": {"name": "local"}, "pvcs": ["pgdata"], "job": job}
-        }),
-    )
-    .await;
-    let api: Api<Backup> = Api::namespaced(client.clone(), ns);
-    wait_for(&api, name, "finished", FIVE_MIN, |b| {
-        b.status.as_ref().is_some_and(|s| s.phase.is_finished())
-    })
-    .await
+    create_backup(client, ns, name, "local", &["pgdata"], job).await;
+    finished_backup(client, ns, name).await
 }
 
 async fn restore(client: &kube::Client, ns: &str, name: &str, job: serde_json::Value) -> Restore {
-    create::<Restore>(
+    let class = block_class();
+    let r = restore_into_new_pvc(
         client,
         ns,
-        serde_json::json!({
-            "apiVersion": "cairn.dev/v1alpha1", "kind": "Restore",
-            "metadata": {"name": name},
-            "spec": {
-                "repository": {"name": "local"},
-                "snapshot": {"latestOf": "pgdata"},
-                "target": {"newPvc": {"name": name, "spec": {
-                    "accessModes": ["ReadWriteOnce"],
-                    "storageClassName": block_class(),
-                    "resources": {"requests": {"storage": "1Gi"}}
-                }}},
-                "job": job
-            }
-        }),
+        name,
+        "local",
+        "pgdata",
+        (name, Some(&class)),
+        job,
     )
-    .await;
-    let api: Api<Restore> = Api::namespaced(client.clone(), ns);
-    let r = wait_for(&api, name, "finished", FIVE_MIN, |r| {
-        r.status.as_ref().is_some_and(|s| s.phase.is_finished())
-    })
     .await;
     let st = r.status.clone().expect("status");
     assert_eq!(
@@ -163,28 +96,6 @@ async fn restore(client: &kube::Client, ns: &str, name: &str, job: serde_json::V
         ("True", "Succeeded")
     );
     r
-}
-
-async fn warning_events(client: &kube::Client, ns: &str, about: &str) -> Vec<String> {
-    let events: Api<Event> = Api::namespaced(client.clone(), ns);
-    events
-        .list(&ListParams::default())
-        .await
-        .expect("events")
-        .items
-        .into_iter()
-        .filter(|e| {
-            e.type_.as_deref() == Some("Warning")
-                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(about)
-        })
-        .map(|e| {
-            format!(
-                "{}: {}",
-                e.reason.unwrap_or_default(),
-                e.note.unwrap_or_default()
-            )
-        })
-        .collect()
 }
 
 /// The restricted default cannot read another user's 0700 data: the backup

@@ -9,34 +9,23 @@
 
 use std::time::{Duration, Instant};
 
-use cairn_crds::{Backup, BackupRepository, Phase};
-use cairn_e2e::{apply_crds, cluster, create, pvc, wait_for, InProcessController, TestNamespace};
+use cairn_crds::Phase;
+use cairn_e2e::{
+    apply_crds, cluster, create, create_backup, finished_backup, password_secret, pvc,
+    repository_verdict, volume_repository, wait_for, InProcessController, TestNamespace,
+};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::api::ListParams;
 use kube::Api;
 
 const FIVE_MIN: Duration = Duration::from_secs(300);
 
-async fn backup(client: &kube::Client, ns: &str, name: &str) {
-    create::<Backup>(
-        client,
-        ns,
-        serde_json::json!({
-            "apiVersion": "cairn.dev/v1alpha1", "kind": "Backup",
-            "metadata": {"name": name},
-            "spec": {"repository": {"name": "local"}, "pvcs": ["data"]}
-        }),
-    )
-    .await;
-}
-
-async fn succeeded(api: &Api<Backup>, name: &str) {
-    let b = wait_for(api, name, "finished", FIVE_MIN, |b| {
-        b.status.as_ref().is_some_and(|s| s.phase.is_finished())
-    })
-    .await;
-    let st = b.status.expect("status");
+async fn succeeded(client: &kube::Client, ns: &str, name: &str) {
+    let st = finished_backup(client, ns, name)
+        .await
+        .status
+        .expect("status");
     assert_eq!(st.phase, Phase::Succeeded, "{name}: {:?}", st.message);
 }
 
@@ -55,42 +44,28 @@ async fn apiserver_restarted_mid_backup() {
     apply_crds(&client).await;
     let ns = TestNamespace::create(&client, "restart").await;
     let controller = InProcessController::start(&client, &ns.name).await;
-    create::<Secret>(
+    password_secret(
         &client,
         &ns.name,
-        serde_json::json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": "repo-password"},
-            "stringData": {"password": "e2e-correct-horse-battery"}
-        }),
+        "repo-password",
+        "e2e-correct-horse-battery",
     )
     .await;
     create::<PersistentVolumeClaim>(&client, &ns.name, pvc("data", "1Gi")).await;
     create::<PersistentVolumeClaim>(&client, &ns.name, pvc("repo", "1Gi")).await;
-    create::<BackupRepository>(
+    volume_repository(&client, &ns.name, "local", "repo", "repo-password").await;
+    let (status, _, msg) = repository_verdict(&client, &ns.name, "local").await;
+    assert_eq!(status, "True", "{msg}");
+
+    create_backup(
         &client,
         &ns.name,
-        serde_json::json!({
-            "apiVersion": "cairn.dev/v1alpha1", "kind": "BackupRepository",
-            "metadata": {"name": "local"},
-            "spec": {
-                "volume": {"claimName": "repo"},
-                "passwordSecretRef": {"name": "repo-password", "key": "password"}
-            }
-        }),
+        "before",
+        "local",
+        &["data"],
+        serde_json::json!({}),
     )
     .await;
-    let repos: Api<BackupRepository> = Api::namespaced(client.clone(), &ns.name);
-    wait_for(&repos, "local", "Ready", FIVE_MIN, |r| {
-        r.status.as_ref().is_some_and(|s| {
-            s.conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-        })
-    })
-    .await;
-
-    backup(&client, &ns.name, "before").await;
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns.name);
     let name = cairn_controller::jobs::backup_job_name("before", "data");
     wait_for(&jobs, &name, "created", FIVE_MIN, |_| true).await;
@@ -109,8 +84,7 @@ async fn apiserver_restarted_mid_backup() {
         "e2e: API server killed, down 5 s, ready again after {:?}",
         t.elapsed()
     );
-    let backups: Api<Backup> = Api::namespaced(client.clone(), &ns.name);
-    succeeded(&backups, "before").await;
+    succeeded(&client, &ns.name, "before").await;
     let n = jobs
         .list(&ListParams::default())
         .await
@@ -126,8 +100,16 @@ async fn apiserver_restarted_mid_backup() {
         .count();
     assert_eq!(n, 1, "one backup Job across the restart");
     // The watches came back.
-    backup(&client, &ns.name, "after").await;
-    succeeded(&backups, "after").await;
+    create_backup(
+        &client,
+        &ns.name,
+        "after",
+        "local",
+        &["data"],
+        serde_json::json!({}),
+    )
+    .await;
+    succeeded(&client, &ns.name, "after").await;
     eprintln!("e2e: both backups done {:?} after the restart", t.elapsed());
     controller.stop().await;
     ns.delete().await;
