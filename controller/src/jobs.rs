@@ -325,21 +325,71 @@ pub enum Work {
 /// The user and group of the unprivileged agent (the image's `nonroot`).
 pub const AGENT_UID: i64 = 65532;
 
-/// Why `o` may not run in namespace `ns`, if it may not: a privileged mover
-/// was asked for where the controller's administrator did not allow it.
+/// Why `o` may not run in namespace `ns`, if it may not: a privileged mover,
+/// or security overrides that give the agent more than the restricted Pod
+/// Security level allows (root, privilege escalation, added capabilities,
+/// a privileged container, no seccomp), asked for where the controller's
+/// administrator did not allow it. Without this check, whoever may create a
+/// Backup or Restore could have the controller start a root pod reading
+/// every file of the namespace's volumes, even without the right to create
+/// pods themselves.
 pub fn privileged_mover_refused(
     o: Option<&JobOverrides>,
     ns: &str,
     cfg: &JobConfig,
 ) -> Option<String> {
-    if !o.is_some_and(|o| o.privileged_mover) || cfg.privileged_mover_allowed(ns) {
+    let o = o?;
+    if cfg.privileged_mover_allowed(ns) {
         return None;
     }
+    let what = if o.privileged_mover {
+        Some("job.privilegedMover".to_string())
+    } else {
+        elevated(o)
+    }?;
     Some(format!(
-        "job.privilegedMover is not allowed in namespace {ns}: the controller's administrator \
-         lists the namespaces that may run the agent as root (CAIRN_PRIVILEGED_MOVER_NAMESPACES, \
-         Helm value agent.privilegedMoverNamespaces)"
+        "{what} is not allowed in namespace {ns}: the controller's administrator lists the \
+         namespaces whose agent Jobs may run with more than restricted Pod Security allows \
+         (CAIRN_PRIVILEGED_MOVER_NAMESPACES, Helm value agent.privilegedMoverNamespaces)"
     ))
+}
+
+/// The first override that lifts the agent above restricted Pod Security.
+fn elevated(o: &JobOverrides) -> Option<String> {
+    let pod = o.pod_security_context.as_ref();
+    let c = o.security_context.as_ref();
+    let unconfined = |s: Option<&SeccompProfile>| s.is_some_and(|s| s.type_ == "Unconfined");
+    let checks = [
+        (
+            pod.and_then(|p| p.run_as_user) == Some(0) || c.and_then(|c| c.run_as_user) == Some(0),
+            "runAsUser 0",
+        ),
+        (
+            pod.and_then(|p| p.run_as_non_root) == Some(false)
+                || c.and_then(|c| c.run_as_non_root) == Some(false),
+            "runAsNonRoot false",
+        ),
+        (c.and_then(|c| c.privileged) == Some(true), "privileged"),
+        (
+            c.and_then(|c| c.allow_privilege_escalation) == Some(true),
+            "allowPrivilegeEscalation",
+        ),
+        (
+            c.and_then(|c| c.capabilities.as_ref())
+                .and_then(|k| k.add.as_ref())
+                .is_some_and(|a| a.iter().any(|cap| cap != "NET_BIND_SERVICE")),
+            "capabilities.add",
+        ),
+        (
+            unconfined(pod.and_then(|p| p.seccomp_profile.as_ref()))
+                || unconfined(c.and_then(|c| c.seccomp_profile.as_ref())),
+            "an Unconfined seccomp profile",
+        ),
+    ];
+    checks
+        .iter()
+        .find(|(hit, _)| *hit)
+        .map(|(_, what)| format!("job security override {what}"))
 }
 
 /// `over`'s fields set on top of `base`'s (a shallow merge of the JSON

@@ -540,3 +540,67 @@ fn repository_jobs_take_the_repositorys_overrides() {
         assert_eq!((psc.fs_group, psc.run_as_user), (Some(4000), Some(65532)));
     }
 }
+
+#[test]
+fn overrides_above_restricted_need_the_administrators_consent_too() {
+    use k8s_openapi::api::core::v1::{Capabilities, PodSecurityContext, SecurityContext};
+    let ns = "shop";
+    let refused = JobConfig::default();
+    let allowed = JobConfig {
+        privileged_mover_namespaces: vec!["*".into()],
+        ..JobConfig::default()
+    };
+    let pod = |p: PodSecurityContext| JobOverrides {
+        pod_security_context: Some(p),
+        ..JobOverrides::default()
+    };
+    let container = |c: SecurityContext| JobOverrides {
+        security_context: Some(c),
+        ..JobOverrides::default()
+    };
+    let escalating = [
+        pod(PodSecurityContext {
+            run_as_user: Some(0),
+            ..Default::default()
+        }),
+        pod(PodSecurityContext {
+            run_as_non_root: Some(false),
+            ..Default::default()
+        }),
+        container(SecurityContext {
+            privileged: Some(true),
+            ..Default::default()
+        }),
+        container(SecurityContext {
+            allow_privilege_escalation: Some(true),
+            ..Default::default()
+        }),
+        container(SecurityContext {
+            capabilities: Some(Capabilities {
+                add: Some(vec!["DAC_READ_SEARCH".into()]),
+                drop: None,
+            }),
+            ..Default::default()
+        }),
+    ];
+    for o in &escalating {
+        let why = jobs::privileged_mover_refused(Some(o), ns, &refused);
+        assert!(
+            why.as_deref().is_some_and(|m| m.contains("not allowed")),
+            "{o:?}"
+        );
+        assert_eq!(jobs::privileged_mover_refused(Some(o), ns, &allowed), None);
+    }
+    // Running as another unprivileged user is what restricted allows.
+    let app = pod(PodSecurityContext {
+        run_as_user: Some(999),
+        run_as_group: Some(999),
+        fs_group: Some(999),
+        ..Default::default()
+    });
+    assert_eq!(
+        jobs::privileged_mover_refused(Some(&app), ns, &refused),
+        None
+    );
+    assert_eq!(jobs::privileged_mover_refused(None, ns, &refused), None);
+}
