@@ -1,6 +1,7 @@
 //! Prometheus metrics of the controller, in the text exposition format.
-//! Counters for the controller's work and gauges per schedule and PVC and
-//! per repository, which the alert rules in deploy/alerts.yaml use.
+//! Counters for the controller's work, a histogram of reconcile durations
+//! per kind, and gauges per schedule and PVC and per repository, which the
+//! alert rules in deploy/alerts.yaml use.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,6 +65,87 @@ pub static BACKUPS_SUCCEEDED: Counter = Counter::new(
 /// Backups that failed.
 pub static BACKUPS_FAILED: Counter =
     Counter::new("cairn_backups_failed_total", "Backup runs that failed.");
+
+/// A histogram of durations in seconds with one `kind` label and fixed
+/// bucket bounds.
+pub struct Histogram {
+    name: &'static str,
+    help: &'static str,
+    bounds: &'static [f64],
+    series: Mutex<BTreeMap<&'static str, Buckets>>,
+}
+
+/// One series: observations per bucket (not cumulative; the last one is
+/// above every bound), their sum and count.
+#[derive(Default)]
+struct Buckets {
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    const fn new(name: &'static str, help: &'static str, bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            name,
+            help,
+            bounds,
+            series: Mutex::new(BTreeMap::new()),
+        }
+    }
+    /// Record one observation of `seconds` for `kind`.
+    pub fn observe(&self, kind: &'static str, seconds: f64) {
+        let mut series = self
+            .series
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let b = series.entry(kind).or_default();
+        if b.counts.is_empty() {
+            b.counts = vec![0; self.bounds.len() + 1];
+        }
+        let i = self.bounds.partition_point(|&le| le < seconds);
+        b.counts[i] += 1;
+        b.sum += seconds;
+        b.count += 1;
+    }
+    fn render(&self, out: &mut String) {
+        let name = self.name;
+        out.push_str(&format!(
+            "# HELP {name} {}\n# TYPE {name} histogram\n",
+            self.help
+        ));
+        let series = self
+            .series
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (kind, b) in series.iter() {
+            let mut cumulative = 0;
+            for (i, n) in b.counts.iter().enumerate() {
+                cumulative += n;
+                let le = self
+                    .bounds
+                    .get(i)
+                    .map_or_else(|| "+Inf".to_string(), f64::to_string);
+                out.push_str(&format!(
+                    "{name}_bucket{{kind=\"{kind}\",le=\"{le}\"}} {cumulative}\n"
+                ));
+            }
+            out.push_str(&format!("{name}_sum{{kind=\"{kind}\"}} {}\n", b.sum));
+            out.push_str(&format!("{name}_count{{kind=\"{kind}\"}} {}\n", b.count));
+        }
+    }
+}
+
+/// How long reconciles take, per kind (`Backup`, `BackupSchedule`,
+/// `Restore`, `BackupRepository`), including the wait for the client's rate
+/// limit.
+pub static RECONCILE_DURATION: Histogram = Histogram::new(
+    "cairn_controller_reconcile_duration_seconds",
+    "Duration of reconciles by kind, including waits for the client-side rate limit.",
+    &[
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ],
+);
 
 /// A gauge with labels.
 pub struct LabeledGauge {
@@ -208,11 +290,41 @@ pub fn render() -> String {
     ] {
         g.render(&mut out);
     }
+    RECONCILE_DURATION.render(&mut out);
     out
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn histogram_buckets_are_cumulative_per_kind() {
+        let h = super::Histogram::new("t_seconds", "Test.", &[0.25, 1.0]);
+        for s in [0.125, 0.25, 0.5, 3.0] {
+            h.observe("Backup", s);
+        }
+        h.observe("Restore", 2.0);
+        let mut t = String::new();
+        h.render(&mut t);
+        assert!(
+            t.starts_with("# HELP t_seconds Test.\n# TYPE t_seconds histogram\n"),
+            "{t}"
+        );
+        for line in [
+            "t_seconds_bucket{kind=\"Backup\",le=\"0.25\"} 2\n",
+            "t_seconds_bucket{kind=\"Backup\",le=\"1\"} 3\n",
+            "t_seconds_bucket{kind=\"Backup\",le=\"+Inf\"} 4\n",
+            "t_seconds_sum{kind=\"Backup\"} 3.875\n",
+            "t_seconds_count{kind=\"Backup\"} 4\n",
+            "t_seconds_bucket{kind=\"Restore\",le=\"1\"} 0\n",
+            "t_seconds_bucket{kind=\"Restore\",le=\"+Inf\"} 1\n",
+        ] {
+            assert!(t.contains(line), "{line} in {t}");
+        }
+        super::RECONCILE_DURATION.observe("BackupSchedule", 0.003);
+        assert!(super::render()
+            .contains("# TYPE cairn_controller_reconcile_duration_seconds histogram\n"));
+    }
+
     #[test]
     fn text_format() {
         super::BACKUPS_FAILED.inc();

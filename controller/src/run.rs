@@ -206,7 +206,7 @@ pub async fn controllers(
     let all = watcher::Config::default;
     let managed = || all().labels("app.kubernetes.io/managed-by=cairn-controller");
     macro_rules! run_loop {
-        ($ctrl:expr, $reconcile:path) => {{
+        ($ctrl:expr, $reconcile:path, $kind:literal) => {{
             let ctrl = $ctrl;
             let store = ctrl.store();
             let ctrl = if on_signal {
@@ -223,7 +223,10 @@ pub async fn controllers(
                         async move {
                             metrics::RECONCILES.inc();
                             let key = key_of(obj.as_ref());
+                            let started = std::time::Instant::now();
                             let result = $reconcile(obj, ctx).await;
+                            metrics::RECONCILE_DURATION
+                                .observe($kind, started.elapsed().as_secs_f64());
                             if result.is_ok() {
                                 backoff.succeeded(&key);
                             }
@@ -239,21 +242,23 @@ pub async fn controllers(
     }
     let backup_loop = run_loop!(
         on_spec_change(scoped::<Backup>(&client, ns)).owns(scoped::<Job>(&client, ns), managed()),
-        backup::reconcile
+        backup::reconcile,
+        "Backup"
     );
     // A schedule reacts to its Backups' status (lastSuccessful, history).
     let schedule_ctrl = on_spec_change(scoped::<BackupSchedule>(&client, ns))
         .owns(scoped::<Backup>(&client, ns), all());
     let schedule_store = schedule_ctrl.store();
-    let schedule_loop = run_loop!(schedule_ctrl, schedules::reconcile);
+    let schedule_loop = run_loop!(schedule_ctrl, schedules::reconcile, "BackupSchedule");
     let restore_loop = run_loop!(
         on_spec_change(scoped::<Restore>(&client, ns)).owns(scoped::<Job>(&client, ns), managed()),
-        restores::reconcile
+        restores::reconcile,
+        "Restore"
     );
     let repository_ctrl = on_spec_change(scoped::<BackupRepository>(&client, ns))
         .owns(scoped::<Job>(&client, ns), managed());
     let repository_store = repository_ctrl.store();
-    let repository_loop = run_loop!(repository_ctrl, repositories::reconcile);
+    let repository_loop = run_loop!(repository_ctrl, repositories::reconcile, "BackupRepository");
     let gc = forget_deleted(schedule_store, repository_store);
     tokio::select! {
         _ = async { tokio::join!(backup_loop, schedule_loop, restore_loop, repository_loop) } => {}
