@@ -122,7 +122,17 @@ pub async fn reconcile(r: Arc<BackupRepository>, ctx: Arc<Context>) -> Result<Ac
             )],
         };
         patch_status(&api, &name, &old, &status).await?;
-        return Ok(Action::requeue(Duration::from_secs(30)));
+        // A stuck Job (missing Secret, image, volume) waits for a person: its
+        // Job's changes wake this anyway, so look again only now and then.
+        let stuck = status
+            .conditions
+            .first()
+            .is_some_and(|c| c.reason == "JobStuck");
+        return Ok(Action::requeue(Duration::from_secs(if stuck {
+            300
+        } else {
+            30
+        })));
     };
     status.last_check_time = Some(Time(Timestamp::now()));
     if result.ok {
