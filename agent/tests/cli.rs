@@ -1058,6 +1058,8 @@ fn group_shared_repository_on_a_fresh_volume() {
     let repo = volume.join("repo-root");
     fs::create_dir(&repo).unwrap();
     fs::create_dir(repo.join("lost+found")).unwrap();
+    // The kubelet makes an fsGroup volume's root set-group-ID (2770).
+    fs::set_permissions(&repo, fs::Permissions::from_mode(0o2775)).unwrap();
     let term = env.path("termination-log");
     let out = env
         .cmd()
@@ -1077,7 +1079,9 @@ fn group_shared_repository_on_a_fresh_volume() {
     assert_success(&out, &["agent init --group-access"]);
     let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode(&repo.join("config")), 0o660);
-    assert_eq!(mode(&repo.join("data")), 0o770);
+    // Set-group-ID kept: files made later by agents of other users and
+    // groups still get the volume's group.
+    assert_eq!(mode(&repo.join("data")), 0o2770);
     for k in fs::read_dir(repo.join("keys")).unwrap() {
         assert_eq!(mode(&k.unwrap().path()), 0o660);
     }
@@ -1109,7 +1113,7 @@ fn group_shared_repository_on_a_fresh_volume() {
         for e in fs::read_dir(&d).unwrap() {
             let p = e.unwrap().path();
             if p.is_dir() {
-                assert_eq!(mode(&p), 0o770, "{}", p.display());
+                assert_eq!(mode(&p), 0o2770, "{}", p.display());
                 dirs.push(p);
             } else {
                 assert_eq!(mode(&p), 0o660, "{}", p.display());

@@ -163,6 +163,9 @@ async fn at_limit(
     Ok(None)
 }
 
+/// How long a Backup waits for a PVC that does not exist.
+pub const PVC_WAIT: Duration = Duration::from_secs(3600);
+
 /// Reconcile one `Backup`.
 ///
 /// # Errors
@@ -277,6 +280,29 @@ pub async fn reconcile(b: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Erro
     status.job_names = job_names;
     if status.start_time.is_none() {
         status.start_time = Some(Time(Timestamp::now()));
+    }
+    // A PVC that does not come is given up after PVC_WAIT: a Backup waiting
+    // for ever would also hold every later run of its schedule.
+    let waited = status
+        .start_time
+        .as_ref()
+        .map_or(0, |t| Timestamp::now().as_second() - t.0.as_second());
+    if !missing.is_empty() && waited >= PVC_WAIT.as_secs() as i64 {
+        for pvc in missing.drain(..) {
+            results.push((
+                pvc.clone(),
+                crate::result::AgentResult {
+                    command: "backup".into(),
+                    ok: false,
+                    exit_code: 1,
+                    error: Some(format!(
+                        "PVC {pvc} not found in namespace {ns} (waited {} min)",
+                        PVC_WAIT.as_secs() / 60
+                    )),
+                    ..crate::result::AgentResult::default()
+                },
+            ));
+        }
     }
     status.snapshots = results
         .iter()

@@ -732,7 +732,7 @@ pub fn restore_job(
         args.push("--include".into());
         args.push(i.clone());
     }
-    build(
+    let mut job = build(
         JobParts {
             name: restore_job_name(&name),
             namespace,
@@ -746,7 +746,28 @@ pub fn restore_job(
             work: Work::Restore,
         },
         cfg,
-    )
+    );
+    // An existing volume holds the application's files: the default fsGroup
+    // would make the kubelet re-group and open every one of them to group
+    // 65532. Only a new volume (or the user's own fsGroup) gets one.
+    let own_fs_group = restore
+        .spec
+        .job
+        .as_ref()
+        .and_then(|o| o.pod_security_context.as_ref())
+        .is_some_and(|p| p.fs_group.is_some());
+    if restore.spec.target.new_pvc.is_none() && !own_fs_group {
+        if let Some(p) = job
+            .spec
+            .as_mut()
+            .and_then(|s| s.template.spec.as_mut())
+            .and_then(|p| p.security_context.as_mut())
+        {
+            p.fs_group = None;
+            p.fs_group_change_policy = None;
+        }
+    }
+    job
 }
 
 /// Name of the Job that initialises or checks a repository at a generation of

@@ -40,6 +40,25 @@ pub async fn reconcile(r: Arc<BackupRepository>, ctx: Arc<Context>) -> Result<Ac
     let name = r.name_any();
     let generation = r.meta().generation;
     let old = r.status.clone().unwrap_or_default();
+    let api: Api<BackupRepository> = Api::namespaced(ctx.client.clone(), &ns);
+    if let Some(msg) = jobs::privileged_mover_refused(r.spec.job.as_ref(), &ns, &ctx.jobs) {
+        // The repository's own Jobs get no more than Backups and Restores.
+        let status = BackupRepositoryStatus {
+            observed_generation: generation,
+            conditions: vec![ready(false, "PrivilegedMoverNotAllowed", &msg, generation)],
+            ..old.clone()
+        };
+        warn_once(
+            ctx.as_ref(),
+            r.as_ref(),
+            &old.conditions,
+            "PrivilegedMoverNotAllowed",
+            msg,
+        )
+        .await;
+        patch_status(&api, &name, &old, &status).await?;
+        return Ok(Action::await_change());
+    }
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
     let job_name = jobs::repository_job_name(&name, generation.unwrap_or(0));
     let reason = old.conditions.first().map(|c| c.reason.as_str());
@@ -66,19 +85,40 @@ pub async fn reconcile(r: Arc<BackupRepository>, ctx: Arc<Context>) -> Result<Ac
                 if due_in(RETRY) > 0 {
                     return Ok(Action::requeue(Duration::from_secs(due_in(RETRY))));
                 }
-                match jobs_api
-                    .delete(&job_name, &DeleteParams::background())
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(e)) if e.code == 404 => {}
-                    Err(e) => return Err(e.into()),
+                // Due: the last check's Job is removed and a new one made. A
+                // Job still running is that new check (left alone until its
+                // result lands, which moves lastCheckTime); a Job being
+                // deleted is waited for.
+                match jobs_api.get_opt(&job_name).await? {
+                    Some(j) if j.metadata.deletion_timestamp.is_some() => {
+                        return Ok(Action::requeue(Duration::from_secs(2)));
+                    }
+                    // The last check's Job (made before its result was
+                    // recorded); a finished Job made since is the new check.
+                    Some(j)
+                        if job_finished(&j)
+                            && j.metadata.creation_timestamp.as_ref().is_none_or(|c| {
+                                old.last_check_time
+                                    .as_ref()
+                                    .is_some_and(|l| c.0.as_second() <= l.0.as_second())
+                            }) =>
+                    {
+                        match jobs_api
+                            .delete(&job_name, &DeleteParams::background())
+                            .await
+                        {
+                            Ok(_) => {}
+                            Err(kube::Error::Api(e)) if e.code == 404 => {}
+                            Err(e) => return Err(e.into()),
+                        }
+                        return Ok(Action::requeue(Duration::from_secs(2)));
+                    }
+                    _ => {}
                 }
             }
             _ => {}
         }
     }
-    let api: Api<BackupRepository> = Api::namespaced(ctx.client.clone(), &ns);
     let mut status = BackupRepositoryStatus {
         observed_generation: generation,
         ..old.clone()
@@ -94,7 +134,10 @@ pub async fn reconcile(r: Arc<BackupRepository>, ctx: Arc<Context>) -> Result<Ac
             let job = jobs::repository_job(&r, &ctx.jobs);
             match jobs_api.create(&PostParams::default(), &job).await {
                 Ok(j) => j,
-                Err(kube::Error::Api(e)) if e.code == 409 => jobs_api.get(&job_name).await?,
+                // Made meanwhile: the next reconcile checks whose it is.
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    return Ok(Action::requeue(Duration::from_secs(1)))
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -105,12 +148,12 @@ pub async fn reconcile(r: Arc<BackupRepository>, ctx: Arc<Context>) -> Result<Ac
                 warn_once(&ctx, r.as_ref(), &old.conditions, "JobStuck", why.clone()).await;
                 vec![ready(false, "JobStuck", &why, generation)]
             }
-            // A periodic recheck of a ready repository keeps it Ready
-            // until the check says otherwise.
-            None if old
-                .conditions
-                .first()
-                .is_some_and(|c| c.status == "True" && c.observed_generation == generation) =>
+            // A periodic recheck keeps the last verdict (Ready, or
+            // Unreachable with its one Warning) until the check gives one.
+            None if old.conditions.first().is_some_and(|c| {
+                c.observed_generation == generation
+                    && (c.status == "True" || c.reason == "Unreachable")
+            }) =>
             {
                 old.conditions.clone()
             }

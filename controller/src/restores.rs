@@ -184,7 +184,10 @@ pub async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Err
                     .await;
                     j
                 }
-                Err(kube::Error::Api(e)) if e.code == 409 => jobs_api.get(&job_name).await?,
+                // Made meanwhile: the next reconcile checks whose it is.
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    return Ok(Action::requeue(Duration::from_secs(1)))
+                }
                 Err(e) => return Err(e.into()),
             }
         }

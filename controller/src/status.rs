@@ -173,6 +173,16 @@ pub async fn repository(
         .ok_or_else(|| format!("BackupRepository {name:?} not found in namespace {ns}")))
 }
 
+/// The label selector of a Job's pods: by the Job's UID where it has one,
+/// so that pods of a deleted Job of the same name (still terminating) are
+/// never taken for the new Job's.
+fn pods_of(job: &k8s_openapi::api::batch::v1::Job) -> String {
+    match job.metadata.uid.as_deref() {
+        Some(uid) => format!("batch.kubernetes.io/controller-uid={uid}"),
+        None => format!("job-name={}", job.name_any()),
+    }
+}
+
 /// Whether a Job has finished (succeeded, or failed for good).
 pub fn job_finished(job: &k8s_openapi::api::batch::v1::Job) -> bool {
     let st = job.status.clone().unwrap_or_default();
@@ -200,7 +210,7 @@ pub async fn job_result(
         return Ok(None);
     }
     let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), ns);
-    let lp = kube::api::ListParams::default().labels(&format!("job-name={}", job.name_any()));
+    let lp = kube::api::ListParams::default().labels(&pods_of(job));
     let best = pods
         .list(&lp)
         .await?
@@ -333,7 +343,7 @@ pub async fn job_stuck(
         return Ok(None);
     }
     let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), ns);
-    let lp = kube::api::ListParams::default().labels(&format!("job-name={}", job.name_any()));
+    let lp = kube::api::ListParams::default().labels(&pods_of(job));
     let pods = pods.list(&lp).await?.items;
     if !pods.is_empty() {
         return Ok(pods.iter().find_map(pod_stuck));

@@ -604,3 +604,42 @@ fn overrides_above_restricted_need_the_administrators_consent_too() {
     );
     assert_eq!(jobs::privileged_mover_refused(None, ns, &refused), None);
 }
+
+#[test]
+fn a_restore_into_an_existing_volume_does_not_regroup_it() {
+    let repo: BackupRepository = example("repository-s3.yaml");
+    let mut restore: Restore = with_uid(example("restore.yaml"), "uid-10");
+    restore.spec.target = cairn_crds::RestoreTarget {
+        pvc: Some("postgres-data".into()),
+        new_pvc: None,
+    };
+    let job = restore_job(
+        &restore,
+        &repo,
+        "postgres-data",
+        None,
+        &JobConfig::default(),
+    );
+    let psc = pod_spec(&job).security_context.clone().unwrap();
+    assert_eq!((psc.fs_group, psc.fs_group_change_policy), (None, None));
+    assert_eq!(psc.run_as_user, Some(65532));
+    // The user's own fsGroup stays.
+    restore.spec.job = Some(JobOverrides {
+        pod_security_context: Some(k8s_openapi::api::core::v1::PodSecurityContext {
+            fs_group: Some(999),
+            ..Default::default()
+        }),
+        ..JobOverrides::default()
+    });
+    let job = restore_job(
+        &restore,
+        &repo,
+        "postgres-data",
+        None,
+        &JobConfig::default(),
+    );
+    assert_eq!(
+        pod_spec(&job).security_context.clone().unwrap().fs_group,
+        Some(999)
+    );
+}

@@ -337,11 +337,14 @@ fn finish_job(api: &FakeApi, job: &str, succeeded: bool, message: &str, exit_cod
     } else {
         json!({"failed":1,"conditions":[{"type":"Failed","status":"True"}]})
     };
+    // The Job controller labels its pods with the Job's name and UID.
+    let uid = j["metadata"]["uid"].clone();
     api.insert(&key, j);
     api.insert(
         &format!("{PODS}/{job}-abcde"),
         json!({"apiVersion":"v1","kind":"Pod",
-               "metadata":{"name":format!("{job}-abcde"),"namespace":NS,"labels":{"job-name":job}},
+               "metadata":{"name":format!("{job}-abcde"),"namespace":NS,
+                           "labels":{"job-name":job,"batch.kubernetes.io/controller-uid":uid}},
                "spec":{"containers":[{"name":"agent"}]},
                "status":{"phase": if succeeded {"Succeeded"} else {"Failed"},
                  "containerStatuses":[{"name":"agent","image":"x","imageID":"","ready":false,"restartCount":0,
@@ -1089,6 +1092,79 @@ fn repo_obj(api: &FakeApi) -> Arc<cairn_crds::BackupRepository> {
     Arc::new(serde_json::from_value(api.get(&format!("{REPOS}/offsite")).unwrap()).unwrap())
 }
 
+/// The hourly recheck of a Ready repository: the finished Job of the last
+/// check is deleted once, a new one made once, and while it runs it is left
+/// alone (no delete-and-create loop) and the repository stays Ready.
+#[tokio::test]
+async fn a_ready_repository_is_rechecked_once_not_in_a_loop() {
+    use cairn_controller::repositories::reconcile as reconcile_repo;
+    let (api, ctx) = setup(true);
+    let key = format!("{REPOS}/offsite");
+    let mut r = api.get(&key).unwrap();
+    r["metadata"]["generation"] = json!(1);
+    api.insert(&key, r);
+    let job_name = jobs::repository_job_name("offsite", 1);
+    reconcile_repo(repo_obj(&api), ctx.clone()).await.unwrap();
+    finish_job(
+        &api,
+        &job_name,
+        true,
+        r#"{"command":"init","ok":true,"exitCode":0,"initialized":true,"snapshots":0,"storedBytes":0}"#,
+        0,
+    );
+    reconcile_repo(repo_obj(&api), ctx.clone()).await.unwrap();
+    assert_eq!(
+        repo_obj(&api).status.clone().unwrap().conditions[0].status,
+        "True"
+    );
+    // Two hours later (that check's Job was made just before it).
+    let mut r = api.get(&key).unwrap();
+    r["status"]["lastCheckTime"] = json!("2020-01-01T00:00:00Z");
+    api.insert(&key, r);
+    let mut j = api.get(&format!("{JOBS}/{job_name}")).unwrap();
+    j["metadata"]["creationTimestamp"] = json!("2019-12-31T23:59:00Z");
+    api.insert(&format!("{JOBS}/{job_name}"), j);
+    reconcile_repo(repo_obj(&api), ctx.clone()).await.unwrap();
+    assert_eq!(
+        api.requests("DELETE", "/jobs"),
+        1,
+        "the old check's Job goes"
+    );
+    reconcile_repo(repo_obj(&api), ctx.clone()).await.unwrap();
+    assert_eq!(api.requests("POST", "/jobs"), 2, "one new check");
+    for _ in 0..3 {
+        reconcile_repo(repo_obj(&api), ctx.clone()).await.unwrap();
+    }
+    assert_eq!(
+        api.requests("DELETE", "/jobs"),
+        1,
+        "the running check is left alone"
+    );
+    assert_eq!(api.requests("POST", "/jobs"), 2);
+    let st = repo_obj(&api).status.clone().unwrap();
+    assert_eq!(st.conditions[0].status, "True", "Ready while rechecking");
+    let mut j = api.get(&format!("{JOBS}/{job_name}")).unwrap();
+    j["metadata"]["creationTimestamp"] = json!("2020-01-01T01:00:00Z");
+    api.insert(&format!("{JOBS}/{job_name}"), j);
+    finish_job(
+        &api,
+        &job_name,
+        true,
+        r#"{"command":"init","ok":true,"exitCode":0,"initialized":false,"snapshots":3,"storedBytes":10}"#,
+        0,
+    );
+    reconcile_repo(repo_obj(&api), ctx.clone()).await.unwrap();
+    let st = repo_obj(&api).status.clone().unwrap();
+    assert_eq!(
+        (st.conditions[0].reason.as_str(), st.snapshot_count),
+        ("Reachable", Some(3))
+    );
+    assert_ne!(
+        st.last_check_time.unwrap().0.to_string(),
+        "2020-01-01T00:00:00Z"
+    );
+}
+
 #[tokio::test]
 async fn repository_is_checked_once_per_generation_and_reports_ready() {
     use cairn_controller::repositories::reconcile as reconcile_repo;
@@ -1364,10 +1440,15 @@ async fn rbac_in_deploy_manifest_covers_every_request_and_no_more() {
         cairn_controller::repositories::reconcile(repo_obj(&api), ctx.clone())
             .await
             .unwrap();
-        // The retry after the interval deletes the failed check Job.
+        // The retry after the interval deletes the failed check Job (made
+        // before that check's result).
         let mut r = api.get(&key).unwrap();
         r["status"]["lastCheckTime"] = json!("2020-01-01T00:00:00Z");
         api.insert(&key, r);
+        let job_key = format!("{JOBS}/{}", jobs::repository_job_name("offsite", 1));
+        let mut j = api.get(&job_key).unwrap();
+        j["metadata"]["creationTimestamp"] = json!("2019-12-31T23:59:00Z");
+        api.insert(&job_key, j);
         cairn_controller::repositories::reconcile(repo_obj(&api), ctx.clone())
             .await
             .unwrap();
@@ -1551,10 +1632,15 @@ fn alert_rules_use_real_metrics_and_have_runbooks() {
 /// Give a Job a pod whose agent container waits for a reason that needs the
 /// user (a missing Secret, a bad image).
 fn stuck_pod(api: &FakeApi, job: &str, reason: &str, message: &str) {
+    let uid = api
+        .get(&format!("{JOBS}/{job}"))
+        .map(|j| j["metadata"]["uid"].clone())
+        .unwrap_or_default();
     api.insert(
         &format!("{PODS}/{job}-stuck"),
         json!({"apiVersion":"v1","kind":"Pod",
-               "metadata":{"name":format!("{job}-stuck"),"namespace":NS,"labels":{"job-name":job}},
+               "metadata":{"name":format!("{job}-stuck"),"namespace":NS,
+                           "labels":{"job-name":job,"batch.kubernetes.io/controller-uid":uid}},
                "spec":{"containers":[{"name":"agent"}]},
                "status":{"phase":"Pending",
                  "containerStatuses":[{"name":"agent","image":"x","imageID":"","ready":false,"restartCount":0,

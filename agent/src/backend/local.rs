@@ -70,7 +70,10 @@ impl LocalBackend {
                 }
                 if let Ok(m) = fs::symlink_metadata(d) {
                     if m.is_dir() && m.mode() & 0o070 != 0o070 {
-                        let _ = fs::set_permissions(d, fs::Permissions::from_mode(dir_mode));
+                        // Keep the set-group-ID bit a directory inherits from
+                        // an fsGroup volume: it keeps new files in the group.
+                        let mode = (m.mode() & 0o7000) | dir_mode;
+                        let _ = fs::set_permissions(d, fs::Permissions::from_mode(mode));
                     }
                 }
             }
