@@ -198,6 +198,19 @@ fn an_init_killed_before_its_config_can_be_run_again() {
     fs::write(src.join("f"), b"after a second init").unwrap();
     env.ok(&["backup", src.to_str().unwrap()]);
     env.ok(&["check", "--read-data"]);
+    // The same on a fresh ext4 volume, whose root holds lost+found.
+    let volume = env.path("volume");
+    fs::create_dir_all(volume.join("lost+found")).unwrap();
+    let at = |c: &mut std::process::Command| {
+        c.args(["-r", volume.to_str().unwrap(), "init"]);
+    };
+    let mut c = env.cmd();
+    at(&mut c);
+    assert_success(&c.output().unwrap(), &["init on a fresh volume"]);
+    fs::remove_file(volume.join("config")).unwrap();
+    let mut c = env.cmd();
+    at(&mut c);
+    assert_success(&c.output().unwrap(), &["init again after a killed one"]);
     // A directory with anything else in it is still refused.
     let other = env.path("other");
     fs::create_dir_all(other.join("keys")).unwrap();

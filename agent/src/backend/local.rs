@@ -181,6 +181,8 @@ impl LocalBackend {
                 Some("keys") => is_dir,
                 Some("snapshots") | Some("index") => is_dir && !holds_files(&e.path(), 0),
                 Some("data") => is_dir && !holds_files(&e.path(), 1),
+                // A fresh filesystem's own directory (ext4 volume root).
+                Some("lost+found") => is_dir,
                 _ => false,
             }
         })
