@@ -1061,21 +1061,23 @@ fn group_shared_repository_on_a_fresh_volume() {
     // The kubelet makes an fsGroup volume's root set-group-ID (2770).
     fs::set_permissions(&repo, fs::Permissions::from_mode(0o2775)).unwrap();
     let term = env.path("termination-log");
-    let out = env
-        .cmd()
-        .env("CAIRN_REPOSITORY", &repo)
-        .env("CAIRN_TERMINATION_LOG", &term)
-        .args([
-            "agent",
-            "init",
-            "--group-access",
-            "--kdf-memory-kib",
-            "1024",
-            "--kdf-iterations",
-            "1",
-        ])
-        .output()
-        .unwrap();
+    let agent = |args: &[&str]| {
+        env.cmd()
+            .env("CAIRN_REPOSITORY", &repo)
+            .env("CAIRN_TERMINATION_LOG", &term)
+            .arg("agent")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = agent(&[
+        "init",
+        "--group-access",
+        "--kdf-memory-kib",
+        "1024",
+        "--kdf-iterations",
+        "1",
+    ]);
     assert_success(&out, &["agent init --group-access"]);
     let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode(&repo.join("config")), 0o660);
@@ -1089,20 +1091,13 @@ fn group_shared_repository_on_a_fresh_volume() {
     let src = env.path("pvc");
     fs::create_dir_all(src.join("lost+found/#1234")).unwrap();
     fs::write(src.join("app.db"), b"rows").unwrap();
-    let out = env
-        .cmd()
-        .env("CAIRN_REPOSITORY", &repo)
-        .env("CAIRN_TERMINATION_LOG", &term)
-        .args([
-            "agent",
-            "backup",
-            "--source",
-            src.to_str().unwrap(),
-            "--id",
-            "ns/pvc",
-        ])
-        .output()
-        .unwrap();
+    let out = agent(&[
+        "backup",
+        "--source",
+        src.to_str().unwrap(),
+        "--id",
+        "ns/pvc",
+    ]);
     assert_success(&out, &["agent backup"]);
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["files"], 1, "{r}");

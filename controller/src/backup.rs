@@ -73,7 +73,8 @@ fn mounts(p: &Pod, pvc: &str) -> bool {
 
 /// The node of a running pod that mounts `pvc`, when the claim is
 /// ReadWriteOnce: the agent must run there to mount it too.
-/// `Err(None)`-like answer: `Ok(None)` when the claim does not exist.
+/// Where a backup Job for `pvc` must run: `None` when the claim does not
+/// exist, else [`claim_node`]'s answer (a node, or anywhere).
 async fn rwo_node(client: &Client, ns: &str, pvc: &str) -> Result<Option<Option<String>>, Error> {
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
     let Some(claim) = claims.get_opt(pvc).await? else {

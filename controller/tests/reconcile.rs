@@ -73,6 +73,9 @@ impl FakeApi {
     fn get(&self, path: &str) -> Option<Value> {
         self.objects.lock().unwrap().get(path).cloned()
     }
+    fn delete_key(&self, path: &str) {
+        self.objects.lock().unwrap().remove(path);
+    }
     fn under(&self, collection: &str) -> Vec<Value> {
         let prefix = format!("{collection}/");
         self.objects
@@ -1245,6 +1248,43 @@ async fn repository_is_checked_once_per_generation_and_reports_ready() {
         posts,
         "a Ready repository is not re-checked"
     );
+}
+
+/// A PVC that does not exist is waited for (PVCNotFound, no Job), and given
+/// up after an hour so that the Backup ends and its schedule goes on.
+#[tokio::test]
+async fn a_missing_pvc_is_waited_for_then_given_up() {
+    let (api, ctx) = setup(true);
+    api.delete_key(&format!("{PVCS}/uploads"));
+    reconcile(backup(&api), ctx.clone()).await.unwrap();
+    let st = backup(&api).status.clone().unwrap();
+    assert_eq!(st.conditions[0].reason, "PVCNotFound", "{st:?}");
+    assert!(!st.phase.is_finished());
+    assert_eq!(
+        api.under(JOBS).len(),
+        1,
+        "a Job for the PVC that exists only"
+    );
+    let ok = r#"{"command":"backup","ok":true,"exitCode":0,"snapshotId":"aaaa1111"}"#;
+    finish_job(
+        &api,
+        &jobs::backup_job_name("before-upgrade", "postgres-data"),
+        true,
+        ok,
+        0,
+    );
+    reconcile(backup(&api), ctx.clone()).await.unwrap();
+    assert!(!backup(&api).status.clone().unwrap().phase.is_finished());
+    // An hour and more later.
+    let key = format!("{BACKUPS}/before-upgrade");
+    let mut b = api.get(&key).unwrap();
+    b["status"]["startTime"] = json!("2020-01-01T00:00:00Z");
+    api.insert(&key, b);
+    reconcile(backup(&api), ctx.clone()).await.unwrap();
+    let st = backup(&api).status.clone().unwrap();
+    assert_eq!(st.phase, Phase::Failed, "{st:?}");
+    let msg = st.message.unwrap_or_default();
+    assert!(msg.contains("uploads: PVC uploads not found"), "{msg}");
 }
 
 #[tokio::test]
