@@ -164,6 +164,10 @@ async fn at_limit(
     Ok(None)
 }
 
+/// Bytes of one PVC's error in a Backup's message, and of the message.
+const PVC_MESSAGE_LIMIT: usize = 512;
+const MESSAGE_LIMIT: usize = 8192;
+
 /// How long a Backup waits for a PVC that does not exist.
 pub const PVC_WAIT: Duration = Duration::from_secs(3600);
 
@@ -366,7 +370,12 @@ pub async fn reconcile(b: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Erro
     let failures: Vec<String> = results
         .iter()
         .filter(|(_, r)| !r.ok)
-        .map(|(pvc, r)| format!("{pvc}: {}", r.error.as_deref().unwrap_or("failed")))
+        .map(|(pvc, r)| {
+            crate::status::bounded_text(
+                format!("{pvc}: {}", r.error.as_deref().unwrap_or("failed")),
+                PVC_MESSAGE_LIMIT,
+            )
+        })
         .collect();
     // Snapshots written without some files (exit 3): not a success, or the
     // PVC's last successful backup would advance and no alert would fire.
@@ -374,12 +383,15 @@ pub async fn reconcile(b: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Erro
         .iter()
         .filter(|(_, r)| r.ok && r.exit_code == 3)
         .map(|(pvc, r)| {
-            format!(
-                "{pvc}: {}",
-                r.error.clone().unwrap_or_else(|| format!(
-                    "{} files could not be read",
-                    r.unreadable_files.unwrap_or(0)
-                ))
+            crate::status::bounded_text(
+                format!(
+                    "{pvc}: {}",
+                    r.error.clone().unwrap_or_else(|| format!(
+                        "{} files could not be read",
+                        r.unreadable_files.unwrap_or(0)
+                    ))
+                ),
+                PVC_MESSAGE_LIMIT,
             )
         })
         .collect();
@@ -398,13 +410,14 @@ pub async fn reconcile(b: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Erro
             partial.len(),
             partial.join("; ")
         );
+        let msg = crate::status::bounded_text(msg, MESSAGE_LIMIT);
         status.message = Some(msg.clone());
         status.conditions = vec![ready(false, "PartiallyFailed", &msg, generation)];
         publish(&ctx, b.as_ref(), EventType::Warning, "PartiallyFailed", msg).await;
         crate::metrics::BACKUPS_FAILED.inc();
     } else {
         status.phase = Phase::Failed;
-        let msg = failures.join("; ");
+        let msg = crate::status::bounded_text(failures.join("; "), MESSAGE_LIMIT);
         status.message = Some(msg.clone());
         status.conditions = vec![ready(false, "Failed", &msg, generation)];
         publish(&ctx, b.as_ref(), EventType::Warning, "Failed", msg).await;

@@ -33,11 +33,18 @@ const TRUNCATED: &str = "… (truncated)";
 /// ending in "… (truncated)" when it was cut. The API rejects a longer note
 /// (422) and the Event is lost, and failure messages (an agent's error, a
 /// list of failed PVCs) are the ones that grow long.
-pub fn bounded_note(mut note: String) -> String {
-    if note.len() <= NOTE_LIMIT {
+pub fn bounded_note(note: String) -> String {
+    bounded_text(note, NOTE_LIMIT)
+}
+
+/// `text` cut to at most `limit` bytes on a character boundary, marked when
+/// cut: what a tenant's file names can make long (an agent's error listing
+/// unreadable paths, one per PVC) must not grow a status without bound.
+pub fn bounded_text(mut note: String, limit: usize) -> String {
+    if note.len() <= limit {
         return note;
     }
-    let mut end = NOTE_LIMIT - TRUNCATED.len();
+    let mut end = limit.saturating_sub(TRUNCATED.len());
     while !note.is_char_boundary(end) {
         end -= 1;
     }

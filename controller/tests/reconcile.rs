@@ -1250,6 +1250,35 @@ async fn repository_is_checked_once_per_generation_and_reports_ready() {
     );
 }
 
+/// A tenant's long file names in the agent's error do not grow the Backup's
+/// status without bound: each PVC's part and the whole message are cut.
+#[tokio::test]
+async fn long_unreadable_paths_are_bounded_in_status() {
+    let (api, ctx) = setup(true);
+    reconcile(backup(&api), ctx.clone()).await.unwrap();
+    let long = format!("/data/{}", "x".repeat(4000));
+    let partial = serde_json::json!({"command":"backup","ok":true,"exitCode":3,
+        "snapshotId":"bbbb2222","unreadableFiles":1,
+        "error": format!("1 files could not be read (the snapshot lacks them): {long}: permission denied")})
+    .to_string();
+    for pvc in ["postgres-data", "uploads"] {
+        finish_job(
+            &api,
+            &jobs::backup_job_name("before-upgrade", pvc),
+            false,
+            &partial,
+            3,
+        );
+    }
+    reconcile(backup(&api), ctx.clone()).await.unwrap();
+    let st = backup(&api).status.clone().unwrap();
+    assert_eq!(st.phase, Phase::PartiallyFailed);
+    let msg = st.message.unwrap_or_default();
+    assert!(msg.len() < 2 * 512 + 300, "{} bytes", msg.len());
+    assert!(msg.contains("postgres-data: ") && msg.contains("uploads: "));
+    assert!(msg.contains("(truncated)"));
+}
+
 /// A PVC that does not exist is waited for (PVCNotFound, no Job), and given
 /// up after an hour so that the Backup ends and its schedule goes on.
 #[tokio::test]

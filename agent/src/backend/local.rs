@@ -154,8 +154,9 @@ impl LocalBackend {
             .map_err(|e| Error::io("create", &tmp, e))?;
         if self.modes().1 & 0o060 != 0 {
             // As in create_dirs: the umask must not keep the group out.
-            file.set_permissions(fs::Permissions::from_mode(self.modes().1))
-                .map_err(|e| Error::io("chmod", &tmp, e))?;
+            // Best effort, as for directories: some volume drivers refuse
+            // chmod, and the file is still written (with the umask's mode).
+            let _ = file.set_permissions(fs::Permissions::from_mode(self.modes().1));
         }
         Ok(LocalStaged {
             backend: LocalBackend {
