@@ -5,10 +5,13 @@
 //! ```text
 //! walker ──FileJob──▶ file workers (read, chunk, hash, dedup) ──BlobJob──▶ blob workers
 //!   │ (DFS events, in order)                                                (compress, pad, encrypt)
-//!   ▼                                                                             │ SealedBlob
+//!   ▼                                                                             │
 //! tree builder (waits for file results in order, saves tree blobs) ──BlobJob──▶  ▼
-//!                                                             packer ──pack──▶ uploaders ──▶ backend
+//!                                                         repository writer (packs, uploads, index)
 //! ```
+//!
+//! Claiming, packing, uploading and indexing are the repository writer's
+//! ([`crate::writer`]); this module walks, reads and builds trees.
 //!
 //! The walker never waits for file contents: it only decides, per file, whether
 //! the parent snapshot's content can be reused (metadata unchanged) or the file
@@ -32,16 +35,14 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use crate::backend::FileKind;
 use crate::beneath;
-use crate::blob::{blob_buffer, encode_blob_buf, BlobType, BLOB_HEADROOM};
-use crate::blobset::BlobSet;
-use crate::constants::{INDEX_FLUSH_BLOBS, INDEX_FLUSH_INTERVAL, MAX_TREE_DEPTH};
+use crate::blob::{blob_buffer, BlobType};
+use crate::constants::MAX_TREE_DEPTH;
 use crate::error::{Error, Result};
 use crate::id::Id;
-use crate::index::IndexFile;
-use crate::pack::{FinishedPack, PackWriter, StagedPack, StagedPackWriter};
 use crate::repository::{hostname, username, Repository};
 use crate::snapshot::{Snapshot, Summary};
 use crate::tree::{Node, NodeType, RawName, Tree};
+use crate::writer::{write_session, Indexing, Ticket, Writer};
 
 /// How to decide that a file is unchanged since the parent snapshot.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -133,17 +134,11 @@ struct FileRead {
 }
 
 struct BlobJob {
+    ticket: Ticket,
     blob_type: BlobType,
     id: Id,
-    /// The plaintext in a [`blob_buffer`] (after [`BLOB_HEADROOM`] bytes).
+    /// The plaintext in a [`blob_buffer`].
     data: Vec<u8>,
-}
-
-struct SealedBlob {
-    blob_type: BlobType,
-    id: Id,
-    encoded: Vec<u8>,
-    raw_len: u32,
 }
 
 enum Event {
@@ -168,10 +163,6 @@ struct Counters {
     dirs_new: AtomicU64,
     dirs_changed: AtomicU64,
     dirs_unmodified: AtomicU64,
-    data_blobs_added: AtomicU64,
-    tree_blobs_added: AtomicU64,
-    bytes_added: AtomicU64,
-    bytes_stored: AtomicU64,
     bytes_read: AtomicU64,
     total_files: AtomicU64,
     total_bytes: AtomicU64,
@@ -182,29 +173,19 @@ fn add(c: &AtomicU64, n: u64) {
 }
 
 /// State shared by all stages of one backup.
-struct Shared<'r> {
-    repo: &'r Repository,
-    /// Blobs queued or written by this run (not yet in the repository index).
-    pending: Mutex<BlobSet>,
+struct Shared<'a> {
+    repo: &'a Repository,
+    writer: &'a Writer<'a, 'a>,
     counters: Counters,
     failed: AtomicBool,
     fatal: Mutex<Option<Error>>,
     source_errors: Mutex<Vec<SourceError>>,
-    new_index: Mutex<IndexFile>,
-    index_files: Mutex<Vec<Id>>,
-    last_index_flush: Mutex<Instant>,
 }
 
 impl Shared<'_> {
-    /// Whether the blob must be stored (not in the repository, not queued yet).
-    fn claim(&self, t: BlobType, id: Id) -> bool {
-        if self.repo.index().contains_live(t, &id) {
-            return false;
-        }
-        self.pending
-            .lock()
-            .map(|mut p| p.insert(t, id))
-            .unwrap_or(false)
+    /// A ticket when the blob must be stored (not in the repository, not claimed yet).
+    fn claim(&self, t: BlobType, id: Id) -> Option<Ticket> {
+        self.writer.claim(t, id)
     }
 
     fn fail(&self, e: Error) {
@@ -215,8 +196,9 @@ impl Shared<'_> {
         self.failed.store(true, Ordering::SeqCst);
     }
 
+    /// Whether this backup or its writer failed.
     fn failed(&self) -> bool {
-        self.failed.load(Ordering::Relaxed)
+        self.failed.load(Ordering::Relaxed) || self.writer.failed()
     }
 
     fn source_error(&self, path: &Path, message: String) {
@@ -231,50 +213,6 @@ impl Shared<'_> {
                 message,
             });
         }
-    }
-
-    /// Write the index of uploaded packs if enough is pending, or always when `force`.
-    fn flush_index(&self, force: bool) -> Result<()> {
-        let file = {
-            let mut idx = self
-                .new_index
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let mut last = self
-                .last_index_flush
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let due =
-                idx.blob_count() >= INDEX_FLUSH_BLOBS || last.elapsed() >= INDEX_FLUSH_INTERVAL;
-            if idx.packs.is_empty() || !(force || due) {
-                return Ok(());
-            }
-            *last = Instant::now();
-            std::mem::take(&mut *idx)
-        };
-        let id = self.repo.save_json(FileKind::Index, &file)?;
-        drop(file);
-        release_free_memory();
-        {
-            let mut v = self
-                .index_files
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            v.push(id);
-        }
-        Ok(())
-    }
-}
-
-/// Give free memory held by the allocator back to the system. Writing an
-/// index file frees several megabytes (the file's blobs, its compressed JSON)
-/// that glibc would otherwise keep in the writing thread's arena, so with
-/// many small files a backup's footprint grew with every index file.
-fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns unused pages of the allocator's arenas.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 
@@ -435,8 +373,8 @@ impl PathTree {
     }
 }
 
-struct Walker<'s, 'r> {
-    shared: &'s Shared<'r>,
+struct Walker<'s, 'a> {
+    shared: &'s Shared<'a>,
     excludes: Excludes,
     detection: ChangeDetection,
     events: Sender<Event>,
@@ -515,6 +453,7 @@ impl Walker<'_, '_> {
         if self.shared.failed() {
             return Err(Error::Internal("backup aborted".into()));
         }
+        crate::interrupt::check()?;
         let st = match rfs::statat(dir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => st,
             Err(e) => {
@@ -704,9 +643,14 @@ fn read_file(
     let mut pipeline_closed = false;
     let size = chunker
         .chunk_stream_with::<_, std::io::Error>(buf, &file, |chunk| {
+            if crate::interrupt::requested() {
+                pipeline_closed = true;
+                return Err(std::io::Error::new(ErrorKind::Interrupted, "interrupted"));
+            }
             let id = key.blob_id(chunk);
-            if shared.claim(BlobType::Data, id) {
+            if let Some(ticket) = shared.claim(BlobType::Data, id) {
                 let job = BlobJob {
+                    ticket,
                     blob_type: BlobType::Data,
                     id,
                     data: blob_buffer(chunk),
@@ -870,9 +814,10 @@ fn save_tree(
         Some(p) if p == id => add(&c.dirs_unmodified, 1),
         Some(_) => add(&c.dirs_changed, 1),
     }
-    if shared.claim(BlobType::Tree, id) {
+    if let Some(ticket) = shared.claim(BlobType::Tree, id) {
         blobs
             .send(BlobJob {
+                ticket,
                 blob_type: BlobType::Tree,
                 id,
                 data: blob_buffer(&bytes),
@@ -882,133 +827,75 @@ fn save_tree(
     Ok(id)
 }
 
-/// A pack being assembled: on the backend's storage when it can stage files
-/// (a local repository: no pack-sized buffers in memory), else in memory.
-enum OpenPack {
-    Memory(PackWriter),
-    Staged(Box<StagedPackWriter>),
-}
+/// Walk, read and build trees with `threads` workers per CPU-bound stage,
+/// feeding the writer; returns the root tree's ID.
+fn run_pipeline(
+    shared: &Shared<'_>,
+    threads: usize,
+    excludes: Excludes,
+    chunker: &crate::chunker::Chunker,
+    opts: &BackupOptions,
+    parent_root: Option<Id>,
+    path_tree: &PathTree,
+) -> Result<Id> {
+    std::thread::scope(|s| -> Result<Id> {
+        let (file_tx, file_rx) = bounded::<FileJob>(threads * 4);
+        let (blob_tx, blob_rx) = bounded::<BlobJob>(threads * 2);
+        let (event_tx, event_rx) = bounded::<Event>(8192);
 
-/// A complete pack on its way to the uploaders.
-enum ReadyPack {
-    Memory(FinishedPack),
-    Staged(StagedPack),
-}
-
-impl OpenPack {
-    fn new(shared: &Shared<'_>) -> Result<OpenPack> {
-        Ok(match shared.repo.backend().stage(FileKind::Pack)? {
-            Some(file) => OpenPack::Staged(Box::new(StagedPackWriter::new(file))),
-            None => OpenPack::Memory(PackWriter::new()),
-        })
-    }
-
-    fn add(&mut self, b: &SealedBlob) -> Result<usize> {
-        Ok(match self {
-            OpenPack::Memory(w) => {
-                w.add(b.blob_type, b.id, &b.encoded, b.raw_len);
-                w.size()
-            }
-            OpenPack::Staged(w) => {
-                w.add(b.blob_type, b.id, &b.encoded, b.raw_len)?;
-                w.size()
-            }
-        })
-    }
-
-    fn finish(self, key: &crate::crypto::MasterKey) -> Result<ReadyPack> {
-        Ok(match self {
-            OpenPack::Memory(w) => ReadyPack::Memory(w.finish(key)),
-            OpenPack::Staged(w) => ReadyPack::Staged(w.finish(key)?),
-        })
-    }
-}
-
-fn pack_blobs(shared: &Shared<'_>, sealed: Receiver<SealedBlob>, packs: Sender<ReadyPack>) {
-    let key = shared.repo.key();
-    let target = shared.repo.config().pack_size;
-    // [data, trees]: the two kinds go to separate packs.
-    let mut open: [Option<OpenPack>; 2] = [None, None];
-    let c = &shared.counters;
-    for b in sealed {
-        if shared.failed() {
-            continue; // drain so that upstream stages can finish
+        for _ in 0..threads {
+            let (rx, tx, chunker) = (file_rx.clone(), blob_tx.clone(), chunker.clone());
+            s.spawn(move || {
+                let mut buf = Vec::new();
+                for job in rx {
+                    let result = read_file(shared, &chunker, &mut buf, &tx, &job);
+                    let _ = job.reply.send(result);
+                }
+            });
+            let rx = blob_rx.clone();
+            s.spawn(move || {
+                for job in rx {
+                    let saved = shared
+                        .writer
+                        .save_buf(job.ticket, job.blob_type, job.id, job.data);
+                    if let Err(e) = saved {
+                        shared.fail(e);
+                    }
+                }
+            });
         }
-        match b.blob_type {
-            BlobType::Data => add(&c.data_blobs_added, 1),
-            BlobType::Tree => add(&c.tree_blobs_added, 1),
-        }
-        add(&c.bytes_added, u64::from(b.raw_len));
-        let slot = &mut open[b.blob_type.index()];
-        let step = (|| -> Result<Option<ReadyPack>> {
-            let w = match slot {
-                Some(w) => w,
-                None => slot.insert(OpenPack::new(shared)?),
+        drop((file_rx, blob_rx));
+        let builder = s.spawn(move || build_trees(shared, event_rx, blob_tx));
+
+        let walked = (|| -> Result<()> {
+            let walker = Walker {
+                shared,
+                excludes,
+                detection: opts.change_detection,
+                events: event_tx,
+                files: file_tx,
             };
-            if w.add(&b)? < target {
-                return Ok(None);
-            }
-            slot.take().map(|full| full.finish(key)).transpose()
+            walker.send(Event::EnterDir {
+                node: None,
+                parent_subtree: parent_root,
+            })?;
+            let parent_tree = walker.parent_tree(parent_root);
+            walker.walk_virtual(path_tree, Path::new("/"), parent_tree.as_ref())
+            // the walker (and with it the event and file senders) is dropped here
         })();
-        match step {
-            Ok(Some(ready)) => {
-                if packs.send(ready).is_err() {
-                    return;
-                }
-            }
-            Ok(None) => {}
-            Err(e) => shared.fail(e),
-        }
-    }
-    if shared.failed() {
-        return; // staged packs are removed when dropped
-    }
-    for w in open.into_iter().flatten() {
-        match w.finish(key) {
-            Ok(ready) => {
-                if packs.send(ready).is_err() {
-                    return;
-                }
-            }
-            Err(e) => shared.fail(e),
-        }
-    }
-}
-
-fn upload_packs(shared: &Shared<'_>, packs: Receiver<ReadyPack>) {
-    for p in packs {
-        if shared.failed() {
-            continue; // drain so that upstream stages can finish
-        }
-        let (id, size, stored) = match p {
-            ReadyPack::Memory(p) => {
-                let size = p.bytes.len() as u64;
-                let stored = shared
-                    .repo
-                    .backend()
-                    .write(FileKind::Pack, &p.id.to_hex(), p.bytes)
-                    .map(|()| p.blobs);
-                (p.id, size, stored)
-            }
-            ReadyPack::Staged(p) => (p.id, p.size, p.commit()),
-        };
-        let blobs = match stored {
-            Ok(blobs) => blobs,
-            Err(e) => {
-                shared.fail(e);
-                continue;
-            }
-        };
-        add(&shared.counters.bytes_stored, size);
-        shared
-            .new_index
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .add_pack(id, &blobs);
-        if let Err(e) = shared.flush_index(false) {
+        let built = builder
+            .join()
+            .map_err(|_| Error::Internal("tree builder panicked".into()))?;
+        // Record the builder's error first: it explains why the walker stopped.
+        let built = built.map_err(|e| {
+            shared.fail(e);
+            Error::Internal("backup failed".into())
+        });
+        if let Err(e) = walked {
             shared.fail(e);
         }
-    }
+        built
+    })
 }
 
 /// Run a backup and write its snapshot.
@@ -1062,114 +949,50 @@ pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupResult> {
     } else {
         opts.threads
     };
-    let shared = Shared {
-        repo,
-        pending: Mutex::new(BlobSet::new()),
-        counters: Counters::default(),
-        failed: AtomicBool::new(false),
-        fatal: Mutex::new(None),
-        source_errors: Mutex::new(Vec::new()),
-        new_index: Mutex::new(IndexFile::default()),
-        index_files: Mutex::new(Vec::new()),
-        last_index_flush: Mutex::new(Instant::now()),
-    };
     let excludes = Excludes::new(&opts.excludes)?;
     let chunker = repo.chunker();
-    let level = repo.config().zstd_level;
 
-    let root = std::thread::scope(|s| -> Result<Id> {
-        let (file_tx, file_rx) = bounded::<FileJob>(threads * 4);
-        let (blob_tx, blob_rx) = bounded::<BlobJob>(threads * 2);
-        let (sealed_tx, sealed_rx) = bounded::<SealedBlob>(threads * 2);
-        let (pack_tx, pack_rx) = bounded::<ReadyPack>(1);
-        let (event_tx, event_rx) = bounded::<Event>(8192);
-        let shared = &shared;
-
-        for _ in 0..threads {
-            let (rx, tx, chunker) = (file_rx.clone(), blob_tx.clone(), chunker.clone());
-            s.spawn(move || {
-                let mut buf = Vec::new();
-                for job in rx {
-                    let result = read_file(shared, &chunker, &mut buf, &tx, &job);
-                    let _ = job.reply.send(result);
-                }
-            });
-            let (rx, tx) = (blob_rx.clone(), sealed_tx.clone());
-            s.spawn(move || {
-                let key = shared.repo.key();
-                for job in rx {
-                    let raw_len = (job.data.len() - BLOB_HEADROOM) as u32;
-                    let encoded = encode_blob_buf(key, job.blob_type, &job.id, job.data, level);
-                    let sealed = SealedBlob {
-                        blob_type: job.blob_type,
-                        id: job.id,
-                        encoded,
-                        raw_len,
-                    };
-                    if tx.send(sealed).is_err() {
-                        return;
-                    }
-                }
-            });
+    let ((root, counters, errors), stored) = write_session(repo, Indexing::Write, |writer| {
+        let shared = Shared {
+            repo,
+            writer,
+            counters: Counters::default(),
+            failed: AtomicBool::new(false),
+            fatal: Mutex::new(None),
+            source_errors: Mutex::new(Vec::new()),
+        };
+        let parent_root = parent.as_ref().map(|(_, snap)| snap.tree);
+        let root = run_pipeline(
+            &shared,
+            threads,
+            excludes,
+            &chunker,
+            opts,
+            parent_root,
+            &path_tree,
+        );
+        // A signal may have cut a file's read short after the walk ended:
+        // no snapshot then, rather than one with that file missing.
+        crate::interrupt::check()?;
+        // All stages have finished here (the pipeline's scope joined them).
+        if let Some(e) = shared
+            .fatal
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            return Err(e);
         }
-        drop((file_rx, blob_rx, sealed_tx));
-        s.spawn(move || pack_blobs(shared, sealed_rx, pack_tx));
-        // Packs in flight: the backend says how many requests are worth running at once.
-        for _ in 0..repo.backend().concurrency().max(1) {
-            let rx = pack_rx.clone();
-            s.spawn(move || upload_packs(shared, rx));
-        }
-        drop(pack_rx);
-        let builder = s.spawn(move || build_trees(shared, event_rx, blob_tx));
+        let errors = shared
+            .source_errors
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner);
+        Ok((root?, shared.counters, errors))
+    })?;
+    // The writer has stored and indexed every blob: the snapshot may follow.
 
-        let walked = (|| -> Result<()> {
-            let walker = Walker {
-                shared,
-                excludes,
-                detection: opts.change_detection,
-                events: event_tx,
-                files: file_tx,
-            };
-            let parent_root = parent.as_ref().map(|(_, snap)| snap.tree);
-            walker.send(Event::EnterDir {
-                node: None,
-                parent_subtree: parent_root,
-            })?;
-            let parent_tree = walker.parent_tree(parent_root);
-            walker.walk_virtual(&path_tree, Path::new("/"), parent_tree.as_ref())
-            // the walker (and with it the event and file senders) is dropped here
-        })();
-        let built = builder
-            .join()
-            .map_err(|_| Error::Internal("tree builder panicked".into()))?;
-        // Record the builder's error first: it explains why the walker stopped.
-        let built = built.map_err(|e| {
-            shared.fail(e);
-            Error::Internal("backup failed".into())
-        });
-        if let Err(e) = walked {
-            shared.fail(e);
-        }
-        built
-    });
-    // All stages have finished here (the scope joined them).
-    if let Some(e) = shared
-        .fatal
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .take()
-    {
-        return Err(e);
-    }
-    let root = root?;
-    shared.flush_index(true)?;
-
-    let c = &shared.counters;
+    let c = &counters;
     let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    let errors = shared
-        .source_errors
-        .into_inner()
-        .unwrap_or_else(PoisonError::into_inner);
     let summary = Summary {
         files_new: get(&c.files_new),
         files_changed: get(&c.files_changed),
@@ -1177,10 +1000,10 @@ pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupResult> {
         dirs_new: get(&c.dirs_new),
         dirs_changed: get(&c.dirs_changed),
         dirs_unmodified: get(&c.dirs_unmodified),
-        data_blobs_added: get(&c.data_blobs_added),
-        tree_blobs_added: get(&c.tree_blobs_added),
-        bytes_added: get(&c.bytes_added),
-        bytes_stored: get(&c.bytes_stored),
+        data_blobs_added: stored.data_blobs,
+        tree_blobs_added: stored.tree_blobs,
+        bytes_added: stored.raw_bytes,
+        bytes_stored: stored.pack_bytes,
         bytes_read: get(&c.bytes_read),
         total_files: get(&c.total_files),
         total_bytes: get(&c.total_bytes),

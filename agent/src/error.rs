@@ -71,6 +71,10 @@ pub enum Error {
     #[error("{0}")]
     Refused(String),
 
+    /// SIGINT or SIGTERM stopped a write before it finished.
+    #[error("interrupted by a signal before the snapshot was written; the packs uploaded so far are indexed, and the next run reuses them")]
+    Interrupted,
+
     /// A worker thread of the pipeline ended unexpectedly.
     #[error("internal error: {0}")]
     Internal(String),

@@ -21,6 +21,7 @@ pub mod forget;
 pub mod fuzzing;
 pub mod id;
 pub mod index;
+pub mod interrupt;
 pub mod ls;
 pub mod pack;
 pub mod prune;
@@ -30,6 +31,7 @@ pub mod restore;
 pub mod snapshot;
 pub mod stats;
 pub mod tree;
+pub mod writer;
 
 pub use error::{Error, Result};
 pub use id::Id;

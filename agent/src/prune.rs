@@ -34,9 +34,9 @@ use crate::constants::INDEX_FLUSH_BLOBS;
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::index::{Index, IndexBlob, IndexFile, IndexPack};
-use crate::pack::{FinishedPack, PackWriter};
 use crate::repository::Repository;
 use crate::snapshot::Snapshot;
+use crate::writer::{write_session, Indexing};
 
 /// Default grace period between marking a pack and deleting it.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3600);
@@ -607,7 +607,9 @@ pub fn prune(repo: &mut Repository, opts: &PruneOptions) -> Result<PruneReport> 
 }
 
 /// Copy the needed blobs of `packs` into new packs (data and trees apart),
-/// verifying each blob; returns the new packs and their blobs.
+/// verifying each blob; returns the new packs and their blobs. The
+/// repository writer stores them and writes no index: prune indexes them
+/// with everything else in step 6.
 fn repack(
     repo: &Repository,
     packs: &[Id],
@@ -615,50 +617,35 @@ fn repack(
     report: &mut PruneReport,
 ) -> Result<Vec<(Id, Vec<crate::pack::PackedBlob>)>> {
     let key = repo.key();
-    let target = repo.config().pack_size;
-    let mut writers = [PackWriter::new(), PackWriter::new()];
-    let mut out = Vec::new();
-    let mut store = |p: FinishedPack, report: &mut PruneReport| -> Result<()> {
-        report.packs_written += 1;
-        report.bytes_written += p.bytes.len() as u64;
-        repo.backend()
-            .write(FileKind::Pack, &p.id.to_hex(), p.bytes)?;
-        out.push((p.id, p.blobs));
-        Ok(())
-    };
-    for pack in packs {
-        let bytes = repo.backend().read(FileKind::Pack, &pack.to_hex())?;
-        if Id::of_stored(&bytes) != *pack {
-            return Err(refuse(format!(
-                "pack {pack} is damaged (content does not match its name)"
-            )));
-        }
-        let mut blobs = needed.get(pack).cloned().unwrap_or_default();
-        blobs.sort_by_key(|b| b.offset);
-        for b in blobs {
-            let range = b.offset as usize..(b.offset as usize + b.length as usize);
-            let Some(stored) = bytes.get(range) else {
+    let ((), stored) = write_session(repo, Indexing::Collect, |writer| {
+        for pack in packs {
+            let bytes = repo.backend().read(FileKind::Pack, &pack.to_hex())?;
+            if Id::of_stored(&bytes) != *pack {
                 return Err(refuse(format!(
-                    "pack {pack} is shorter than the index says"
+                    "pack {pack} is damaged (content does not match its name)"
                 )));
-            };
-            repo.check_raw_length(b.blob_type, &b.id, b.raw_length)
-                .map_err(refuse)?;
-            decode_blob(key, b.blob_type, &b.id, stored, b.raw_length).map_err(refuse)?;
-            let w = &mut writers[b.blob_type.index()];
-            w.add(b.blob_type, b.id, stored, b.raw_length);
-            if w.size() >= target {
-                let full = std::mem::take(w);
-                store(full.finish(key), report)?;
+            }
+            let mut blobs = needed.get(pack).cloned().unwrap_or_default();
+            blobs.sort_by_key(|b| b.offset);
+            for b in blobs {
+                let range = b.offset as usize..(b.offset as usize + b.length as usize);
+                let Some(stored) = bytes.get(range) else {
+                    return Err(refuse(format!(
+                        "pack {pack} is shorter than the index says"
+                    )));
+                };
+                repo.check_raw_length(b.blob_type, &b.id, b.raw_length)
+                    .map_err(refuse)?;
+                decode_blob(key, b.blob_type, &b.id, stored, b.raw_length).map_err(refuse)?;
+                let ticket = writer.ticket();
+                writer.save_sealed(ticket, b.blob_type, b.id, stored.to_vec(), b.raw_length)?;
             }
         }
-    }
-    for w in writers {
-        if !w.is_empty() {
-            store(w.finish(key), report)?;
-        }
-    }
-    Ok(out)
+        Ok(())
+    })?;
+    report.packs_written += stored.packs_written;
+    report.bytes_written += stored.pack_bytes;
+    Ok(stored.packs)
 }
 
 #[cfg(test)]
