@@ -293,13 +293,51 @@ fn used_blobs(
     Ok(used)
 }
 
-/// Prune the repository (see the module documentation).
+/// Prune the repository (see the module documentation): [`plan`], then,
+/// unless it is a dry run, [`PrunePlan::execute`].
 ///
 /// # Errors
 /// [`Error::Refused`] (nothing deleted) when the repository is inconsistent:
 /// an unreadable index file or snapshot, a blob a snapshot needs that is in no
 /// index or whose pack is missing or damaged. Storage errors.
 pub fn prune(repo: &mut Repository, opts: &PruneOptions) -> Result<PruneReport> {
+    let plan = plan(repo, opts)?;
+    if opts.dry_run {
+        return Ok(plan.report);
+    }
+    plan.execute(repo)
+}
+
+/// What a prune decided, before it changes anything (steps 1–5 of
+/// FORMAT.md §12.1): a dry run reports it, a real run executes it. The
+/// plan holds the repository's merged index records and its pack listing as
+/// they were read, so it must be executed at once (step 5's 80 % rule is
+/// counted from when planning started).
+pub struct PrunePlan {
+    report: PruneReport,
+    started: Instant,
+    grace: Duration,
+    records: BTreeMap<Id, PackRecord>,
+    fates: BTreeMap<Id, Fate>,
+    needed: HashMap<Id, Vec<IndexBlob>>,
+    to_repack: Vec<Id>,
+    stored: HashMap<Id, u64>,
+    old_index_files: Vec<Id>,
+}
+
+impl PrunePlan {
+    /// What the plan found and would do.
+    pub fn report(&self) -> &PruneReport {
+        &self.report
+    }
+}
+
+/// Read the repository and decide each pack's fate; nothing is written.
+/// Loads the index into `repo` (merged from every index file).
+///
+/// # Errors
+/// As [`prune`].
+pub fn plan(repo: &mut Repository, opts: &PruneOptions) -> Result<PrunePlan> {
     let started = Instant::now();
     let mut report = PruneReport {
         dry_run: opts.dry_run,
@@ -480,130 +518,160 @@ pub fn prune(repo: &mut Repository, opts: &PruneOptions) -> Result<PruneReport> 
             _ => {}
         }
     }
-    if opts.dry_run {
-        return Ok(report);
-    }
+    Ok(PrunePlan {
+        report,
+        started,
+        grace: opts.grace,
+        records,
+        fates,
+        needed,
+        to_repack,
+        stored,
+        old_index_files,
+    })
+}
 
-    // 6. Copy the needed blobs of repacked packs into new packs.
-    let new_packs = repack(repo, &to_repack, &needed, &mut report)?;
-    tracing::info!(
-        "prune: repacked {} packs into {} ({:.1?})",
-        to_repack.len(),
-        new_packs.len(),
-        started.elapsed()
-    );
+impl PrunePlan {
+    /// Carry the plan out (steps 6–8 of FORMAT.md §12.1): repack, write the
+    /// new index, remove the old index files, delete the packs due.
+    ///
+    /// # Errors
+    /// As [`prune`]; [`Error::Refused`] when planning and repacking took more
+    /// than 80 % of the grace period (nothing deleted).
+    pub fn execute(self, repo: &Repository) -> Result<PruneReport> {
+        let PrunePlan {
+            mut report,
+            started,
+            grace,
+            records,
+            fates,
+            needed,
+            to_repack,
+            stored,
+            old_index_files,
+        } = self;
 
-    // A prune that ran nearly as long as the grace period may have read an
-    // index that is no longer true enough to write back (see FORMAT.md).
-    if !opts.grace.is_zero() && started.elapsed() > opts.grace.mul_f64(0.8) {
-        return Err(Error::Refused(format!(
+        // 6. Copy the needed blobs of repacked packs into new packs.
+        let new_packs = repack(repo, &to_repack, &needed, &mut report)?;
+        tracing::info!(
+            "prune: repacked {} packs into {} ({:.1?})",
+            to_repack.len(),
+            new_packs.len(),
+            started.elapsed()
+        );
+
+        // A prune that ran nearly as long as the grace period may have read an
+        // index that is no longer true enough to write back (see FORMAT.md).
+        if !grace.is_zero() && started.elapsed() > grace.mul_f64(0.8) {
+            return Err(Error::Refused(format!(
             "prune ran for {:.0?}, more than 80% of the grace period; nothing was deleted (new packs are left for the next prune). Use a longer --grace",
             started.elapsed()
         )));
-    }
+        }
 
-    // 7. The new index: live packs, new packs, marked packs with their time.
-    //    New marks take the time now, just before the index files that carry
-    //    them are written: backups that load the index from here on no longer
-    //    see these packs live (once the old files are removed, moments later).
-    let mark_time = Utc::now();
-    let mut out: Vec<IndexPack> = Vec::new();
-    for (pack, fate) in &fates {
-        let blobs = records
-            .get(pack)
-            .map(|r| r.blobs.clone())
-            .unwrap_or_default();
-        match fate {
-            Fate::Keep => out.push(IndexPack {
-                id: *pack,
-                blobs,
-                marked: None,
-            }),
-            Fate::Marked(t) => out.push(IndexPack {
-                id: *pack,
-                blobs,
-                marked: Some(*t),
-            }),
-            Fate::Mark => out.push(IndexPack {
-                id: *pack,
-                blobs,
-                marked: Some(mark_time),
-            }),
-            Fate::Repack if !opts.grace.is_zero() => out.push(IndexPack {
-                id: *pack,
-                blobs,
-                marked: Some(mark_time),
-            }),
-            Fate::Repack | Fate::Delete => {}
+        // 7. The new index: live packs, new packs, marked packs with their time.
+        //    New marks take the time now, just before the index files that carry
+        //    them are written: backups that load the index from here on no longer
+        //    see these packs live (once the old files are removed, moments later).
+        let mark_time = Utc::now();
+        let mut out: Vec<IndexPack> = Vec::new();
+        for (pack, fate) in &fates {
+            let blobs = records
+                .get(pack)
+                .map(|r| r.blobs.clone())
+                .unwrap_or_default();
+            match fate {
+                Fate::Keep => out.push(IndexPack {
+                    id: *pack,
+                    blobs,
+                    marked: None,
+                }),
+                Fate::Marked(t) => out.push(IndexPack {
+                    id: *pack,
+                    blobs,
+                    marked: Some(*t),
+                }),
+                Fate::Mark => out.push(IndexPack {
+                    id: *pack,
+                    blobs,
+                    marked: Some(mark_time),
+                }),
+                Fate::Repack if !grace.is_zero() => out.push(IndexPack {
+                    id: *pack,
+                    blobs,
+                    marked: Some(mark_time),
+                }),
+                Fate::Repack | Fate::Delete => {}
+            }
         }
-    }
-    for p in &new_packs {
-        let mut f = IndexFile::default();
-        f.add_pack(p.0, &p.1);
-        out.extend(f.packs);
-    }
-    let mut new_files = Vec::new();
-    let mut file = IndexFile::default();
-    for p in out {
-        if !file.packs.is_empty() && file.blob_count() + p.blobs.len() > INDEX_FLUSH_BLOBS {
-            new_files.push(std::mem::take(&mut file));
+        for p in &new_packs {
+            let mut f = IndexFile::default();
+            f.add_pack(p.0, &p.1);
+            out.extend(f.packs);
         }
-        file.packs.push(p);
-    }
-    if !file.packs.is_empty() {
-        new_files.push(file);
-    }
-    let mut written = HashSet::new();
-    for f in &new_files {
-        written.insert(repo.save_json(FileKind::Index, f)?);
-    }
-    report.index_files_written = written.len() as u64;
+        let mut new_files = Vec::new();
+        let mut file = IndexFile::default();
+        for p in out {
+            if !file.packs.is_empty() && file.blob_count() + p.blobs.len() > INDEX_FLUSH_BLOBS {
+                new_files.push(std::mem::take(&mut file));
+            }
+            file.packs.push(p);
+        }
+        if !file.packs.is_empty() {
+            new_files.push(file);
+        }
+        let mut written = HashSet::new();
+        for f in &new_files {
+            written.insert(repo.save_json(FileKind::Index, f)?);
+        }
+        report.index_files_written = written.len() as u64;
 
-    // 8. Remove the replaced index files, then the packs due for deletion.
-    let threads = repo.backend().concurrency();
-    let old: Vec<Id> = old_index_files
-        .into_iter()
-        .filter(|id| !written.contains(id))
-        .collect();
-    parallel(&old, threads, |id| {
-        match repo.backend().remove(FileKind::Index, &id.to_hex()) {
-            Err(Error::NotFound(_)) => Ok(()),
-            other => other,
+        // 8. Remove the replaced index files, then the packs due for deletion.
+        let threads = repo.backend().concurrency();
+        let old: Vec<Id> = old_index_files
+            .into_iter()
+            .filter(|id| !written.contains(id))
+            .collect();
+        parallel(&old, threads, |id| {
+            match repo.backend().remove(FileKind::Index, &id.to_hex()) {
+                Err(Error::NotFound(_)) => Ok(()),
+                other => other,
+            }
+        })?;
+        report.index_files_removed = old.len() as u64;
+        let doomed: Vec<Id> = fates
+            .iter()
+            .filter(|(_, f)| {
+                matches!(f, Fate::Delete) || (matches!(f, Fate::Repack) && grace.is_zero())
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        if grace.is_zero() {
+            for p in fates.iter().filter(|(_, f)| matches!(f, Fate::Repack)) {
+                report.packs_deleted += 1;
+                report.bytes_deleted += stored.get(p.0).copied().unwrap_or(0);
+            }
         }
-    })?;
-    report.index_files_removed = old.len() as u64;
-    let doomed: Vec<Id> = fates
-        .iter()
-        .filter(|(_, f)| {
-            matches!(f, Fate::Delete) || (matches!(f, Fate::Repack) && opts.grace.is_zero())
-        })
-        .map(|(p, _)| *p)
-        .collect();
-    if opts.grace.is_zero() {
-        for p in fates.iter().filter(|(_, f)| matches!(f, Fate::Repack)) {
-            report.packs_deleted += 1;
-            report.bytes_deleted += stored.get(p.0).copied().unwrap_or(0);
-        }
+        parallel(&doomed, threads, |id| {
+            match repo.backend().remove(FileKind::Pack, &id.to_hex()) {
+                Err(Error::NotFound(_)) => Ok(()),
+                other => other,
+            }
+        })?;
+        // Files a killed writer left half-written: no backup still running is
+        // older than the grace period (the assumption all of prune rests on).
+        let (n, bytes) = repo.backend().remove_stale_temporaries(grace)?;
+        report.temporaries_removed = n;
+        report.temporary_bytes_removed = bytes;
+        tracing::info!(
+            "prune: wrote {} index files, removed {} index files and {} packs ({:.1?})",
+            report.index_files_written,
+            report.index_files_removed,
+            doomed.len(),
+            started.elapsed()
+        );
+        Ok(report)
     }
-    parallel(&doomed, threads, |id| {
-        match repo.backend().remove(FileKind::Pack, &id.to_hex()) {
-            Err(Error::NotFound(_)) => Ok(()),
-            other => other,
-        }
-    })?;
-    // Files a killed writer left half-written: no backup still running is
-    // older than the grace period (the assumption all of prune rests on).
-    let (n, bytes) = repo.backend().remove_stale_temporaries(opts.grace)?;
-    report.temporaries_removed = n;
-    report.temporary_bytes_removed = bytes;
-    tracing::info!(
-        "prune: wrote {} index files, removed {} index files and {} packs ({:.1?})",
-        report.index_files_written,
-        report.index_files_removed,
-        doomed.len(),
-        started.elapsed()
-    );
-    Ok(report)
 }
 
 /// Copy the needed blobs of `packs` into new packs (data and trees apart),

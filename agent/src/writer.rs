@@ -186,6 +186,11 @@ impl State<'_> {
     /// Record an uploaded pack: its blobs are stored, and it goes into the
     /// index as soon as the order rule allows.
     fn uploaded(&self, id: Id, blobs: Vec<PackedBlob>, seqs: &[u64]) {
+        // The pending index is locked first and kept until the pack is in it:
+        // a caller in `Writer::flush` that wakes because nothing is unstored
+        // must find this pack in the index it then writes (lock order:
+        // pending, then claims).
+        let mut p = lock(&self.pending);
         let low_water = {
             let mut c = lock(&self.claims);
             for s in seqs {
@@ -194,7 +199,10 @@ impl State<'_> {
             self.stored.notify_all();
             c.low_water()
         };
-        let mut p = lock(&self.pending);
+        // Widens the window in which a flusher could run before this pack
+        // is in the index (the race that holding `pending` closes).
+        #[cfg(test)]
+        std::thread::sleep(Duration::from_millis(2));
         if self.indexing == Indexing::Collect {
             p.collected.push((id, blobs));
             return;
@@ -612,6 +620,10 @@ fn session<R>(
                 }
             });
         }
+        // Declared first, dropped last: even when the body panics, the input
+        // closes (the packer and the uploaders finish) and then the timer stops,
+        // so the scope can join them all instead of waiting forever.
+        let stop_timer = StopTimer(state);
         let writer = Writer {
             state,
             input: input_tx,
@@ -622,9 +634,8 @@ fn session<R>(
             // Stop packing: what is not uploaded yet is dropped.
             state.failed.store(true, Ordering::SeqCst);
         }
-        drop(writer); // closes the input: the packer and the uploaders finish
-        *lock(&state.done) = true; // and the timer
-        state.wake.notify_all();
+        drop(writer);
+        drop(stop_timer);
         result
     });
     // Every thread of the session has finished here (the scope joined them).
@@ -656,6 +667,16 @@ fn session<R>(
             }
             Err(e)
         }
+    }
+}
+
+/// Tells the timer thread to stop when dropped.
+struct StopTimer<'s, 'r>(&'s State<'r>);
+
+impl Drop for StopTimer<'_, '_> {
+    fn drop(&mut self) {
+        *lock(&self.0.done) = true;
+        self.0.wake.notify_all();
     }
 }
 
@@ -809,6 +830,45 @@ mod tests {
             Ok(())
         })
         .unwrap();
+    }
+
+    /// After `flush` returns, the index files list every blob saved before
+    /// it (a copy writes its snapshot right then). Repeated, because the
+    /// flusher and the uploader race.
+    #[test]
+    fn after_flush_every_saved_blob_is_indexed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = repo(tmp.path());
+        write_session(&repo, Indexing::Write, |w| {
+            for i in 0..200u32 {
+                let plain = i.to_le_bytes().repeat(100);
+                let id = repo.key().blob_id(&plain);
+                let ticket = w.claim(BlobType::Data, id).unwrap();
+                w.save(ticket, BlobType::Data, id, &plain)?;
+                w.flush()?;
+                let indexed = index_files(&repo).concat();
+                assert!(
+                    indexed.contains(&id),
+                    "round {i}: blob saved before flush not indexed"
+                );
+            }
+            Ok(())
+        })
+        .unwrap();
+    }
+
+    /// A panicking body (a bug) ends the session with the panic instead of
+    /// leaving the writer's threads waiting forever.
+    #[test]
+    fn a_panicking_body_does_not_hang_the_session() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = repo(tmp.path());
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            write_session(&repo, Indexing::Write, |_| -> Result<()> {
+                panic!("a bug")
+            })
+        }));
+        assert!(r.is_err());
     }
 
     /// Collect mode stores packs and writes no index.

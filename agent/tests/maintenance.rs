@@ -6,7 +6,7 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use cairn::archiver::{self, BackupOptions};
@@ -648,4 +648,80 @@ fn copy_local_to_garage_with_shared_blob_ids() {
         return;
     };
     copy_suite(&Env::new(), &target, true);
+}
+
+/// Copies into a target while a forget + prune loop with a short grace
+/// period (still longer than a copy) marks and deletes there (FORMAT.md §12:
+/// a copy, like a backup, must never depend on data only in marked packs).
+/// Every snapshot left on the target must verify and restore. The exact
+/// interleaving that broke the old copy is `copy::tests::a_copy_never_depends_on_data_only_in_marked_packs`.
+#[test]
+fn copy_racing_a_prune_loop_on_the_target() {
+    let (src, target) = (Env::new(), Env::new());
+    src.ok(&["init"]);
+    let mut extra = vec![("CAIRN_FROM_PASSWORD", PASSWORD)];
+    extra.extend(src.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    init_target(&target, &extra, &["--from-repo", &src.location]);
+    let data = src.path("data");
+    let d = data.to_str().unwrap().to_string();
+
+    let stop = AtomicBool::new(false);
+    let deleted = AtomicU64::new(0);
+    let prunes = std::thread::scope(|scope| {
+        let pruner = scope.spawn(|| {
+            let mut runs = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                on_target(&target, &["forget", "--keep-last", "2"]);
+                // Longer than any copy here takes (the safety assumption).
+                let p = on_target(&target, &["prune", "--grace", "10s"]);
+                let n = p["packs_deleted"].as_u64().unwrap_or(0);
+                deleted.fetch_add(n, Ordering::Relaxed);
+                runs += 1;
+            }
+            runs
+        });
+        let t0 = Instant::now();
+        for r in 0.. {
+            write_round(&data, 0, r);
+            src.ok(&["backup", &d]);
+            copy_to(&src, &target, &["latest"]);
+            // Enough rounds for the prune loop to have deleted while copies ran.
+            let pruned = deleted.load(Ordering::Relaxed) > 0;
+            if r >= 8 && (pruned || t0.elapsed() > Duration::from_secs(90)) {
+                break;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        pruner.join().unwrap()
+    });
+    let deleted = deleted.into_inner();
+    assert!(
+        prunes >= 2 && deleted > 0,
+        "{prunes} prunes deleted {deleted} packs"
+    );
+
+    let c = on_target(&target, &["check", "--read-data"]);
+    assert_eq!(c["problems"], serde_json::json!([]), "{c}");
+    let snaps = on_target(&target, &["snapshots"]);
+    for s in snaps.as_array().unwrap() {
+        let out = target.path(&format!("r-{}", &s["id"].as_str().unwrap()[..8]));
+        let mut c = target.cmd();
+        c.env("CAIRN_PASSWORD", TARGET_PASSWORD).args([
+            "restore",
+            s["id"].as_str().unwrap(),
+            "--target",
+            out.to_str().unwrap(),
+        ]);
+        assert_success(&c.output().unwrap(), &["restore from target"]);
+    }
+    let latest = target.path("latest");
+    let mut c = target.cmd();
+    c.env("CAIRN_PASSWORD", TARGET_PASSWORD).args([
+        "restore",
+        "latest",
+        "--target",
+        latest.to_str().unwrap(),
+    ]);
+    assert_success(&c.output().unwrap(), &["restore latest from target"]);
+    assert_same_tree(&data, &latest.join(data.strip_prefix("/").unwrap()));
 }
