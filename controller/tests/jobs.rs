@@ -2,7 +2,7 @@
 //! agent's result back from a pod.
 
 use cairn_controller::jobs::{self, backup_job, restore_job, JobConfig, DATA_MOUNT};
-use cairn_controller::result::AgentResult;
+use cairn_controller::result::{from_pod, snapshot_result};
 use cairn_crds::{Backup, BackupRepository, JobOverrides, Restore, RetentionPolicy};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
@@ -356,10 +356,10 @@ fn terminated_pod(message: Option<&str>, exit_code: i32) -> Pod {
 fn agent_results_are_read_from_the_pod() {
     // The exact shape `cairn agent backup` writes (agent/tests/cli.rs checks the writer side).
     let msg = r#"{"command":"backup","ok":true,"exitCode":3,"snapshotId":"31c9af18","files":2,"bytesProcessed":3145734,"bytesAdded":3147527,"bytesStored":3157311,"durationSeconds":0.03,"unreadableFiles":1,"snapshotsForgotten":0}"#;
-    let r = AgentResult::from_pod(&terminated_pod(Some(msg), 3)).unwrap();
+    let r = from_pod(&terminated_pod(Some(msg), 3)).unwrap();
     assert!(r.ok);
     assert_eq!(r.exit_code, 3);
-    let s = r.snapshot_result("data");
+    let s = snapshot_result(&r, "data");
     assert_eq!(s.snapshot_id.as_deref(), Some("31c9af18"));
     assert_eq!(
         (
@@ -372,13 +372,12 @@ fn agent_results_are_read_from_the_pod() {
     );
 
     // Killed before writing a result: the log tail the kubelet substituted.
-    let r = AgentResult::from_pod(&terminated_pod(Some("thread panicked\nout of memory"), 137))
-        .unwrap();
+    let r = from_pod(&terminated_pod(Some("thread panicked\nout of memory"), 137)).unwrap();
     assert!(!r.ok);
     assert!(r.error.unwrap().contains("out of memory"));
-    let r = AgentResult::from_pod(&terminated_pod(None, 137)).unwrap();
+    let r = from_pod(&terminated_pod(None, 137)).unwrap();
     assert!(r.error.unwrap().contains("exit code 137"));
-    assert!(AgentResult::from_pod(&Pod::default()).is_none());
+    assert!(from_pod(&Pod::default()).is_none());
 }
 
 #[test]

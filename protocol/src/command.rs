@@ -155,6 +155,8 @@ impl KdfArgs {
 /// `cairn agent init`.
 #[derive(Parser, Clone, Debug, Default, PartialEq, Eq)]
 pub struct InitArgs {
+    // The --kdf-* options (a plain comment: flattened fields take no help text).
+    #[allow(missing_docs)]
     #[command(flatten)]
     pub kdf: KdfArgs,
     /// Create a local repository shared with the volume's group
@@ -244,6 +246,8 @@ pub struct BackupArgs {
     /// Trust path, size and mtime only (volumes mounted from snapshots or clones).
     #[arg(long)]
     pub ignore_inode: bool,
+    // The --keep-* options.
+    #[allow(missing_docs)]
     #[command(flatten)]
     pub keep: KeepArgs,
 }
