@@ -308,7 +308,7 @@ pub fn format_fixed(d: Duration) -> String {
     }
     for unit in [Unit::Day, Unit::Hour, Unit::Minute] {
         let per = unit.fixed_seconds().unwrap_or(1);
-        if s % per == 0 {
+        if s.is_multiple_of(per) {
             return format!("{}{}", s / per, unit.symbol());
         }
     }
