@@ -13,11 +13,15 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Datelike, FixedOffset, Local, Months, TimeDelta, Timelike};
 use serde::Serialize;
 
+use crate::backend::FileKind;
 use crate::error::{Error, Result};
 use crate::id::Id;
+use crate::repository::Repository;
 use crate::snapshot::Snapshot;
 
-/// A duration in calendar units, as in `--keep-within 1y2m3d4h`.
+/// A duration in calendar units, as in `--keep-within 1y2mo3d4h` (the
+/// grammar is the protocol crate's, `cairn_protocol::duration`: weeks count
+/// as 7 days, and a bare `m` is refused as ambiguous).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CalendarDuration {
     /// Years.
@@ -33,41 +37,26 @@ pub struct CalendarDuration {
 impl std::str::FromStr for CalendarDuration {
     type Err = Error;
     fn from_str(s: &str) -> Result<CalendarDuration> {
-        let bad = || {
-            Error::InvalidInput(format!(
-                "duration {s:?}: use numbers with units y, m, d, h, e.g. 1y6m or 7d12h"
-            ))
-        };
-        let mut d = CalendarDuration::default();
-        let mut num = String::new();
-        for c in s.trim().chars() {
-            if c.is_ascii_digit() {
-                num.push(c);
-                continue;
-            }
-            let n: u32 = num.parse().map_err(|_| bad())?;
-            num.clear();
-            match c {
-                'y' => d.years += n,
-                'm' => d.months += n,
-                'd' => d.days += n,
-                'h' => d.hours += n,
-                _ => return Err(bad()),
-            }
-        }
-        if !num.is_empty() || d == CalendarDuration::default() && !s.trim().starts_with('0') {
-            return Err(bad());
-        }
-        Ok(d)
+        let c = cairn_protocol::duration::parse_calendar(s)
+            .map_err(|e| Error::InvalidInput(e.to_string()))?;
+        Ok(CalendarDuration {
+            years: c.years,
+            months: c.months,
+            days: c.days,
+            hours: c.hours,
+        })
     }
 }
 
 impl CalendarDuration {
-    /// `t` minus this duration.
-    fn before(&self, t: DateTime<FixedOffset>) -> DateTime<FixedOffset> {
-        let months = self.years * 12 + self.months;
-        let t = t.checked_sub_months(Months::new(months)).unwrap_or(t);
-        t - TimeDelta::days(i64::from(self.days)) - TimeDelta::hours(i64::from(self.hours))
+    /// `t` minus this duration; `None` when that is before any time chrono
+    /// can represent (every snapshot is then within the duration).
+    fn before(&self, t: DateTime<FixedOffset>) -> Option<DateTime<FixedOffset>> {
+        let months = self.years.checked_mul(12)?.checked_add(self.months)?;
+        let t = t.checked_sub_months(Months::new(months))?;
+        let span = TimeDelta::try_days(i64::from(self.days))?
+            .checked_add(&TimeDelta::try_hours(i64::from(self.hours))?)?;
+        t.checked_sub_signed(span)
     }
 }
 
@@ -210,6 +199,46 @@ pub fn plan(
         .collect())
 }
 
+/// What [`forget`] did.
+#[derive(Clone, Debug, Serialize)]
+pub struct Forgotten {
+    /// The groups and the decision on each snapshot.
+    pub groups: Vec<Group>,
+    /// Snapshots removed (with `dry_run`: that would be removed).
+    pub removed: u64,
+}
+
+/// Apply `policy` to `snapshots` (grouped by `group_by`) and delete the
+/// snapshot files it does not keep, unless `dry_run`; each removal is logged
+/// (info). A snapshot already gone (removed by a concurrent forget) counts as
+/// removed. The data only they referenced stays until prune.
+///
+/// # Errors
+/// [`Error::InvalidInput`] for an empty policy; a storage error stops at the
+/// first snapshot it could not remove (those before it are removed).
+pub fn forget(
+    repo: &Repository,
+    snapshots: &[(Id, Snapshot)],
+    policy: &RetentionPolicy,
+    group_by: GroupBy,
+    dry_run: bool,
+) -> Result<Forgotten> {
+    let groups = plan(snapshots, policy, group_by)?;
+    let mut removed = 0;
+    for d in groups.iter().flat_map(|g| &g.decisions).filter(|d| !d.keep) {
+        if !dry_run {
+            match repo.backend().remove(FileKind::Snapshot, &d.id.to_hex()) {
+                Ok(()) | Err(Error::NotFound(_)) => {
+                    tracing::info!("removed snapshot {}", d.id.short())
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        removed += 1;
+    }
+    Ok(Forgotten { groups, removed })
+}
+
 /// Decide for one group (any order in; newest first out).
 pub fn decide(snapshots: &[(Id, &Snapshot)], policy: &RetentionPolicy) -> Vec<Decision> {
     let mut list: Vec<(Id, &Snapshot)> = snapshots.to_vec();
@@ -231,6 +260,7 @@ pub fn decide(snapshots: &[(Id, &Snapshot)], policy: &RetentionPolicy) -> Vec<De
     let mut left: Vec<u32> = buckets.iter().map(|b| b.1).collect();
     let mut last: Vec<Option<(i32, u32, u32, u32)>> = vec![None; buckets.len()];
     let newest = list.first().map(|(_, s)| s.time);
+    // Some(None): a duration reaching before any representable time keeps all.
     let within_from = policy.within.zip(newest).map(|(d, t)| d.before(t));
     list.iter()
         .enumerate()
@@ -251,7 +281,7 @@ pub fn decide(snapshots: &[(Id, &Snapshot)], policy: &RetentionPolicy) -> Vec<De
                 }
             }
             if let Some(from) = within_from {
-                if s.time >= from {
+                if from.is_none_or(|from| s.time >= from) {
                     reasons.push("within the keep-within duration".into());
                 }
             }
@@ -438,10 +468,10 @@ mod tests {
                 vec![397, 398, 399],
             ),
             (
-                "within 1m",
+                "within 1mo",
                 &daily,
                 RetentionPolicy {
-                    within: Some("1m".parse().unwrap()),
+                    within: Some("1mo".parse().unwrap()),
                     ..Default::default()
                 },
                 (368..400).collect(),
@@ -507,7 +537,7 @@ mod tests {
 
     #[test]
     fn durations() {
-        let d: CalendarDuration = "1y2m3d4h".parse().unwrap();
+        let d: CalendarDuration = "1y2mo3d4h".parse().unwrap();
         assert_eq!(
             d,
             CalendarDuration {
@@ -517,8 +547,63 @@ mod tests {
                 hours: 4
             }
         );
-        for bad in ["", "5", "3x", "d", "1.5d"] {
+        assert_eq!("2w".parse::<CalendarDuration>().unwrap().days, 14);
+        for bad in ["", "5", "3x", "d", "1.5d", "1y2m3d4h", "6m", "90min"] {
             assert!(bad.parse::<CalendarDuration>().is_err(), "{bad:?}");
         }
+        let e = "6m".parse::<CalendarDuration>().unwrap_err().to_string();
+        assert!(e.contains("\"mo\" for months"), "{e}");
+    }
+
+    #[test]
+    fn a_duration_longer_than_time_keeps_everything() {
+        let list = timeline((2026, 3, 1, 0), 24, 5);
+        for within in ["4000000000y", "4294967295mo", "4294967295d", "4294967295h"] {
+            let policy = RetentionPolicy {
+                within: Some(within.parse().unwrap()),
+                ..Default::default()
+            };
+            assert_eq!(kept(&list, &policy).len(), list.len(), "{within}");
+        }
+    }
+
+    #[test]
+    fn forget_removes_what_the_plan_does_not_keep() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = crate::Repository::init(
+            crate::backend::open(&dir.path().display().to_string()).unwrap(),
+            b"pw",
+            crate::repository::KdfCost {
+                memory_kib: 1024,
+                iterations: 1,
+            },
+        )
+        .unwrap();
+        for (_, s) in timeline((2026, 3, 1, 0), 24, 4) {
+            repo.save_json(crate::backend::FileKind::Snapshot, &s)
+                .unwrap();
+        }
+        let policy = RetentionPolicy {
+            last: 1,
+            ..Default::default()
+        };
+        let all = repo.snapshots().unwrap();
+        let dry = forget(&repo, &all, &policy, GroupBy::default(), true).unwrap();
+        assert_eq!(dry.removed, 3);
+        assert_eq!(repo.snapshots().unwrap().len(), 4);
+        let done = forget(&repo, &all, &policy, GroupBy::default(), false).unwrap();
+        assert_eq!(done.removed, 3);
+        let left = repo.snapshots().unwrap();
+        assert_eq!(left.len(), 1);
+        let kept: Vec<Id> = done.groups[0]
+            .decisions
+            .iter()
+            .filter(|d| d.keep)
+            .map(|d| d.id)
+            .collect();
+        assert_eq!(kept, [left[0].0]);
+        // Already gone (a concurrent forget): counted, not an error.
+        let again = forget(&repo, &all, &policy, GroupBy::default(), false).unwrap();
+        assert_eq!(again.removed, 3);
     }
 }

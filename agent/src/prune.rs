@@ -138,48 +138,6 @@ enum Fate {
     Delete,
 }
 
-/// Parse a duration such as `24h`, `90m`, `1h30m`, `2d`, `45s` or `0`.
-///
-/// # Errors
-/// [`Error::InvalidInput`] for anything else.
-pub fn parse_duration(s: &str) -> Result<Duration> {
-    let bad = || {
-        Error::InvalidInput(format!(
-            "duration {s:?}: use a number with a unit, e.g. 24h, 90m, 1h30m, 2d, 45s, or 0"
-        ))
-    };
-    let t = s.trim();
-    if t == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let mut total: u64 = 0;
-    let mut num = String::new();
-    for c in t.chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
-            'w' => 7 * 86_400,
-            _ => return Err(bad()),
-        };
-        let n: u64 = num.parse().map_err(|_| bad())?;
-        total = n
-            .checked_mul(unit)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(bad)?;
-        num.clear();
-    }
-    if !num.is_empty() || t.is_empty() {
-        return Err(bad());
-    }
-    Ok(Duration::from_secs(total))
-}
-
 fn refuse(reason: impl std::fmt::Display) -> Error {
     Error::Refused(format!(
         "prune stopped before deleting anything: {reason}; run `cairn check`"
@@ -721,14 +679,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
-        assert_eq!(parse_duration("45s").unwrap().as_secs(), 45);
-        assert_eq!(parse_duration("1h30m").unwrap().as_secs(), 5400);
-        assert_eq!(parse_duration("2d").unwrap().as_secs(), 172_800);
-        assert_eq!(parse_duration("1w").unwrap().as_secs(), 604_800);
-        for bad in ["", "h", "10", "1x", "-1h", "1.5h", "99999999999999999999d"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
+    fn the_default_grace_is_the_protocols() {
+        // `--grace` defaults to the protocol's text; the engine's own default must agree.
+        let text = cairn_protocol::DEFAULT_GRACE;
+        assert_eq!(
+            cairn_protocol::duration::parse_fixed(text),
+            Ok(DEFAULT_GRACE)
+        );
     }
 }

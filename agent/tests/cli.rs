@@ -888,6 +888,64 @@ fn forget_applies_a_retention_policy_and_explains_it() {
 /// `cairn agent ...`, the operator's Job entrypoint: JSON result on stdout and
 /// in the termination-message file, exit codes like the CLI.
 #[test]
+fn durations_have_one_grammar_and_a_bare_m_is_refused() {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"x").unwrap();
+    env.ok(&["init"]);
+    env.ok(&["backup", src.to_str().unwrap()]);
+    // restic's `--keep-within 6m` means months: read as minutes it would
+    // forget far more, so it is refused, with both spellings offered.
+    for args in [
+        &["forget", "--keep-within", "6m"][..],
+        &["forget", "--keep-within", "1y6m", "--dry-run"],
+        &["prune", "--grace", "90m"],
+        &["forget", "--keep-last", "1", "--prune", "--grace", "1h30m"],
+    ] {
+        let out = env.run(args);
+        assert_fails(&out, 1, "a bare \"m\" is ambiguous");
+        assert_fails(&out, 1, "\"mo\" for months or \"min\" for minutes");
+    }
+    assert_fails(
+        &env.run(&["forget", "--keep-within", "90min"]),
+        1,
+        "finer than an hour",
+    );
+    assert_fails(&env.run(&["prune", "--grace", "1mo"]), 1, "no fixed length");
+    // Nothing was removed by the refused runs.
+    assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 1);
+    let r = env.json(&["forget", "--keep-within", "1y6mo", "--dry-run"]);
+    assert_eq!(r["removed"], 0);
+    env.json(&["forget", "--keep-within", "2w12h", "--dry-run"]);
+    let r = env.json(&["prune", "--grace", "1h30min", "--dry-run"]);
+    assert_eq!(r["grace_seconds"], 5_400);
+    // Prune says its grace period in the same grammar.
+    let out = env.ok(&["prune", "--grace", "90min", "--dry-run"]);
+    assert!(out.contains("marked at least 90min ago"), "{out}");
+
+    // The agent reports the refusal in its result, as the controller reads it.
+    let term = env.path("termination-log");
+    let out = env
+        .cmd()
+        .env("CAIRN_TERMINATION_LOG", &term)
+        .args(["agent", "backup", "--source", src.to_str().unwrap()])
+        .args(["--id", "ns/pvc", "--keep-within", "6m"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let r: serde_json::Value = serde_json::from_slice(&fs::read(&term).unwrap()).unwrap();
+    assert_eq!((&r["command"], &r["ok"]), (&"backup".into(), &false.into()));
+    let e = r["error"].as_str().unwrap_or_default();
+    assert!(
+        e.contains("--keep-within") && e.contains("\"mo\" for months"),
+        "{e}"
+    );
+    // Refused before anything was written.
+    assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 1);
+}
+
+#[test]
 fn agent_commands_write_a_result_for_the_controller() {
     let env = Env::new();
     let vol = env.path("vol");

@@ -311,7 +311,7 @@ pub async fn reconcile(b: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Erro
     }
     status.snapshots = results
         .iter()
-        .map(|(pvc, r)| r.snapshot_result(pvc))
+        .map(|(pvc, r)| crate::result::snapshot_result(r, pvc))
         .collect();
     if running || !queued.is_empty() || !missing.is_empty() {
         let phase_now = if running {

@@ -5,6 +5,10 @@
 use std::collections::BTreeMap;
 
 use cairn_crds::{Backup, BackupRepository, JobOverrides, Restore, RetentionPolicy};
+use cairn_protocol::{
+    AgentCommand, BackupArgs, InitArgs, KeepArgs, PruneOpts, RestoreArgs, DEFAULT_GRACE,
+    DEFAULT_MAX_UNUSED,
+};
 use k8s_openapi::api::batch::v1::{
     Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement, PodFailurePolicyRule,
 };
@@ -278,30 +282,19 @@ pub fn repository_access(repo: &BackupRepository) -> (Vec<EnvVar>, Vec<Volume>, 
     (envs, volumes, mounts)
 }
 
-/// `--keep-*` arguments for the agent.
-pub fn retention_args(r: &RetentionPolicy) -> Vec<String> {
-    let mut a = Vec::new();
-    let mut num = |flag: &str, v: Option<u32>| {
-        if let Some(v) = v {
-            a.push(format!("--{flag}"));
-            a.push(v.to_string());
-        }
-    };
-    num("keep-last", r.keep_last);
-    num("keep-hourly", r.keep_hourly);
-    num("keep-daily", r.keep_daily);
-    num("keep-weekly", r.keep_weekly);
-    num("keep-monthly", r.keep_monthly);
-    num("keep-yearly", r.keep_yearly);
-    if let Some(w) = &r.keep_within {
-        a.push("--keep-within".into());
-        a.push(w.clone());
+/// A custom resource's retention policy as the agent's `--keep-*` options
+/// (an absent count keeps nothing by its rule, as zero does).
+pub fn retention(r: &RetentionPolicy) -> KeepArgs {
+    KeepArgs {
+        keep_last: r.keep_last.unwrap_or(0),
+        keep_hourly: r.keep_hourly.unwrap_or(0),
+        keep_daily: r.keep_daily.unwrap_or(0),
+        keep_weekly: r.keep_weekly.unwrap_or(0),
+        keep_monthly: r.keep_monthly.unwrap_or(0),
+        keep_yearly: r.keep_yearly.unwrap_or(0),
+        keep_within: r.keep_within.clone(),
+        keep_tags: r.keep_tags.clone(),
     }
-    for t in &r.keep_tags {
-        a.push("--keep-tag".into());
-        a.push(t.clone());
-    }
-    a
 }
 
 fn owner_ref<K: Resource<DynamicType = ()>>(obj: &K) -> Option<OwnerReference> {
@@ -661,21 +654,19 @@ pub fn backup_job(
     let mut labels = base_labels("backup", &repo.name_any());
     labels.insert(labels::BACKUP.into(), label_value(&name));
     labels.insert(labels::PVC.into(), label_value(pvc));
-    let mut args: Vec<String> = vec![
-        "agent".into(),
-        "backup".into(),
-        "--source".into(),
-        DATA_MOUNT.into(),
-        "--id".into(),
-        format!("{}/{pvc}", namespace.as_deref().unwrap_or("default")),
-    ];
-    for t in &backup.spec.tags {
-        args.push("--tag".into());
-        args.push(t.clone());
-    }
-    if let Some(r) = &backup.spec.retention {
-        args.extend(retention_args(r));
-    }
+    let args = AgentCommand::Backup(BackupArgs {
+        source: DATA_MOUNT.into(),
+        id: format!("{}/{pvc}", namespace.as_deref().unwrap_or("default")),
+        tags: backup.spec.tags.clone(),
+        ignore_inode: false,
+        keep: backup
+            .spec
+            .retention
+            .as_ref()
+            .map(retention)
+            .unwrap_or_default(),
+    })
+    .to_args();
     build(
         JobParts {
             name: backup_job_name(&name, pvc),
@@ -706,32 +697,18 @@ pub fn restore_job(
     let mut labels = base_labels("restore", &repo.name_any());
     labels.insert(labels::RESTORE.into(), label_value(&name));
     labels.insert(labels::PVC.into(), label_value(target_pvc));
-    let mut args: Vec<String> = vec![
-        "agent".into(),
-        "restore".into(),
-        "--target".into(),
-        DATA_MOUNT.into(),
-    ];
     let sel = &restore.spec.snapshot;
-    if let Some(id) = &sel.id {
-        args.push("--snapshot".into());
-        args.push(id.clone());
-    }
-    if let Some(of) = &sel.latest_of {
-        args.push("--latest-of".into());
-        args.push(format!(
-            "{}/{of}",
-            namespace.as_deref().unwrap_or("default")
-        ));
-    }
-    for t in &sel.tags {
-        args.push("--tag".into());
-        args.push(t.clone());
-    }
-    for i in &restore.spec.include {
-        args.push("--include".into());
-        args.push(i.clone());
-    }
+    let args = AgentCommand::Restore(RestoreArgs {
+        target: DATA_MOUNT.into(),
+        snapshot: sel.id.clone(),
+        latest_of: sel
+            .latest_of
+            .as_ref()
+            .map(|of| format!("{}/{of}", namespace.as_deref().unwrap_or("default"))),
+        tags: sel.tags.clone(),
+        includes: restore.spec.include.clone(),
+    })
+    .to_args();
     let mut job = build(
         JobParts {
             name: restore_job_name(&name),
@@ -789,11 +766,11 @@ pub fn repository_job(repo: &BackupRepository, cfg: &JobConfig) -> Job {
             owner: owner_ref(repo),
             // On a volume, every agent pod shares the repository through the
             // volume's group (fsGroup), whichever user it runs as.
-            args: if repo.spec.volume.is_some() {
-                vec!["agent".into(), "init".into(), "--group-access".into()]
-            } else {
-                vec!["agent".into(), "init".into()]
-            },
+            args: AgentCommand::Init(InitArgs {
+                group_access: repo.spec.volume.is_some(),
+                ..InitArgs::default()
+            })
+            .to_args(),
             repo,
             data: None,
             node: None,
@@ -813,15 +790,11 @@ pub fn prune_job_name(repo: &str, run: &str) -> String {
 pub fn prune_job(repo: &BackupRepository, job_name: &str, cfg: &JobConfig) -> Job {
     let name = repo.name_any();
     let m = repo.spec.maintenance.clone().unwrap_or_default();
-    let mut args: Vec<String> = vec!["agent".into(), "prune".into()];
-    if let Some(g) = m.grace {
-        args.push("--grace".into());
-        args.push(g);
-    }
-    if let Some(u) = m.max_unused {
-        args.push("--max-unused".into());
-        args.push(u);
-    }
+    let args = AgentCommand::Prune(PruneOpts {
+        grace: m.grace.unwrap_or_else(|| DEFAULT_GRACE.into()),
+        max_unused: m.max_unused.unwrap_or_else(|| DEFAULT_MAX_UNUSED.into()),
+    })
+    .to_args();
     build(
         JobParts {
             name: job_name.to_string(),

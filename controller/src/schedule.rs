@@ -23,8 +23,8 @@ pub enum ScheduleError {
     /// Unknown time zone.
     #[error("unknown time zone {0:?} (use an IANA name such as Europe/Berlin)")]
     TimeZone(String),
-    /// Jitter does not parse.
-    #[error("invalid jitter {0:?} (use 30s, 10m or 1h30m)")]
+    /// Jitter does not parse (why).
+    #[error("invalid jitter: {0}")]
     Jitter(String),
 }
 
@@ -82,34 +82,15 @@ impl Schedule {
     }
 }
 
-/// Parse a jitter such as `30s`, `10m`, `1h30m` into seconds.
+/// Parse a jitter, a fixed duration of the protocol's grammar (`30s`,
+/// `10min`, `1h30min`), into seconds.
 ///
 /// # Errors
-/// [`ScheduleError::Jitter`].
+/// [`ScheduleError::Jitter`], saying why (a bare `m` is ambiguous).
 pub fn parse_jitter(s: &str) -> Result<u64, ScheduleError> {
-    let bad = || ScheduleError::Jitter(s.to_string());
-    let (mut total, mut num) = (0u64, String::new());
-    for c in s.trim().chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            _ => return Err(bad()),
-        };
-        let n: u64 = num.parse().map_err(|_| bad())?;
-        total = total
-            .checked_add(n.checked_mul(unit).ok_or_else(bad)?)
-            .ok_or_else(bad)?;
-        num.clear();
-    }
-    if !num.is_empty() {
-        return Err(bad());
-    }
-    Ok(total)
+    cairn_protocol::duration::parse_fixed(s)
+        .map(|d| d.as_secs())
+        .map_err(|e| ScheduleError::Jitter(e.to_string()))
 }
 
 /// A delay in `[0, max_seconds)` that is the same every time for one schedule
@@ -179,7 +160,10 @@ mod tests {
             ScheduleError::TimeZone("Mars/Olympus".into())
         );
         assert!(parse_jitter("10 minutes").is_err());
-        assert_eq!(parse_jitter("1h30m"), Ok(5400));
+        assert_eq!(parse_jitter("1h30min"), Ok(5400));
+        assert_eq!(parse_jitter("0"), Ok(0));
+        let e = parse_jitter("10m").unwrap_err().to_string();
+        assert!(e.contains("\"min\" for minutes"), "{e}");
     }
 
     #[test]

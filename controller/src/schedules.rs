@@ -109,15 +109,29 @@ pub async fn reconcile_at(
         ..old.clone()
     };
 
-    // 1. The spec: problems the schema cannot catch become a condition.
-    let parsed = Schedule::parse(&s.spec.schedule, s.spec.time_zone.as_deref()).and_then(|sch| {
-        let jitter = s.spec.jitter.as_deref().map(parse_jitter).transpose()?;
-        Ok((sch, jitter.unwrap_or(0)))
-    });
+    // 1. The spec: problems the schema cannot catch become a condition (and
+    // durations stored before the grammar refused a bare `m`: each Backup's
+    // agent would refuse its keepWithin).
+    let parsed = Schedule::parse(&s.spec.schedule, s.spec.time_zone.as_deref())
+        .and_then(|sch| {
+            let jitter = s.spec.jitter.as_deref().map(parse_jitter).transpose()?;
+            Ok((sch, jitter.unwrap_or(0)))
+        })
+        .map_err(|e| e.to_string())
+        .and_then(|p| {
+            let within = s
+                .spec
+                .retention
+                .as_ref()
+                .and_then(|r| r.keep_within.as_deref());
+            match within.map(cairn_protocol::duration::parse_calendar) {
+                Some(Err(e)) => Err(format!("invalid retention.keepWithin: {e}")),
+                _ => Ok(p),
+            }
+        });
     let (schedule, jitter_max) = match parsed {
         Ok(p) => p,
-        Err(e) => {
-            let msg = e.to_string();
+        Err(msg) => {
             status.conditions = vec![ready(false, "InvalidSpec", &msg, generation)];
             status.next_schedule_time = None;
             warn_once(&ctx, s.as_ref(), &old.conditions, "InvalidSpec", msg).await;

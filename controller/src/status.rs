@@ -223,7 +223,7 @@ pub async fn job_result(
         .await?
         .items
         .iter()
-        .filter_map(AgentResult::from_pod)
+        .filter_map(crate::result::from_pod)
         .max_by_key(|r| r.ok);
     let succeeded = job.status.as_ref().and_then(|s| s.succeeded).unwrap_or(0) > 0;
     let failure = job_failure(job);

@@ -2,7 +2,7 @@
 //! agent's result back from a pod.
 
 use cairn_controller::jobs::{self, backup_job, restore_job, JobConfig, DATA_MOUNT};
-use cairn_controller::result::AgentResult;
+use cairn_controller::result::{from_pod, snapshot_result};
 use cairn_crds::{Backup, BackupRepository, JobOverrides, Restore, RetentionPolicy};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
@@ -330,6 +330,85 @@ fn restore_job_writes_into_the_target() {
     assert_eq!(owner.kind, "Restore");
 }
 
+#[test]
+fn every_jobs_arguments_parse_as_the_agent_parses_them() {
+    use cairn_protocol::{AgentCommand, BackupArgs, InitArgs, KeepArgs, PruneOpts, RestoreArgs};
+    let parsed = |job: &Job| {
+        let args = container(job).args.clone().unwrap();
+        AgentCommand::parse_args(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    };
+    let repo: BackupRepository = example("repository-s3.yaml");
+    let mut backup: Backup = example("backup.yaml");
+    // Tags and globs come from users: one that looks like an option stays a value.
+    backup.spec.tags = vec!["-v".into(), "--keep-last=9".into(), "plain".into()];
+    backup.spec.retention = Some(RetentionPolicy {
+        keep_last: Some(3),
+        keep_within: Some("1y6mo".into()),
+        keep_tags: vec!["--release".into()],
+        ..RetentionPolicy::default()
+    });
+    let cfg = JobConfig::default();
+    assert_eq!(
+        parsed(&backup_job(&backup, &repo, "db", None, &cfg)),
+        AgentCommand::Backup(BackupArgs {
+            source: DATA_MOUNT.into(),
+            id: "shop/db".into(),
+            tags: backup.spec.tags.clone(),
+            ignore_inode: false,
+            keep: KeepArgs {
+                keep_last: 3,
+                keep_within: Some("1y6mo".into()),
+                keep_tags: vec!["--release".into()],
+                ..KeepArgs::default()
+            },
+        })
+    );
+    let mut restore: Restore = example("restore.yaml");
+    restore.spec.include = vec!["-weird/**".into()];
+    assert_eq!(
+        parsed(&restore_job(&restore, &repo, "db-restored", None, &cfg)),
+        AgentCommand::Restore(RestoreArgs {
+            target: DATA_MOUNT.into(),
+            snapshot: None,
+            latest_of: Some("shop/postgres-data".into()),
+            tags: restore.spec.snapshot.tags.clone(),
+            includes: vec!["-weird/**".into()],
+        })
+    );
+    assert_eq!(
+        parsed(&jobs::repository_job(&repo, &cfg)),
+        AgentCommand::Init(InitArgs::default())
+    );
+    let mut on_volume = repo.clone();
+    on_volume.spec.s3 = None;
+    on_volume.spec.volume =
+        Some(serde_json::from_value(serde_json::json!({"claimName": "r"})).unwrap());
+    on_volume.spec.maintenance = Some(
+        serde_json::from_value(
+            serde_json::json!({"pruneSchedule": "@daily", "grace": "36h", "maxUnused": "10%"}),
+        )
+        .unwrap(),
+    );
+    assert_eq!(
+        parsed(&jobs::repository_job(&on_volume, &cfg)),
+        AgentCommand::Init(InitArgs {
+            group_access: true,
+            ..InitArgs::default()
+        })
+    );
+    assert_eq!(
+        parsed(&jobs::prune_job(&on_volume, "cairn-prune-x", &cfg)),
+        AgentCommand::Prune(PruneOpts {
+            grace: "36h".into(),
+            max_unused: "10%".into(),
+        })
+    );
+    assert_eq!(
+        parsed(&jobs::prune_job(&repo, "cairn-prune-x", &cfg)),
+        AgentCommand::Prune(PruneOpts::default())
+    );
+}
+
 fn terminated_pod(message: Option<&str>, exit_code: i32) -> Pod {
     Pod {
         status: Some(PodStatus {
@@ -356,10 +435,10 @@ fn terminated_pod(message: Option<&str>, exit_code: i32) -> Pod {
 fn agent_results_are_read_from_the_pod() {
     // The exact shape `cairn agent backup` writes (agent/tests/cli.rs checks the writer side).
     let msg = r#"{"command":"backup","ok":true,"exitCode":3,"snapshotId":"31c9af18","files":2,"bytesProcessed":3145734,"bytesAdded":3147527,"bytesStored":3157311,"durationSeconds":0.03,"unreadableFiles":1,"snapshotsForgotten":0}"#;
-    let r = AgentResult::from_pod(&terminated_pod(Some(msg), 3)).unwrap();
+    let r = from_pod(&terminated_pod(Some(msg), 3)).unwrap();
     assert!(r.ok);
     assert_eq!(r.exit_code, 3);
-    let s = r.snapshot_result("data");
+    let s = snapshot_result(&r, "data");
     assert_eq!(s.snapshot_id.as_deref(), Some("31c9af18"));
     assert_eq!(
         (
@@ -372,13 +451,12 @@ fn agent_results_are_read_from_the_pod() {
     );
 
     // Killed before writing a result: the log tail the kubelet substituted.
-    let r = AgentResult::from_pod(&terminated_pod(Some("thread panicked\nout of memory"), 137))
-        .unwrap();
+    let r = from_pod(&terminated_pod(Some("thread panicked\nout of memory"), 137)).unwrap();
     assert!(!r.ok);
     assert!(r.error.unwrap().contains("out of memory"));
-    let r = AgentResult::from_pod(&terminated_pod(None, 137)).unwrap();
+    let r = from_pod(&terminated_pod(None, 137)).unwrap();
     assert!(r.error.unwrap().contains("exit code 137"));
-    assert!(AgentResult::from_pod(&Pod::default()).is_none());
+    assert!(from_pod(&Pod::default()).is_none());
 }
 
 #[test]

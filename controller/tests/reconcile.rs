@@ -753,6 +753,26 @@ async fn invalid_schedule_and_suspend_are_conditions() {
         format!("{:?}", kube::runtime::controller::Action::await_change())
     );
 
+    // Durations stored before a bare `m` was refused: the schedule says so
+    // instead of creating Backups whose agents would all refuse them.
+    for (field, value) in [
+        ("jitter", json!("10m")),
+        ("retention", json!({"keepWithin": "6m"})),
+    ] {
+        let (api, ctx) = schedule_setup(|s| s["spec"][field] = value.clone());
+        reconcile_schedule(schedule(&api), ctx.clone(), at(1, 3, 0))
+            .await
+            .unwrap();
+        let st = schedule(&api).status.clone().unwrap();
+        assert_eq!(st.conditions[0].reason, "InvalidSpec", "{field}");
+        let msg = &st.conditions[0].message;
+        assert!(
+            msg.contains("\"mo\" for months or \"min\" for minutes"),
+            "{msg}"
+        );
+        assert_eq!(api.requests("POST", "/backups"), 0);
+    }
+
     let (api, ctx) = schedule_setup(|_| {});
     reconcile_schedule(schedule(&api), ctx.clone(), at(1, 1, 0))
         .await

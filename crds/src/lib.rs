@@ -199,9 +199,13 @@ pub struct Maintenance {
     /// When to prune (five-field cron or `@daily`, `@weekly`, ...), in UTC.
     #[schemars(length(min = 1, max = 128))]
     pub prune_schedule: String,
-    /// Prune's grace period (`24h`): must exceed the longest backup.
+    /// Prune's grace period (`24h`): must exceed the longest backup. Units
+    /// `w`, `d`, `h`, `min`, `s` (`90min`, `2d`; `0` deletes at once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self.matches('^(0|([0-9]+[smhdw])+)$')").message("grace must look like 24h, 90m or 2d"))]
+    #[x_kube(
+        validation = Rule::new("!self.matches('[0-9]m([^io]|$)')").message("a bare m is ambiguous: write mo for months or min for minutes"),
+        validation = Rule::new("self.matches('[0-9]m([^io]|$)') || self.matches('^(0|([0-9]+(w|d|h|min|s))+)$')").message("grace must look like 24h, 90min or 2d (units w, d, h, min, s)")
+    )]
     #[schemars(length(max = 32))]
     pub grace: Option<String>,
     /// Unused space tolerated in kept packs (`5%`, or `unlimited`).
@@ -345,9 +349,13 @@ pub struct BackupScheduleSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_zone: Option<String>,
     /// Start each run at a random delay up to this long after the scheduled
-    /// time (`10m`), so a fleet does not hit storage at once.
+    /// time (`10min`; units `w`, `d`, `h`, `min`, `s`), so a fleet does not
+    /// hit storage at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self.matches('^([0-9]+[smh])+$')").message("jitter must look like 30s, 10m or 1h30m"))]
+    #[x_kube(
+        validation = Rule::new("!self.matches('[0-9]m([^io]|$)')").message("a bare m is ambiguous: write mo for months or min for minutes"),
+        validation = Rule::new("self.matches('[0-9]m([^io]|$)') || self.matches('^(0|([0-9]+(w|d|h|min|s))+)$')").message("jitter must look like 30s, 10min or 1h30min (units w, d, h, min, s)")
+    )]
     #[schemars(length(max = 32))]
     pub jitter: Option<String>,
     /// A run missed by more than this many seconds (controller down) is
@@ -414,9 +422,13 @@ pub struct RetentionPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub keep_yearly: Option<u32>,
-    /// Keep snapshots within this duration of the newest (`7d`, `1y6m`, `12h`).
+    /// Keep snapshots within this duration of the newest (`7d`, `1y6mo`,
+    /// `12h`; units `y`, `mo`, `w`, `d`, `h`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self.matches('^([0-9]+[ymdh])+$')").message("keepWithin must look like 7d, 1y6m or 12h"))]
+    #[x_kube(
+        validation = Rule::new("!self.matches('[0-9]m([^io]|$)')").message("a bare m is ambiguous: write mo for months or min for minutes"),
+        validation = Rule::new("self.matches('[0-9]m([^io]|$)') || self.matches('^(0|([0-9]+(y|mo|w|d|h))+)$')").message("keepWithin must look like 7d, 1y6mo or 12h (units y, mo, w, d, h)")
+    )]
     #[schemars(length(max = 32))]
     pub keep_within: Option<String>,
     /// Keep snapshots with any of these tags.

@@ -73,3 +73,55 @@ fn backup_and_restore_specs_are_immutable() {
         }
     }
 }
+
+#[test]
+fn duration_rules_accept_exactly_what_the_agent_and_controller_parse() {
+    use cairn_protocol::duration::{parse_calendar, parse_fixed};
+    let schedule = cases::valid()
+        .into_iter()
+        .find(|(what, _)| *what == "schedule naming PVCs instead of a selector")
+        .map(|(_, v)| v)
+        .expect("the case exists");
+    let repo = cases::examples()
+        .into_iter()
+        .find(|(n, _)| *n == "repository-s3.yaml")
+        .map(|(_, v)| v)
+        .expect("the example exists");
+    for &d in cases::DURATIONS {
+        let mut jitter = schedule.clone();
+        jitter["spec"]["jitter"] = d.into();
+        let mut within = schedule.clone();
+        within["spec"]["retention"] = serde_json::json!({ "keepWithin": d });
+        let mut grace = repo.clone();
+        grace["spec"]["maintenance"] = serde_json::json!({ "pruneSchedule": "@daily", "grace": d });
+        for (field, obj, parsed) in [
+            (
+                "jitter",
+                jitter,
+                parse_fixed(d).map(|_| ()).map_err(|e| e.to_string()),
+            ),
+            (
+                "keepWithin",
+                within,
+                parse_calendar(d).map(|_| ()).map_err(|e| e.to_string()),
+            ),
+            (
+                "grace",
+                grace,
+                parse_fixed(d).map(|_| ()).map_err(|e| e.to_string()),
+            ),
+        ] {
+            let cel = check(&obj);
+            assert_eq!(
+                cel.is_ok(),
+                parsed.is_ok(),
+                "{field} {d:?}: CEL {cel:?}, parser {parsed:?}"
+            );
+            // A bare m gets the same advice from both.
+            if parsed.as_ref().is_err_and(|e| e.contains("ambiguous")) {
+                let cel = cel.unwrap_err();
+                assert!(cel.contains(cases::AMBIGUOUS_M), "{field} {d:?}: {cel}");
+            }
+        }
+    }
+}

@@ -68,6 +68,52 @@ fn unset(obj: Value, pointer: &str, key: &str) -> Value {
     })
 }
 
+/// The message of every duration field's rule against a bare `m`.
+pub const AMBIGUOUS_M: &str = "a bare m is ambiguous: write mo for months or min for minutes";
+
+/// Durations the CRDs' rules and the protocol's parsers must judge alike
+/// (`crds/tests/validation.rs` checks both on each).
+pub const DURATIONS: &[&str] = &[
+    "0",
+    "00",
+    "7d",
+    "1y6mo",
+    "2w12h",
+    "12h",
+    "24h",
+    "90min",
+    "1h30min",
+    "45s",
+    "1w1d1h1min1s",
+    "3h1y",
+    "0d",
+    "6m",
+    "1y6m",
+    "1h30m",
+    "0m",
+    "6m3d",
+    "1mo",
+    "1y",
+    "30s",
+    "10min",
+    "5",
+    "d",
+    "",
+    "7 d",
+    " 7d",
+    "7D",
+    "1.5d",
+    "-1d",
+    "+1d",
+    "1mon",
+    "1month",
+    "7days",
+    "1mi",
+    "1m0",
+    "a week",
+    "1é",
+];
+
 /// A spec the apiserver must reject with `message`.
 pub struct Invalid {
     /// What is wrong, for failure messages.
@@ -98,8 +144,48 @@ pub fn valid() -> Vec<(&'static str, Value)> {
             schedule_pvcs.clone(),
         ),
         (
-            "schedule with jitter 1h30m",
-            set(schedule_pvcs.clone(), "/spec", "jitter", json!("1h30m")),
+            "schedule with jitter 1h30min",
+            set(schedule_pvcs.clone(), "/spec", "jitter", json!("1h30min")),
+        ),
+        (
+            "schedule with jitter 0",
+            set(schedule_pvcs.clone(), "/spec", "jitter", json!("0")),
+        ),
+        (
+            "schedule keeping 1y6mo (months written mo)",
+            set(
+                schedule_pvcs.clone(),
+                "/spec",
+                "retention",
+                json!({"keepWithin": "1y6mo"}),
+            ),
+        ),
+        (
+            "schedule keeping 2w12h",
+            set(
+                schedule_pvcs.clone(),
+                "/spec",
+                "retention",
+                json!({"keepWithin": "2w12h"}),
+            ),
+        ),
+        (
+            "repository with grace 90min",
+            set(
+                example("repository-s3.yaml"),
+                "/spec",
+                "maintenance",
+                json!({"pruneSchedule": "@daily", "grace": "90min"}),
+            ),
+        ),
+        (
+            "repository with grace 0",
+            set(
+                example("repository-s3.yaml"),
+                "/spec",
+                "maintenance",
+                json!({"pruneSchedule": "@daily", "grace": "0"}),
+            ),
         ),
         (
             "schedule keeping only tagged snapshots",
@@ -192,12 +278,57 @@ pub fn invalid() -> Vec<Invalid> {
                 "jitter",
                 json!("ten minutes"),
             ),
-            message: "jitter must look like 30s, 10m or 1h30m",
+            message: "jitter must look like 30s, 10min or 1h30min",
         },
         Invalid {
             what: "empty retention policy",
             object: set(schedule_pvcs.clone(), "/spec", "retention", json!({})),
             message: "a retention policy needs at least one keep rule",
+        },
+        Invalid {
+            what: "schedule jitter 10m (bare m)",
+            object: set(schedule_pvcs.clone(), "/spec", "jitter", json!("10m")),
+            message: AMBIGUOUS_M,
+        },
+        Invalid {
+            what: "keepWithin 6m (restic's months, or minutes?)",
+            object: set(
+                schedule_pvcs.clone(),
+                "/spec",
+                "retention",
+                json!({"keepWithin": "6m"}),
+            ),
+            message: AMBIGUOUS_M,
+        },
+        Invalid {
+            what: "keepWithin 1y6m (bare m after a year)",
+            object: set(
+                schedule_pvcs.clone(),
+                "/spec",
+                "retention",
+                json!({"keepWithin": "1y6m"}),
+            ),
+            message: AMBIGUOUS_M,
+        },
+        Invalid {
+            what: "keepWithin in minutes (finer than restic's hours)",
+            object: set(
+                schedule_pvcs.clone(),
+                "/spec",
+                "retention",
+                json!({"keepWithin": "90min"}),
+            ),
+            message: "keepWithin must look like 7d, 1y6mo or 12h",
+        },
+        Invalid {
+            what: "a Backup's keepWithin 3m",
+            object: set(
+                example("backup.yaml"),
+                "/spec",
+                "retention",
+                json!({"keepWithin": "3m"}),
+            ),
+            message: AMBIGUOUS_M,
         },
         Invalid {
             what: "keepWithin in words",
@@ -207,7 +338,7 @@ pub fn invalid() -> Vec<Invalid> {
                 "retention",
                 json!({"keepWithin": "a week"}),
             ),
-            message: "keepWithin must look like 7d, 1y6m or 12h",
+            message: "keepWithin must look like 7d, 1y6mo or 12h",
         },
         Invalid {
             what: "restore naming both an ID and latestOf",
@@ -237,11 +368,21 @@ pub fn invalid() -> Vec<Invalid> {
             message: "maxUnused must look like 5% or be unlimited",
         },
         Invalid {
+            what: "grace 90m (bare m)",
+            object: maintenance(json!({"pruneSchedule": "@weekly", "grace": "90m"})),
+            message: AMBIGUOUS_M,
+        },
+        Invalid {
+            what: "grace in months (no fixed length)",
+            object: maintenance(json!({"pruneSchedule": "@weekly", "grace": "1mo"})),
+            message: "grace must look like 24h, 90min or 2d",
+        },
+        Invalid {
             what: "grace in words",
             object: maintenance(
                 json!({"pruneSchedule": "@weekly", "grace": "a day", "maxUnused": "unlimited"}),
             ),
-            message: "grace must look like 24h, 90m or 2d",
+            message: "grace must look like 24h, 90min or 2d",
         },
     ]
 }

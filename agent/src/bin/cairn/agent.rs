@@ -9,132 +9,28 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use clap::{Args, Subcommand};
-use serde::Serialize;
 
 use cairn::archiver::{self, BackupOptions, ChangeDetection, ParentChoice};
 use cairn::backend::{self, FileKind};
+use cairn::forget::GroupBy;
 use cairn::restore::{self, RestoreOptions};
 use cairn::{Error, Repository};
+use cairn_protocol::{AgentCommand, AgentResult, BackupArgs, InitArgs, PruneOpts, RestoreArgs};
 
-use super::{password, Cli, KdfArgs, KeepArgs, PruneOpts};
+use crate::access::{open_repo, password};
+use crate::args::{kdf_cost, prune_options, retention_policy};
+use crate::Cli;
 
 /// Kubernetes keeps at most 4096 bytes of a termination message.
 const TERMINATION_MESSAGE_MAX: usize = 4096;
 
-#[derive(Subcommand)]
-pub enum AgentCommand {
-    /// Create the repository unless it exists; report what it holds.
-    Init {
-        #[command(flatten)]
-        kdf: KdfArgs,
-        /// Create a local repository shared with the volume's group
-        /// (0770/0660; the operator sets it for repositories on a PVC, so
-        /// agent pods of any user with the volume's fsGroup can write it).
-        #[arg(long)]
-        group_access: bool,
-    },
-    /// Back up one volume, then apply the retention policy to its snapshots.
-    Backup(AgentBackupArgs),
-    /// Restore a snapshot into a directory.
-    Restore(AgentRestoreArgs),
-    /// Prune the repository (lock-free; see `cairn prune`).
-    Prune {
-        #[command(flatten)]
-        opts: PruneOpts,
-    },
-}
-
-#[derive(Args)]
-pub struct AgentBackupArgs {
-    /// Directory where the volume is mounted.
-    #[arg(long)]
-    source: PathBuf,
-    /// Identity of the volume, recorded as the snapshot's host
-    /// (the operator passes `NAMESPACE/PVC`).
-    #[arg(long)]
-    id: String,
-    /// Snapshot tags.
-    #[arg(long = "tag")]
-    tags: Vec<String>,
-    /// Trust path, size and mtime only (volumes mounted from snapshots or clones).
-    #[arg(long)]
-    ignore_inode: bool,
-    #[command(flatten)]
-    keep: KeepArgs,
-}
-
-#[derive(Args)]
-pub struct AgentRestoreArgs {
-    /// Directory to restore into (the mounted target volume).
-    #[arg(long)]
-    target: PathBuf,
-    /// Snapshot ID (prefix).
-    #[arg(long, conflicts_with = "latest_of")]
-    snapshot: Option<String>,
-    /// The latest snapshot of this volume identity (`NAMESPACE/PVC`).
-    #[arg(long)]
-    latest_of: Option<String>,
-    /// With --latest-of or alone: the latest snapshot carrying all these tags.
-    #[arg(long = "tag")]
-    tags: Vec<String>,
-    /// Restore only paths matching these globs (inside the snapshot).
-    #[arg(long = "include")]
-    includes: Vec<String>,
-}
-
-/// The result the controller reads (camelCase, like the CRD status).
-#[derive(Debug, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct AgentResult {
-    command: &'static str,
-    ok: bool,
-    exit_code: u8,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    snapshot_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    files: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    bytes_processed: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    bytes_added: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    bytes_stored: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    duration_seconds: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    unreadable_files: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    snapshots_forgotten: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    initialized: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    snapshots: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stored_bytes: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    packs_deleted: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    bytes_deleted: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    packs_marked: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-}
-
 /// Run an agent command; never returns an error: failures become a result.
 pub fn run(cli: &Cli, cmd: &AgentCommand) -> ExitCode {
-    let name = match cmd {
-        AgentCommand::Init { .. } => "init",
-        AgentCommand::Backup(_) => "backup",
-        AgentCommand::Restore(_) => "restore",
-        AgentCommand::Prune { .. } => "prune",
-    };
     let outcome = match cmd {
-        AgentCommand::Init { kdf, group_access } => init(cli, kdf, *group_access),
+        AgentCommand::Init(a) => init(cli, a),
         AgentCommand::Backup(a) => backup(cli, a),
         AgentCommand::Restore(a) => restore(cli, a),
-        AgentCommand::Prune { opts } => prune(cli, opts),
+        AgentCommand::Prune(a) => prune(cli, a),
     };
     let mut result = match outcome {
         Ok(r) => r,
@@ -147,7 +43,7 @@ pub fn run(cli: &Cli, cmd: &AgentCommand) -> ExitCode {
             }
         }
     };
-    result.command = name;
+    result.command = cmd.name().into();
     result.ok = result.exit_code != 1;
     report(&mut result);
     ExitCode::from(result.exit_code)
@@ -156,7 +52,7 @@ pub fn run(cli: &Cli, cmd: &AgentCommand) -> ExitCode {
 /// Print the result and write it as the termination message, shortening the
 /// error text if the whole would not fit.
 fn report(result: &mut AgentResult) {
-    let mut json = serde_json::to_string(&result).unwrap_or_default();
+    let mut json = result.to_json();
     if json.len() > TERMINATION_MESSAGE_MAX {
         if let Some(e) = &mut result.error {
             let keep = e
@@ -169,7 +65,7 @@ fn report(result: &mut AgentResult) {
             e.truncate(cut);
             e.push_str(" […]");
         }
-        json = serde_json::to_string(&result).unwrap_or_default();
+        json = result.to_json();
     }
     println!("{json}");
     let path = std::env::var_os("CAIRN_TERMINATION_LOG")
@@ -180,19 +76,19 @@ fn report(result: &mut AgentResult) {
     }
 }
 
-fn init(cli: &Cli, kdf: &KdfArgs, group_access: bool) -> Result<AgentResult> {
+fn init(cli: &Cli, args: &InitArgs) -> Result<AgentResult> {
     let pw = password(cli, false)?;
     let (repo, initialized) = match Repository::open(backend::open(&cli.repo)?, &pw) {
         Ok(r) => (r, false),
         Err(Error::RepositoryNotFound(_)) => (
             Repository::init(
-                if group_access {
+                if args.group_access {
                     backend::open_group_shared(&cli.repo)?
                 } else {
                     backend::open(&cli.repo)?
                 },
                 &pw,
-                kdf.cost(),
+                kdf_cost(&args.kdf),
             )?,
             true,
         ),
@@ -213,9 +109,9 @@ fn init(cli: &Cli, kdf: &KdfArgs, group_access: bool) -> Result<AgentResult> {
     })
 }
 
-fn backup(cli: &Cli, args: &AgentBackupArgs) -> Result<AgentResult> {
-    let policy = args.keep.policy()?;
-    let mut repo = super::open_repo(cli)?;
+fn backup(cli: &Cli, args: &BackupArgs) -> Result<AgentResult> {
+    let policy = retention_policy(&args.keep)?;
+    let mut repo = open_repo(cli)?;
     repo.load_index()?;
     let opts = BackupOptions {
         paths: vec![args.source.clone()],
@@ -247,13 +143,8 @@ fn backup(cli: &Cli, args: &AgentBackupArgs) -> Result<AgentResult> {
             .into_iter()
             .filter(|(_, s)| s.hostname == args.id)
             .collect();
-        let groups = cairn::forget::plan(&mine, &policy, cairn::forget::GroupBy::default())?;
-        for d in groups.iter().flat_map(|g| &g.decisions).filter(|d| !d.keep) {
-            match repo.backend().remove(FileKind::Snapshot, &d.id.to_hex()) {
-                Ok(()) | Err(Error::NotFound(_)) => forgotten += 1,
-                Err(e) => return Err(e.into()),
-            }
-        }
+        forgotten =
+            cairn::forget::forget(&repo, &mine, &policy, GroupBy::default(), false)?.removed;
     }
     let s = &r.snapshot.summary;
     Ok(AgentResult {
@@ -289,8 +180,8 @@ fn backup(cli: &Cli, args: &AgentBackupArgs) -> Result<AgentResult> {
     })
 }
 
-fn restore(cli: &Cli, args: &AgentRestoreArgs) -> Result<AgentResult> {
-    let mut repo = super::open_repo(cli)?;
+fn restore(cli: &Cli, args: &RestoreArgs) -> Result<AgentResult> {
+    let mut repo = open_repo(cli)?;
     repo.load_index()?;
     let (id, snap) = match &args.snapshot {
         Some(spec) => repo.find_snapshot(spec)?,
@@ -345,8 +236,8 @@ fn restore(cli: &Cli, args: &AgentRestoreArgs) -> Result<AgentResult> {
 }
 
 fn prune(cli: &Cli, opts: &PruneOpts) -> Result<AgentResult> {
-    let options = opts.options(false)?;
-    let mut repo = super::open_repo(cli)?;
+    let options = prune_options(opts, false)?;
+    let mut repo = open_repo(cli)?;
     let started = std::time::Instant::now();
     let r = cairn::prune::prune(&mut repo, &options)?;
     Ok(AgentResult {
