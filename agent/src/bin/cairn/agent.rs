@@ -110,6 +110,8 @@ fn init(cli: &Cli, args: &InitArgs) -> Result<AgentResult> {
 }
 
 fn backup(cli: &Cli, args: &BackupArgs) -> Result<AgentResult> {
+    // A Job past its deadline gets SIGTERM: index the uploads and report.
+    cairn::interrupt::install()?;
     let policy = retention_policy(&args.keep)?;
     let mut repo = open_repo(cli)?;
     repo.load_index()?;

@@ -236,6 +236,7 @@ pub fn repair_index(cli: &Cli) -> Result<ExitCode> {
 
 /// `cairn copy`.
 pub fn copy(cli: &Cli, args: &CopyArgs) -> Result<ExitCode> {
+    cairn::interrupt::install()?;
     let mut src = open_repo(cli)?;
     let ids = args
         .snapshots

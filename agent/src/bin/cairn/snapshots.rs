@@ -23,6 +23,7 @@ use crate::Cli;
 
 /// `cairn backup`.
 pub fn backup(cli: &Cli, args: &BackupArgs) -> Result<ExitCode> {
+    cairn::interrupt::install()?;
     let repo = loaded(cli)?;
     let parent = match (&args.parent, args.force) {
         (_, true) => ParentChoice::None,
