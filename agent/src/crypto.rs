@@ -6,6 +6,7 @@ use chacha20::cipher::consts::U10;
 use chacha20::cipher::generic_array::GenericArray;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::constants::{NONCE_LEN, TAG_LEN};
 use crate::error::{Error, Result};
@@ -44,6 +45,22 @@ pub struct MasterKey {
     id: [u8; 32],
     #[serde(with = "hex::serde")]
     chunker: [u8; 32],
+}
+
+/// The key material is wiped when a key is dropped (clones included), so
+/// it does not linger in freed memory (a core dump, a swapped-out page).
+impl Drop for MasterKey {
+    fn drop(&mut self) {
+        self.wipe();
+    }
+}
+
+impl MasterKey {
+    fn wipe(&mut self) {
+        self.encrypt.zeroize();
+        self.id.zeroize();
+        self.chunker.zeroize();
+    }
 }
 
 impl std::fmt::Debug for MasterKey {
@@ -258,7 +275,7 @@ impl KdfParams {
     ///
     /// # Errors
     /// [`Error::InvalidInput`] if the stored parameters are not valid Argon2id parameters.
-    pub fn derive(&self, password: &[u8]) -> Result<[u8; 32]> {
+    pub fn derive(&self, password: &[u8]) -> Result<Zeroizing<[u8; 32]>> {
         if self.algorithm != "argon2id" {
             return Err(Error::InvalidInput(format!(
                 "key derivation {:?} is not supported",
@@ -270,9 +287,9 @@ impl KdfParams {
                 .map_err(|e| Error::InvalidInput(format!("invalid Argon2id parameters: {e}")))?;
         let argon =
             argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
-        let mut out = [0u8; 32];
+        let mut out = Zeroizing::new([0u8; 32]);
         argon
-            .hash_password_into(password, &self.salt, &mut out)
+            .hash_password_into(password, &self.salt, &mut *out)
             .map_err(|e| Error::InvalidInput(format!("key derivation failed: {e}")))?;
         Ok(out)
     }
@@ -305,6 +322,13 @@ mod tests {
             assert_eq!(&ours[NONCE_LEN..], &theirs[..], "length {len}");
             assert_eq!(open_with(&key, aad, &ours).as_deref(), Some(msg));
         }
+    }
+
+    #[test]
+    fn a_dropped_key_is_wiped() {
+        let mut k = key();
+        k.wipe(); // what drop does
+        assert_eq!((k.encrypt, k.id, k.chunker), ([0; 32], [0; 32], [0; 32]));
     }
 
     #[test]
@@ -373,7 +397,7 @@ mod tests {
             salt: b"cairn-test-salt!".to_vec(),
         };
         assert_eq!(
-            hex::encode(kdf.derive(b"password").unwrap()),
+            hex::encode(*kdf.derive(b"password").unwrap()),
             "ea45cd35a8bb2441335ec643afe75f5279d8e65fb00132eaf74c47c1ac5098e9"
         );
     }

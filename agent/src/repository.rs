@@ -263,7 +263,9 @@ fn new_key_file(master: &MasterKey, password: &[u8], cost: KdfCost) -> Result<Ve
     }
     let kdf = KdfParams::new(cost.memory_kib, cost.iterations, KDF_PARALLELISM);
     let kek = kdf.derive(password)?;
-    let master_json = serde_json::to_vec(master).map_err(|e| Error::Internal(e.to_string()))?;
+    let master_json = zeroize::Zeroizing::new(
+        serde_json::to_vec(master).map_err(|e| Error::Internal(e.to_string()))?,
+    );
     let file = KeyFile {
         version: 1,
         created: now(),
@@ -374,7 +376,8 @@ impl Repository {
             key_name,
             config,
             index: Index::new(),
-            index_loaded: false,
+            // A repository just created has no index files: its empty index is complete.
+            index_loaded: true,
         })
     }
 
@@ -424,6 +427,7 @@ impl Repository {
             let Some(master_json) = open_with(&kek, aad::KEY, &file.master) else {
                 continue;
             };
+            let master_json = zeroize::Zeroizing::new(master_json);
             let key: MasterKey = match serde_json::from_slice(&master_json) {
                 Ok(key) => key,
                 Err(e) => {
@@ -724,6 +728,11 @@ impl Repository {
     pub fn set_index(&mut self, index: Index) {
         self.index = index;
         self.index_loaded = true;
+    }
+
+    /// Whether [`Repository::load_index`] (or [`Repository::set_index`]) ran.
+    pub fn index_loaded(&self) -> bool {
+        self.index_loaded
     }
 
     /// The loaded index (empty until [`Repository::load_index`]).

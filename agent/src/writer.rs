@@ -573,6 +573,13 @@ fn session<R>(
     interval: Duration,
     body: impl FnOnce(&Writer<'_, '_>) -> Result<R>,
 ) -> Result<(R, WriteReport)> {
+    // Without the index every blob would look new: a forgotten load_index
+    // silently turned deduplication off.
+    if !repo.index_loaded() {
+        return Err(Error::Internal(
+            "the repository's index must be loaded before writing to it".into(),
+        ));
+    }
     let state = State {
         repo,
         indexing,
@@ -869,6 +876,16 @@ mod tests {
             })
         }));
         assert!(r.is_err());
+    }
+
+    /// Writing without a loaded index would store every blob again.
+    #[test]
+    fn a_repository_without_its_index_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        repo(tmp.path());
+        let unloaded = Repository::open(Box::new(LocalBackend::new(tmp.path())), b"pw").unwrap();
+        let r = write_session(&unloaded, Indexing::Write, |_| Ok(()));
+        assert!(matches!(r, Err(Error::Internal(m)) if m.contains("index must be loaded")));
     }
 
     /// Collect mode stores packs and writes no index.
