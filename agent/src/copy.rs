@@ -101,6 +101,11 @@ impl Copier<'_, '_> {
             let src = self.src;
             let mut next = 0;
             src.read_data_blobs(&to_read, MAX_READ_RUN, |plain| {
+                // A large file is many blobs: stop within it, not after it.
+                crate::interrupt::check()?;
+                if self.dst.failed() {
+                    return Err(Error::Internal("writing to the target failed".into()));
+                }
                 let sid = to_read[next];
                 next += 1;
                 self.report.blobs_read += 1;
@@ -133,6 +138,10 @@ impl Copier<'_, '_> {
             return Ok(*t);
         }
         crate::interrupt::check()?;
+        if self.dst.failed() {
+            // The writer's own error is what the session reports.
+            return Err(Error::Internal("writing to the target failed".into()));
+        }
         let mut tree: Tree = self.src.load_tree(id)?;
         self.report.blobs_read += 1;
         self.report.trees_read += 1;

@@ -645,6 +645,9 @@ fn repack(
     let key = repo.key();
     let ((), stored) = write_session(repo, Indexing::Collect, |writer| {
         for pack in packs {
+            if writer.failed() {
+                return Err(Error::Internal("writing the repacked packs failed".into()));
+            }
             let bytes = repo.backend().read(FileKind::Pack, &pack.to_hex())?;
             if Id::of_stored(&bytes) != *pack {
                 return Err(refuse(format!(

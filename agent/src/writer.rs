@@ -161,6 +161,10 @@ struct State<'r> {
     counters: Counters,
     /// An index file is due this long after the last one.
     interval: Duration,
+    /// Held while an index file is taken from `pending` and written: a
+    /// flusher waits for a write in progress on another thread, so that when
+    /// `Writer::flush` returns, every index file it relies on exists.
+    writing: Mutex<()>,
     /// Set when the session ends: the timer stops.
     done: Mutex<bool>,
     wake: Condvar,
@@ -225,6 +229,7 @@ impl State<'_> {
         if self.indexing == Indexing::Collect {
             return Ok(());
         }
+        let _writing = lock(&self.writing);
         let file = {
             let mut p = lock(&self.pending);
             let due = p.index.blob_count() >= INDEX_FLUSH_BLOBS
@@ -235,11 +240,20 @@ impl State<'_> {
             p.last_flush = Instant::now();
             std::mem::take(&mut p.index)
         };
-        let id = self.repo.save_json(FileKind::Index, &file)?;
-        drop(file);
-        release_free_memory();
-        lock(&self.pending).index_files.push(id);
-        Ok(())
+        match self.repo.save_json(FileKind::Index, &file) {
+            Ok(id) => {
+                drop(file);
+                release_free_memory();
+                lock(&self.pending).index_files.push(id);
+                Ok(())
+            }
+            Err(e) => {
+                // Back into the pending index: a later flush (or the failure
+                // path) writes these entries instead of losing them.
+                lock(&self.pending).index.packs.extend(file.packs);
+                Err(e)
+            }
+        }
     }
 
     /// Move the held tree packs whose earlier blobs are all stored into the
@@ -384,12 +398,43 @@ impl Writer<'_, '_> {
                     .unwrap_or_else(PoisonError::into_inner);
             }
         }
+        self.check_failed()?;
+        self.state.publish(true)?;
+        // An index write of another thread that this flush waited for may
+        // have failed meanwhile.
+        self.check_failed()
+    }
+
+    /// The writer's first error, once it failed.
+    fn check_failed(&self) -> Result<()> {
         if self.state.failed() {
             return Err(lock(&self.state.fatal)
                 .take()
                 .unwrap_or_else(|| Error::Internal("pack writer failed".into())));
         }
-        self.state.publish(true)
+        Ok(())
+    }
+
+    /// Close the open packs and wait (at most `limit`) until everything
+    /// saved so far is uploaded: an interrupted run then indexes it all.
+    fn finish_uploads(&self, limit: Duration) {
+        if self.input.send(Input::Flush).is_err() {
+            return;
+        }
+        let deadline = Instant::now() + limit;
+        let mut c = lock(&self.state.claims);
+        while !c.unstored.is_empty() && !self.state.failed() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            c = self
+                .state
+                .stored
+                .wait_timeout(c, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
     }
 }
 
@@ -454,6 +499,7 @@ impl OpenPack {
 }
 
 fn pack_blobs(state: &State<'_>, input: Receiver<Input>, packs: Sender<ReadyPack>) {
+    let _guard = FailOnPanic(state);
     let repo = state.repo;
     let key = repo.key();
     let target = repo.config().pack_size;
@@ -516,7 +562,21 @@ fn pack_blobs(state: &State<'_>, input: Receiver<Input>, packs: Sender<ReadyPack
     // On failure the open packs are dropped here (staged ones are removed).
 }
 
+/// Marks the writer failed if the thread holding it panics, so that a
+/// caller waiting in `Writer::flush` for its uploads is woken.
+struct FailOnPanic<'s, 'r>(&'s State<'r>);
+
+impl Drop for FailOnPanic<'_, '_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0
+                .fail(Error::Internal("a pack writer thread panicked".into()));
+        }
+    }
+}
+
 fn upload_packs(state: &State<'_>, packs: Receiver<ReadyPack>) {
+    let _guard = FailOnPanic(state);
     for p in packs {
         if state.failed() {
             continue; // drain, so that the packer can finish
@@ -596,6 +656,7 @@ fn session<R>(
         }),
         counters: Counters::default(),
         interval,
+        writing: Mutex::new(()),
         done: Mutex::new(false),
         wake: Condvar::new(),
     };
@@ -611,7 +672,9 @@ fn session<R>(
         }
         drop(pack_rx);
         if indexing == Indexing::Write {
+            let input = input_tx.clone();
             s.spawn(move || {
+                let mut last_close = Instant::now();
                 let mut done = lock(&state.done);
                 while !*done {
                     done = state
@@ -619,12 +682,24 @@ fn session<R>(
                         .wait_timeout(done, TICK)
                         .unwrap_or_else(PoisonError::into_inner)
                         .0;
-                    if !*done && !state.failed() {
-                        if let Err(e) = state.publish(false) {
-                            state.fail(e);
-                        }
+                    if *done || state.failed() {
+                        continue;
+                    }
+                    // Tree packs held back by a data pack that stays open
+                    // (few new data blobs, many changed trees): close the open
+                    // packs once per interval so that the trees get indexed.
+                    if last_close.elapsed() >= state.interval
+                        && !lock(&state.pending).held.is_empty()
+                    {
+                        last_close = Instant::now();
+                        let _ = input.try_send(Input::Flush);
+                    }
+                    if let Err(e) = state.publish(false) {
+                        state.fail(e);
                     }
                 }
+                // `input` is dropped here, after the body's writer: the
+                // packer then sees the input closed.
             });
         }
         // Declared first, dropped last: even when the body panics, the input
@@ -637,6 +712,11 @@ fn session<R>(
             level: repo.config().zstd_level,
         };
         let result = body(&writer);
+        if matches!(result, Err(Error::Interrupted)) {
+            // Upload what is packed so far (bounded: Kubernetes sends SIGKILL
+            // 30 s after SIGTERM by default), so that all of it is indexed.
+            writer.finish_uploads(Duration::from_secs(15));
+        }
         if result.is_err() {
             // Stop packing: what is not uploaded yet is dropped.
             state.failed.store(true, Ordering::SeqCst);
@@ -886,6 +966,113 @@ mod tests {
         let unloaded = Repository::open(Box::new(LocalBackend::new(tmp.path())), b"pw").unwrap();
         let r = write_session(&unloaded, Indexing::Write, |_| Ok(()));
         assert!(matches!(r, Err(Error::Internal(m)) if m.contains("index must be loaded")));
+    }
+
+    /// A local backend whose index writes take 300 ms (an S3 PUT) and, while
+    /// `fail_index` is above zero, then fail.
+    struct SlowIndex {
+        inner: LocalBackend,
+        fail_index: std::sync::atomic::AtomicUsize,
+    }
+
+    impl crate::backend::Backend for SlowIndex {
+        fn location(&self) -> String {
+            self.inner.location()
+        }
+        fn concurrency(&self) -> usize {
+            2
+        }
+        fn create(&self) -> Result<()> {
+            self.inner.create()
+        }
+        fn exists(&self, k: FileKind, n: &str) -> Result<bool> {
+            self.inner.exists(k, n)
+        }
+        fn read(&self, k: FileKind, n: &str) -> Result<Vec<u8>> {
+            self.inner.read(k, n)
+        }
+        fn read_range(&self, k: FileKind, n: &str, o: u64, l: u32) -> Result<Vec<u8>> {
+            self.inner.read_range(k, n, o, l)
+        }
+        fn write(&self, k: FileKind, n: &str, d: Vec<u8>) -> Result<()> {
+            if k == FileKind::Index {
+                std::thread::sleep(Duration::from_millis(300));
+                let fail = &self.fail_index;
+                if fail.load(Ordering::SeqCst) > 0 {
+                    fail.fetch_sub(1, Ordering::SeqCst);
+                    return Err(Error::Internal("injected: index write failed".into()));
+                }
+            }
+            self.inner.write(k, n, d)
+        }
+        fn list(&self, k: FileKind) -> Result<Vec<crate::backend::FileInfo>> {
+            self.inner.list(k)
+        }
+        fn remove(&self, k: FileKind, n: &str) -> Result<()> {
+            self.inner.remove(k, n)
+        }
+        fn stage(&self, k: FileKind) -> Result<Option<Box<dyn crate::backend::StagedFile>>> {
+            self.inner.stage(k)
+        }
+    }
+
+    fn slow_repo(dir: &std::path::Path, fail: usize) -> Repository {
+        repo(dir);
+        let backend = SlowIndex {
+            inner: LocalBackend::new(dir),
+            fail_index: std::sync::atomic::AtomicUsize::new(fail),
+        };
+        let mut r = Repository::open(Box::new(backend), b"pw").unwrap();
+        r.load_index().unwrap();
+        r
+    }
+
+    /// With an index due at every upload (a copy running for more than the
+    /// interval), the uploader's own index write is in progress when the
+    /// caller flushes: flush must wait for it (found by review: 12 of 20
+    /// flushes returned before the index listing their blob was written).
+    #[test]
+    fn flush_waits_for_an_index_write_in_progress_elsewhere() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = slow_repo(tmp.path(), 0);
+        session(&repo, Indexing::Write, Duration::ZERO, |w| {
+            for i in 0..10u32 {
+                let plain = i.to_le_bytes().repeat(100);
+                let id = repo.key().blob_id(&plain);
+                let t = w.claim(BlobType::Data, id).unwrap();
+                w.save(t, BlobType::Data, id, &plain)?;
+                w.flush()?;
+                let indexed = index_files(&repo).concat();
+                assert!(
+                    indexed.contains(&id),
+                    "flush {i} returned before its index was written"
+                );
+            }
+            Ok(())
+        })
+        .unwrap();
+    }
+
+    /// An index write that fails keeps its entries: flush reports the
+    /// failure (a copy then writes no snapshot) and the failure path indexes
+    /// the uploaded pack.
+    #[test]
+    fn a_failed_index_write_loses_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = slow_repo(tmp.path(), 1);
+        let plain = vec![9u8; 5000];
+        let id = repo.key().blob_id(&plain);
+        let r = session(&repo, Indexing::Write, Duration::ZERO, |w| {
+            let t = w.claim(BlobType::Data, id).unwrap();
+            w.save(t, BlobType::Data, id, &plain)?;
+            w.flush()
+        });
+        assert!(r.is_err(), "the failed index write must be reported");
+        assert_eq!(
+            index_files(&repo),
+            vec![vec![id]],
+            "the uploaded pack is indexed"
+        );
     }
 
     /// Collect mode stores packs and writes no index.
