@@ -16,10 +16,11 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use cairn_controller::backup::Context;
+use cairn_controller::context::Context;
 use cairn_controller::jobs::JobConfig;
 use cairn_controller::leader::{LeaderElector, LeaseConfig};
-use cairn_controller::{metrics, run};
+use cairn_controller::metrics::Metrics;
+use cairn_controller::run;
 use futures::FutureExt;
 use kube::runtime::events::{Recorder, Reporter};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -39,7 +40,7 @@ fn env_or(name: &str, default: &str) -> String {
 }
 
 /// A minimal HTTP endpoint for probes and Prometheus.
-async fn serve_http(addr: String) {
+async fn serve_http(addr: String, metrics: Arc<Metrics>) {
     let listener = match tokio::net::TcpListener::bind(&addr).await {
         Ok(l) => l,
         Err(e) => {
@@ -51,6 +52,7 @@ async fn serve_http(addr: String) {
         let Ok((mut sock, _)) = listener.accept().await else {
             continue;
         };
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             let mut buf = [0u8; 1024];
             let n = sock.read(&mut buf).await.unwrap_or(0);
@@ -60,7 +62,7 @@ async fn serve_http(addr: String) {
                 "/healthz" => ("200 OK", "ok\n".to_string()),
                 "/readyz" if READY.load(Ordering::Relaxed) => ("200 OK", "ok\n".to_string()),
                 "/readyz" => ("503 Service Unavailable", "not ready\n".to_string()),
-                "/metrics" => ("200 OK", metrics::render()),
+                "/metrics" => ("200 OK", metrics.render()),
                 _ => ("404 Not Found", "not found\n".to_string()),
             };
             let resp = format!(
@@ -84,6 +86,7 @@ async fn main() {
         );
         std::process::exit(2);
     };
+    let metrics = Arc::new(Metrics::default());
     let client = match kube::Config::infer()
         .await
         .map_err(|e| e.to_string())
@@ -93,6 +96,7 @@ async fn main() {
                 c,
                 concat!("cairn-controller/", env!("CARGO_PKG_VERSION")),
                 qps,
+                metrics.clone(),
             )
             .map_err(|e| e.to_string())
         }) {
@@ -102,7 +106,10 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    tokio::spawn(serve_http(env_or("CAIRN_HTTP_ADDR", "0.0.0.0:8080")));
+    tokio::spawn(serve_http(
+        env_or("CAIRN_HTTP_ADDR", "0.0.0.0:8080"),
+        metrics.clone(),
+    ));
     // Ready once the API is reachable: a standby replica waiting for the Lease
     // is healthy and must not block a rollout.
     READY.store(true, Ordering::Relaxed);
@@ -146,6 +153,7 @@ async fn main() {
                 instance: Some(identity),
             },
         ),
+        metrics,
     });
     let ns = std::env::var("CAIRN_WATCH_NAMESPACE").unwrap_or_default();
     tokio::select! {

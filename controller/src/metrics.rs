@@ -2,8 +2,12 @@
 //! Counters for the controller's work, a histogram of reconcile durations
 //! per kind, and gauges per schedule and PVC and per repository, which the
 //! alert rules in deploy/alerts.yaml use.
+//!
+//! One [`Metrics`] per controller, held in the reconcilers' `Context` (and
+//! counted in by its client), not process-wide: a test reads the values its
+//! own reconciles made.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -32,40 +36,6 @@ impl Counter {
     }
 }
 
-/// Reconciles run.
-pub static RECONCILES: Counter = Counter::new(
-    "cairn_controller_reconciles_total",
-    "Reconciles run by the controller.",
-);
-/// Reconciles that failed (API errors; retried).
-pub static RECONCILE_ERRORS: Counter = Counter::new(
-    "cairn_controller_reconcile_errors_total",
-    "Reconciles that failed with an API error and were retried.",
-);
-/// Requests the controller's client sent to the API server.
-pub static API_REQUESTS: Counter = Counter::new(
-    "cairn_controller_api_requests_total",
-    "Requests sent to the Kubernetes API server (watches count once, when they start).",
-);
-/// Status writes made (a reconcile that changed the object's status).
-pub static STATUS_WRITES: Counter = Counter::new(
-    "cairn_controller_status_writes_total",
-    "Status subresource patches the controller sent.",
-);
-/// Status writes left out because the status had not changed.
-pub static STATUS_WRITES_SKIPPED: Counter = Counter::new(
-    "cairn_controller_status_writes_skipped_total",
-    "Reconciles whose status equalled the stored one, so nothing was written.",
-);
-/// Backups that finished successfully.
-pub static BACKUPS_SUCCEEDED: Counter = Counter::new(
-    "cairn_backups_succeeded_total",
-    "Backup runs that finished with every snapshot written.",
-);
-/// Backups that failed.
-pub static BACKUPS_FAILED: Counter =
-    Counter::new("cairn_backups_failed_total", "Backup runs that failed.");
-
 /// A histogram of durations in seconds with one `kind` label and fixed
 /// bucket bounds.
 pub struct Histogram {
@@ -92,6 +62,14 @@ impl Histogram {
             bounds,
             series: Mutex::new(BTreeMap::new()),
         }
+    }
+    /// Observations recorded for `kind`.
+    pub fn count(&self, kind: &str) -> u64 {
+        self.series
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(kind)
+            .map_or(0, |b| b.count)
     }
     /// Record one observation of `seconds` for `kind`.
     pub fn observe(&self, kind: &'static str, seconds: f64) {
@@ -136,17 +114,6 @@ impl Histogram {
     }
 }
 
-/// How long reconciles take, per kind (`Backup`, `BackupSchedule`,
-/// `Restore`, `BackupRepository`), including the wait for the client's rate
-/// limit.
-pub static RECONCILE_DURATION: Histogram = Histogram::new(
-    "cairn_controller_reconcile_duration_seconds",
-    "Duration of reconciles by kind, including waits for the client-side rate limit.",
-    &[
-        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-    ],
-);
-
 /// A gauge with labels.
 pub struct LabeledGauge {
     name: &'static str,
@@ -169,6 +136,16 @@ impl LabeledGauge {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(key, v);
+    }
+    /// The value for exactly these labels, if set.
+    pub fn get(&self, labels: &[(&'static str, &str)]) -> Option<f64> {
+        let key: Vec<(&'static str, String)> =
+            labels.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        self.values
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
+            .copied()
     }
     /// Drop every series whose labels include all of `having` and for which
     /// `keep` is false.
@@ -206,92 +183,165 @@ impl LabeledGauge {
     }
 }
 
-/// Unix time of the last successful backup of a PVC by a schedule.
-pub static LAST_SUCCESS: LabeledGauge = LabeledGauge::new(
-    "cairn_backup_last_success_timestamp_seconds",
-    "Unix time of the last successful backup of a PVC by a BackupSchedule.",
-);
-/// Bytes the last successful backup added to the repository.
-pub static LAST_BYTES_ADDED: LabeledGauge = LabeledGauge::new(
-    "cairn_backup_last_bytes_added",
-    "New bytes the last successful backup of a PVC added to the repository.",
-);
-/// Duration of the last successful backup.
-pub static LAST_DURATION: LabeledGauge = LabeledGauge::new(
-    "cairn_backup_last_duration_seconds",
-    "Duration of the last successful backup of a PVC.",
-);
-/// Whether a repository is Ready (1) or not (0).
-pub static REPOSITORY_READY: LabeledGauge = LabeledGauge::new(
-    "cairn_repository_ready",
-    "1 when the BackupRepository is reachable and initialised, else 0.",
-);
-
-/// Keep a schedule's per-PVC series only for `pvcs` (all of them go when the
-/// schedule is deleted or suspended), so that `CairnBackupTooOld` never fires
-/// for a PVC nobody backs up any more.
-pub fn retain_schedule(ns: &str, schedule: &str, pvcs: &[&str]) {
-    for g in [&LAST_SUCCESS, &LAST_BYTES_ADDED, &LAST_DURATION] {
-        g.remove_where(&[("namespace", ns), ("schedule", schedule)], |labels| {
-            labels
-                .iter()
-                .any(|(k, v)| *k == "pvc" && pvcs.contains(&v.as_str()))
-        });
-    }
+/// Every metric of one controller.
+pub struct Metrics {
+    /// Reconciles run.
+    pub reconciles: Counter,
+    /// Reconciles that failed (API errors; retried).
+    pub reconcile_errors: Counter,
+    /// Requests the controller's client sent to the API server.
+    pub api_requests: Counter,
+    /// Status writes made (a reconcile that changed the object's status).
+    pub status_writes: Counter,
+    /// Status writes left out because the status had not changed.
+    pub status_writes_skipped: Counter,
+    /// Backups that finished successfully.
+    pub backups_succeeded: Counter,
+    /// Backups that failed (or partially failed).
+    pub backups_failed: Counter,
+    /// How long reconciles take, per kind (`Backup`, `BackupSchedule`,
+    /// `Restore`, `BackupRepository`), including the wait for the client's
+    /// rate limit.
+    pub reconcile_duration: Histogram,
+    /// Unix time of the last successful backup of a PVC by a schedule.
+    pub last_success: LabeledGauge,
+    /// Bytes the last successful backup added to the repository.
+    pub last_bytes_added: LabeledGauge,
+    /// Duration of the last successful backup.
+    pub last_duration: LabeledGauge,
+    /// Whether a repository is Ready (1) or not (0).
+    pub repository_ready: LabeledGauge,
 }
 
-/// Keep only the series of schedules and repositories in these sets of
-/// (namespace, name).
-pub fn retain_known(
-    schedules: &std::collections::HashSet<(String, String)>,
-    repositories: &std::collections::HashSet<(String, String)>,
-) {
-    let known = |labels: &[(&'static str, String)],
-                 kind: &str,
-                 set: &std::collections::HashSet<(String, String)>| {
-        let get = |k: &str| labels.iter().find(|(l, _)| *l == k).map(|(_, v)| v.clone());
-        match (get("namespace"), get(kind)) {
-            (Some(ns), Some(name)) => set.contains(&(ns, name)),
-            _ => true,
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            reconciles: Counter::new(
+                "cairn_controller_reconciles_total",
+                "Reconciles run by the controller.",
+            ),
+            reconcile_errors: Counter::new(
+                "cairn_controller_reconcile_errors_total",
+                "Reconciles that failed with an API error and were retried.",
+            ),
+            api_requests: Counter::new(
+                "cairn_controller_api_requests_total",
+                "Requests sent to the Kubernetes API server (watches count once, when they start).",
+            ),
+            status_writes: Counter::new(
+                "cairn_controller_status_writes_total",
+                "Status subresource patches the controller sent.",
+            ),
+            status_writes_skipped: Counter::new(
+                "cairn_controller_status_writes_skipped_total",
+                "Reconciles whose status equalled the stored one, so nothing was written.",
+            ),
+            backups_succeeded: Counter::new(
+                "cairn_backups_succeeded_total",
+                "Backup runs that finished with every snapshot written.",
+            ),
+            backups_failed: Counter::new("cairn_backups_failed_total", "Backup runs that failed."),
+            reconcile_duration: Histogram::new(
+                "cairn_controller_reconcile_duration_seconds",
+                "Duration of reconciles by kind, including waits for the client-side rate limit.",
+                &[
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    30.0,
+                ],
+            ),
+            last_success: LabeledGauge::new(
+                "cairn_backup_last_success_timestamp_seconds",
+                "Unix time of the last successful backup of a PVC by a BackupSchedule.",
+            ),
+            last_bytes_added: LabeledGauge::new(
+                "cairn_backup_last_bytes_added",
+                "New bytes the last successful backup of a PVC added to the repository.",
+            ),
+            last_duration: LabeledGauge::new(
+                "cairn_backup_last_duration_seconds",
+                "Duration of the last successful backup of a PVC.",
+            ),
+            repository_ready: LabeledGauge::new(
+                "cairn_repository_ready",
+                "1 when the BackupRepository is reachable and initialised, else 0.",
+            ),
         }
-    };
-    for g in [&LAST_SUCCESS, &LAST_BYTES_ADDED, &LAST_DURATION] {
-        g.remove_where(&[], |l| known(l, "schedule", schedules));
     }
-    REPOSITORY_READY.remove_where(&[], |l| known(l, "repository", repositories));
 }
 
-/// All metrics as Prometheus text.
-pub fn render() -> String {
-    let mut out = String::new();
-    for c in [
-        &RECONCILES,
-        &RECONCILE_ERRORS,
-        &API_REQUESTS,
-        &STATUS_WRITES,
-        &STATUS_WRITES_SKIPPED,
-        &BACKUPS_SUCCEEDED,
-        &BACKUPS_FAILED,
-    ] {
-        out.push_str(&format!(
-            "# HELP {} {}\n# TYPE {} counter\n{} {}\n",
-            c.name,
-            c.help,
-            c.name,
-            c.name,
-            c.get()
-        ));
+impl Metrics {
+    /// The per-PVC gauges of schedules.
+    fn per_pvc(&self) -> [&LabeledGauge; 3] {
+        [
+            &self.last_success,
+            &self.last_bytes_added,
+            &self.last_duration,
+        ]
     }
-    for g in [
-        &LAST_SUCCESS,
-        &LAST_BYTES_ADDED,
-        &LAST_DURATION,
-        &REPOSITORY_READY,
-    ] {
-        g.render(&mut out);
+
+    /// Keep a schedule's per-PVC series only for `pvcs` (all of them go when
+    /// the schedule is deleted or suspended), so that `CairnBackupTooOld`
+    /// never fires for a PVC nobody backs up any more.
+    pub fn retain_schedule(&self, ns: &str, schedule: &str, pvcs: &[&str]) {
+        for g in self.per_pvc() {
+            g.remove_where(&[("namespace", ns), ("schedule", schedule)], |labels| {
+                labels
+                    .iter()
+                    .any(|(k, v)| *k == "pvc" && pvcs.contains(&v.as_str()))
+            });
+        }
     }
-    RECONCILE_DURATION.render(&mut out);
-    out
+
+    /// Keep only the series of schedules and repositories in these sets of
+    /// (namespace, name).
+    pub fn retain_known(
+        &self,
+        schedules: &HashSet<(String, String)>,
+        repositories: &HashSet<(String, String)>,
+    ) {
+        let known =
+            |labels: &[(&'static str, String)], kind: &str, set: &HashSet<(String, String)>| {
+                let get = |k: &str| labels.iter().find(|(l, _)| *l == k).map(|(_, v)| v.clone());
+                match (get("namespace"), get(kind)) {
+                    (Some(ns), Some(name)) => set.contains(&(ns, name)),
+                    _ => true,
+                }
+            };
+        for g in self.per_pvc() {
+            g.remove_where(&[], |l| known(l, "schedule", schedules));
+        }
+        self.repository_ready
+            .remove_where(&[], |l| known(l, "repository", repositories));
+    }
+
+    /// All metrics as Prometheus text.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for c in [
+            &self.reconciles,
+            &self.reconcile_errors,
+            &self.api_requests,
+            &self.status_writes,
+            &self.status_writes_skipped,
+            &self.backups_succeeded,
+            &self.backups_failed,
+        ] {
+            out.push_str(&format!(
+                "# HELP {} {}\n# TYPE {} counter\n{} {}\n",
+                c.name,
+                c.help,
+                c.name,
+                c.name,
+                c.get()
+            ));
+        }
+        for g in self.per_pvc() {
+            g.render(&mut out);
+        }
+        self.repository_ready.render(&mut out);
+        self.reconcile_duration.render(&mut out);
+        out
+    }
 }
 
 #[cfg(test)]
@@ -320,18 +370,25 @@ mod tests {
         ] {
             assert!(t.contains(line), "{line} in {t}");
         }
-        super::RECONCILE_DURATION.observe("BackupSchedule", 0.003);
-        assert!(super::render()
+        assert_eq!(
+            (h.count("Backup"), h.count("Restore"), h.count("x")),
+            (4, 1, 0)
+        );
+        let m = super::Metrics::default();
+        m.reconcile_duration.observe("BackupSchedule", 0.003);
+        assert!(m
+            .render()
             .contains("# TYPE cairn_controller_reconcile_duration_seconds histogram\n"));
     }
 
     #[test]
     fn text_format() {
-        super::BACKUPS_FAILED.inc();
-        let t = super::render();
+        let m = super::Metrics::default();
+        m.backups_failed.inc();
+        let t = m.render();
         assert!(t.contains("# TYPE cairn_backups_failed_total counter\n"));
         assert!(t.contains("\ncairn_backups_failed_total 1\n"));
-        super::LAST_SUCCESS.set(
+        m.last_success.set(
             &[
                 ("namespace", "shop"),
                 ("schedule", "nightly"),
@@ -339,32 +396,34 @@ mod tests {
             ],
             1.5e9,
         );
-        let t = super::render();
+        let t = m.render();
         assert!(
             t.contains("cairn_backup_last_success_timestamp_seconds{namespace=\"shop\",schedule=\"nightly\",pvc=\"d\\\"b\"} 1500000000\n"),
             "{t}"
         );
-        super::LAST_SUCCESS.set(
+        m.last_success.set(
             &[("namespace", "shop"), ("schedule", "nightly"), ("pvc", "x")],
             1.0,
         );
-        super::LAST_SUCCESS.set(
+        m.last_success.set(
             &[("namespace", "shop"), ("schedule", "hourly"), ("pvc", "x")],
             1.0,
         );
-        super::retain_schedule("shop", "nightly", &["x"]);
-        let t = super::render();
+        m.retain_schedule("shop", "nightly", &["x"]);
+        let t = m.render();
         assert!(!t.contains("pvc=\"d\\\"b\""), "{t}");
         assert!(t.contains("schedule=\"nightly\",pvc=\"x\""), "{t}");
-        super::retain_schedule("shop", "nightly", &[]);
-        let t = super::render();
+        m.retain_schedule("shop", "nightly", &[]);
+        let t = m.render();
         assert!(!t.contains("schedule=\"nightly\""), "{t}");
         assert!(t.contains("schedule=\"hourly\",pvc=\"x\""), "{t}");
-        super::REPOSITORY_READY.set(&[("namespace", "shop"), ("repository", "gone")], 1.0);
-        super::REPOSITORY_READY.set(&[("namespace", "shop"), ("repository", "here")], 1.0);
+        m.repository_ready
+            .set(&[("namespace", "shop"), ("repository", "gone")], 1.0);
+        m.repository_ready
+            .set(&[("namespace", "shop"), ("repository", "here")], 1.0);
         let here: std::collections::HashSet<_> = [("shop".to_string(), "here".to_string())].into();
-        super::retain_known(&std::collections::HashSet::new(), &here);
-        let t = super::render();
+        m.retain_known(&std::collections::HashSet::new(), &here);
+        let t = m.render();
         assert!(!t.contains("schedule=\"hourly\""), "{t}");
         assert!(!t.contains("repository=\"gone\""), "{t}");
         assert!(t.contains("repository=\"here\""), "{t}");

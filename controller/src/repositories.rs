@@ -18,10 +18,12 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 
-use crate::backup::{Context, Error};
+use crate::context::{Context, Error};
+use crate::cron::Schedule;
+use crate::events::{publish, warn_once};
+use crate::job_state::{job_finished, job_result, job_stuck};
 use crate::jobs;
-use crate::schedule::Schedule;
-use crate::status::{job_finished, job_result, job_stuck, patch_status, publish, ready, warn_once};
+use crate::status::{patch_status, ready};
 
 /// How often an unreachable repository is checked again.
 pub const RETRY: Duration = Duration::from_secs(600);
@@ -56,14 +58,14 @@ pub async fn reconcile(r: Arc<BackupRepository>, ctx: Arc<Context>) -> Result<Ac
             msg,
         )
         .await;
-        patch_status(&api, &name, &old, &status).await?;
+        patch_status(&ctx, &api, &name, &old, &status).await?;
         return Ok(Action::await_change());
     }
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
     let job_name = jobs::repository_job_name(&name, generation.unwrap_or(0));
     let reason = old.conditions.first().map(|c| c.reason.as_str());
     let ready_now = matches!(reason, Some("Initialized" | "Reachable"));
-    crate::metrics::REPOSITORY_READY.set(
+    ctx.metrics.repository_ready.set(
         &[("namespace", ns.as_str()), ("repository", name.as_str())],
         if ready_now { 1.0 } else { 0.0 },
     );
@@ -164,7 +166,7 @@ pub async fn reconcile(r: Arc<BackupRepository>, ctx: Arc<Context>) -> Result<Ac
                 generation,
             )],
         };
-        patch_status(&api, &name, &old, &status).await?;
+        patch_status(&ctx, &api, &name, &old, &status).await?;
         // A stuck Job (missing Secret, image, volume) waits for a person: its
         // Job's changes wake this anyway, so look again only now and then.
         let stuck = status
@@ -208,7 +210,7 @@ pub async fn reconcile(r: Arc<BackupRepository>, ctx: Arc<Context>) -> Result<Ac
         status.conditions = vec![ready(false, "Unreachable", &msg, generation)];
         warn_once(&ctx, r.as_ref(), &old.conditions, "Unreachable", msg).await;
     }
-    patch_status(&api, &name, &old, &status).await?;
+    patch_status(&ctx, &api, &name, &old, &status).await?;
     if result.ok {
         let mut r = (*r).clone();
         r.status = Some(status);
@@ -294,7 +296,7 @@ async fn maintain_wait(
                 status.snapshot_count = result.snapshots.or(status.snapshot_count);
             }
             publish(ctx, r, kind, reason, msg).await;
-            patch_status(&api, &name, &old, &status).await?;
+            patch_status(ctx, &api, &name, &old, &status).await?;
         }
     }
 
@@ -354,7 +356,7 @@ async fn maintain_wait(
         status.last_prune_time = Some(Time(
             Timestamp::from_second(due.timestamp()).unwrap_or(Timestamp::UNIX_EPOCH),
         ));
-        patch_status(&api, &name, &old, &status).await?;
+        patch_status(ctx, &api, &name, &old, &status).await?;
         return Ok(Some(Duration::from_secs(60)));
     }
     let wait = schedule

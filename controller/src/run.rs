@@ -18,8 +18,9 @@ use kube::runtime::{predicates, watcher, WatchStreamExt};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 
-use crate::backup::{self, Context};
-use crate::{metrics, repositories, restores, schedules};
+use crate::context::{Context, Error};
+use crate::metrics::Metrics;
+use crate::{backups, repositories, restores, schedules};
 
 /// Reconciles of one kind that may run at once (per loop; four loops).
 pub const CONCURRENCY: u16 = 4;
@@ -44,16 +45,22 @@ where
 /// A client for the controller: `config` with a user agent (so the API
 /// server's audit log and metrics name the controller), at most `qps`
 /// requests per second (at least 1; [`API_QPS`] unless configured), each
-/// counted in `cairn_controller_api_requests_total`.
+/// counted in `metrics` (`cairn_controller_api_requests_total`; give the
+/// [`Context`] the same).
 ///
 /// # Errors
 /// An invalid configuration (TLS, credentials) or user agent.
-pub fn client(mut config: kube::Config, user_agent: &str, qps: u64) -> Result<Client, kube::Error> {
+pub fn client(
+    mut config: kube::Config,
+    user_agent: &str,
+    qps: u64,
+    metrics: Arc<Metrics>,
+) -> Result<Client, kube::Error> {
     let agent = http::HeaderValue::from_str(user_agent)
         .map_err(|e| kube::Error::Service(format!("user agent {user_agent:?}: {e}").into()))?;
     config.headers.push((http::header::USER_AGENT, agent));
-    let count = tower::util::MapRequestLayer::new(|req: http::Request<kube::client::Body>| {
-        metrics::API_REQUESTS.inc();
+    let count = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+        metrics.api_requests.inc();
         req
     });
     Ok(kube::client::ClientBuilder::try_from(config)?
@@ -129,7 +136,8 @@ fn key_of<K: Resource>(obj: &K) -> String {
 fn error_policy<K: kube::Resource<DynamicType = ()>>(
     backoff: &ErrorBackoff,
     obj: &K,
-    e: &backup::Error,
+    e: &Error,
+    metrics: &Metrics,
 ) -> Action {
     let delay = backoff.failed(&key_of(obj));
     tracing::warn!(
@@ -138,7 +146,7 @@ fn error_policy<K: kube::Resource<DynamicType = ()>>(
         obj.meta().name.as_deref().unwrap_or(""),
         delay.as_secs()
     );
-    metrics::RECONCILE_ERRORS.inc();
+    metrics.reconcile_errors.inc();
     Action::requeue(delay)
 }
 
@@ -221,11 +229,13 @@ pub async fn controllers(
                     move |obj, ctx| {
                         let backoff = backoff.clone();
                         async move {
-                            metrics::RECONCILES.inc();
+                            let metrics = ctx.metrics.clone();
+                            metrics.reconciles.inc();
                             let key = key_of(obj.as_ref());
                             let started = std::time::Instant::now();
                             let result = $reconcile(obj, ctx).await;
-                            metrics::RECONCILE_DURATION
+                            metrics
+                                .reconcile_duration
                                 .observe($kind, started.elapsed().as_secs_f64());
                             if result.is_ok() {
                                 backoff.succeeded(&key);
@@ -233,7 +243,7 @@ pub async fn controllers(
                             result
                         }
                     },
-                    move |obj, e, _ctx| error_policy(&on_error, obj.as_ref(), e),
+                    move |obj, e, ctx| error_policy(&on_error, obj.as_ref(), e, &ctx.metrics),
                     ctx.clone(),
                 )
                 .for_each(|_| futures::future::ready(()));
@@ -242,7 +252,7 @@ pub async fn controllers(
     }
     let backup_loop = run_loop!(
         on_spec_change(scoped::<Backup>(&client, ns)).owns(scoped::<Job>(&client, ns), managed()),
-        backup::reconcile,
+        backups::reconcile,
         "Backup"
     );
     // A schedule reacts to its Backups' status (lastSuccessful, history).
@@ -259,7 +269,7 @@ pub async fn controllers(
         .owns(scoped::<Job>(&client, ns), managed());
     let repository_store = repository_ctrl.store();
     let repository_loop = run_loop!(repository_ctrl, repositories::reconcile, "BackupRepository");
-    let gc = forget_deleted(schedule_store, repository_store);
+    let gc = forget_deleted(schedule_store, repository_store, ctx.metrics.clone());
     tokio::select! {
         _ = async { tokio::join!(backup_loop, schedule_loop, restore_loop, repository_loop) } => {}
         () = gc => {}
@@ -269,7 +279,11 @@ pub async fn controllers(
 /// Every minute, drop the metric series of schedules and repositories that
 /// no longer exist (reconcilers do not run for deleted objects), so that
 /// `CairnBackupTooOld` never fires for something that was deleted.
-async fn forget_deleted(schedules: Store<BackupSchedule>, repositories: Store<BackupRepository>) {
+async fn forget_deleted(
+    schedules: Store<BackupSchedule>,
+    repositories: Store<BackupRepository>,
+    metrics: Arc<Metrics>,
+) {
     if schedules.wait_until_ready().await.is_err() || repositories.wait_until_ready().await.is_err()
     {
         return std::future::pending().await;
@@ -288,7 +302,7 @@ async fn forget_deleted(schedules: Store<BackupSchedule>, repositories: Store<Ba
             .iter()
             .map(|r| key(&r.metadata))
             .collect();
-        metrics::retain_known(&live_schedules, &live_repos);
+        metrics.retain_known(&live_schedules, &live_repos);
         tokio::time::sleep(Duration::from_secs(60)).await;
     }
 }

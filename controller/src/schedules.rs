@@ -25,9 +25,11 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 
-use crate::backup::{Context, Error};
-use crate::schedule::{jitter_seconds, parse_jitter, Schedule};
-use crate::status::{patch_status, publish, ready, repository, warn_once};
+use crate::context::{repository, Context, Error};
+use crate::cron::{jitter_seconds, parse_jitter, Schedule};
+use crate::events::{publish, warn_once};
+use crate::metrics::Metrics;
+use crate::status::{patch_status, ready};
 
 /// Label on `Backup`s created by a schedule.
 pub const SCHEDULE_LABEL: &str = "cairn.dev/schedule";
@@ -109,40 +111,21 @@ pub async fn reconcile_at(
         ..old.clone()
     };
 
-    // 1. The spec: problems the schema cannot catch become a condition (and
-    // durations stored before the grammar refused a bare `m`: each Backup's
-    // agent would refuse its keepWithin).
-    let parsed = Schedule::parse(&s.spec.schedule, s.spec.time_zone.as_deref())
-        .and_then(|sch| {
-            let jitter = s.spec.jitter.as_deref().map(parse_jitter).transpose()?;
-            Ok((sch, jitter.unwrap_or(0)))
-        })
-        .map_err(|e| e.to_string())
-        .and_then(|p| {
-            let within = s
-                .spec
-                .retention
-                .as_ref()
-                .and_then(|r| r.keep_within.as_deref());
-            match within.map(cairn_protocol::duration::parse_calendar) {
-                Some(Err(e)) => Err(format!("invalid retention.keepWithin: {e}")),
-                _ => Ok(p),
-            }
-        });
-    let (schedule, jitter_max) = match parsed {
+    // 1. The spec.
+    let (schedule, jitter_max) = match parse_spec(&s) {
         Ok(p) => p,
         Err(msg) => {
             status.conditions = vec![ready(false, "InvalidSpec", &msg, generation)];
             status.next_schedule_time = None;
             warn_once(&ctx, s.as_ref(), &old.conditions, "InvalidSpec", msg).await;
-            patch_status(&schedules, &name, &old, &status).await?;
+            patch_status(&ctx, &schedules, &name, &old, &status).await?;
             return Ok(Action::await_change());
         }
     };
     if let Err(msg) = repository(&ctx, &ns, &s.spec.repository.name).await? {
         status.conditions = vec![ready(false, "RepositoryNotFound", &msg, generation)];
         warn_once(&ctx, s.as_ref(), &old.conditions, "RepositoryNotFound", msg).await;
-        patch_status(&schedules, &name, &old, &status).await?;
+        patch_status(&ctx, &schedules, &name, &old, &status).await?;
         return Ok(Action::requeue(Duration::from_secs(60)));
     }
 
@@ -157,28 +140,12 @@ pub async fn reconcile_at(
         .items;
     history.sort_by_key(|b| b.metadata.creation_timestamp.as_ref().map(|t| t.0));
     status.last_successful = last_successful(&history);
-    let tracked: Vec<&str> = if s.spec.suspend {
-        Vec::new()
+    let tracked: &[PvcBackupStatus] = if s.spec.suspend {
+        &[]
     } else {
-        status
-            .last_successful
-            .iter()
-            .map(|p| p.pvc.as_str())
-            .collect()
+        &status.last_successful
     };
-    crate::metrics::retain_schedule(&ns, &name, &tracked);
-    for p in status.last_successful.iter().filter(|_| !s.spec.suspend) {
-        let labels = [
-            ("namespace", ns.as_str()),
-            ("schedule", name.as_str()),
-            ("pvc", p.pvc.as_str()),
-        ];
-        if let Some(t) = &p.time {
-            crate::metrics::LAST_SUCCESS.set(&labels, t.0.as_second() as f64);
-        }
-        crate::metrics::LAST_BYTES_ADDED.set(&labels, p.bytes_added as f64);
-        crate::metrics::LAST_DURATION.set(&labels, p.duration_seconds);
-    }
+    track(&ctx.metrics, &ns, &name, tracked);
     prune_history(&backups, &history, &s).await?;
 
     // 3. Is a run due?
@@ -199,7 +166,7 @@ pub async fn reconcile_at(
             generation,
         )];
         status.next_schedule_time = None;
-        patch_status(&schedules, &name, &old, &status).await?;
+        patch_status(&ctx, &schedules, &name, &old, &status).await?;
         return Ok(Action::await_change());
     }
     if let Some(due) = schedule.due(since, now) {
@@ -245,50 +212,7 @@ pub async fn reconcile_at(
                 status.last_schedule_time = Some(to_time(due));
                 publish(&ctx, s.as_ref(), EventType::Warning, "NoVolumes", msg).await;
             } else {
-                // A Backup holds at most MAX_PVCS_PER_BACKUP PVCs (its CRD's
-                // maxItems): a larger selection makes one Backup per part.
-                let parts: Vec<&[String]> = pvcs.chunks(MAX_PVCS_PER_BACKUP).collect();
-                let mut created = Vec::new();
-                for (i, part) in parts.iter().enumerate() {
-                    let run = run_part_name(&name, due, i);
-                    let backup = Backup {
-                        metadata: ObjectMeta {
-                            name: Some(run.clone()),
-                            namespace: Some(ns.clone()),
-                            labels: Some(BTreeMap::from([(
-                                SCHEDULE_LABEL.to_string(),
-                                crate::jobs::label_value(&name),
-                            )])),
-                            owner_references: s.controller_owner_ref(&()).map(|r| vec![r]),
-                            ..ObjectMeta::default()
-                        },
-                        spec: BackupSpec {
-                            repository: s.spec.repository.clone(),
-                            pvcs: part.to_vec(),
-                            tags: s.spec.tags.clone(),
-                            retention: s.spec.retention.clone(),
-                            job: s.spec.job.clone(),
-                        },
-                        status: None,
-                    };
-                    match backups.create(&PostParams::default(), &backup).await {
-                        Ok(_) => created.push(run),
-                        Err(kube::Error::Api(e)) if e.code == 409 => {}
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-                if !created.is_empty() {
-                    let msg = if parts.len() == 1 {
-                        format!("created Backup {}", created.join(", "))
-                    } else {
-                        format!(
-                            "{} PVCs, more than {MAX_PVCS_PER_BACKUP} per Backup: created Backups {}",
-                            pvcs.len(),
-                            created.join(", ")
-                        )
-                    };
-                    publish(&ctx, s.as_ref(), EventType::Normal, "Scheduled", msg).await;
-                }
+                create_run(&ctx, &s, &backups, due, &pvcs).await?;
                 status.last_schedule_time = Some(to_time(due));
             }
         }
@@ -300,12 +224,121 @@ pub async fn reconcile_at(
         .next_after(now)
         .map(|n| n + chrono::Duration::seconds(jitter_seconds(&uid, n, jitter_max) as i64));
     status.next_schedule_time = next.map(to_time);
-    patch_status(&schedules, &name, &old, &status).await?;
+    patch_status(&ctx, &schedules, &name, &old, &status).await?;
     let wake = requeue_at
         .or(next)
         .unwrap_or(now + chrono::Duration::hours(1));
     let secs = (wake - now).num_seconds().clamp(1, 24 * 3600) as u64;
     Ok(Action::requeue(Duration::from_secs(secs)))
+}
+
+/// The spec's problems the schema cannot catch, as the message of an
+/// `InvalidSpec` condition: the cron expression, time zone and jitter, and a
+/// `keepWithin` stored before the grammar refused a bare `m` (each Backup's
+/// agent would refuse it). Else the schedule and its largest jitter.
+fn parse_spec(s: &BackupSchedule) -> Result<(Schedule, u64), String> {
+    let schedule = Schedule::parse(&s.spec.schedule, s.spec.time_zone.as_deref())
+        .map_err(|e| e.to_string())?;
+    let jitter = s
+        .spec
+        .jitter
+        .as_deref()
+        .map(parse_jitter)
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let within = s
+        .spec
+        .retention
+        .as_ref()
+        .and_then(|r| r.keep_within.as_deref());
+    if let Some(Err(e)) = within.map(cairn_protocol::duration::parse_calendar) {
+        return Err(format!("invalid retention.keepWithin: {e}"));
+    }
+    Ok((schedule, jitter.unwrap_or(0)))
+}
+
+/// The per-PVC gauges of schedule `name`: the last successful backup of each
+/// PVC in `tracked`, and no series for any other PVC.
+fn track(metrics: &Metrics, ns: &str, name: &str, tracked: &[PvcBackupStatus]) {
+    let pvcs: Vec<&str> = tracked.iter().map(|p| p.pvc.as_str()).collect();
+    metrics.retain_schedule(ns, name, &pvcs);
+    for p in tracked {
+        let labels = [
+            ("namespace", ns),
+            ("schedule", name),
+            ("pvc", p.pvc.as_str()),
+        ];
+        if let Some(t) = &p.time {
+            metrics.last_success.set(&labels, t.0.as_second() as f64);
+        }
+        metrics.last_bytes_added.set(&labels, p.bytes_added as f64);
+        metrics.last_duration.set(&labels, p.duration_seconds);
+    }
+}
+
+/// Create the `Backup`s of the run due at `due` over `pvcs` (one per
+/// [`MAX_PVCS_PER_BACKUP`]: a Backup's CRD allows no more), each once; an
+/// Event names those created now.
+async fn create_run(
+    ctx: &Context,
+    s: &BackupSchedule,
+    backups: &Api<Backup>,
+    due: DateTime<Utc>,
+    pvcs: &[String],
+) -> Result<(), Error> {
+    let name = s.name_any();
+    let parts: Vec<&[String]> = pvcs.chunks(MAX_PVCS_PER_BACKUP).collect();
+    let mut created = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        let run = run_part_name(&name, due, i);
+        match backups
+            .create(&PostParams::default(), &run_backup(s, &run, part))
+            .await
+        {
+            Ok(_) => created.push(run),
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if created.is_empty() {
+        return Ok(());
+    }
+    let msg = if parts.len() == 1 {
+        format!("created Backup {}", created.join(", "))
+    } else {
+        format!(
+            "{} PVCs, more than {MAX_PVCS_PER_BACKUP} per Backup: created Backups {}",
+            pvcs.len(),
+            created.join(", ")
+        )
+    };
+    publish(ctx, s, EventType::Normal, "Scheduled", msg).await;
+    Ok(())
+}
+
+/// The `Backup` named `run` of schedule `s` over `pvcs`: labelled with and
+/// owned by the schedule, its spec the schedule's.
+fn run_backup(s: &BackupSchedule, run: &str, pvcs: &[String]) -> Backup {
+    Backup {
+        metadata: ObjectMeta {
+            name: Some(run.to_string()),
+            namespace: s.namespace(),
+            labels: Some(BTreeMap::from([(
+                SCHEDULE_LABEL.to_string(),
+                crate::jobs::label_value(&s.name_any()),
+            )])),
+            owner_references: s.controller_owner_ref(&()).map(|r| vec![r]),
+            ..ObjectMeta::default()
+        },
+        spec: BackupSpec {
+            repository: s.spec.repository.clone(),
+            pvcs: pvcs.to_vec(),
+            tags: s.spec.tags.clone(),
+            retention: s.spec.retention.clone(),
+            job: s.spec.job.clone(),
+        },
+        status: None,
+    }
 }
 
 /// The PVCs a run covers: named ones plus selected ones, minus those

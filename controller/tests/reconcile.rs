@@ -8,7 +8,8 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use cairn_controller::backup::{reconcile, Context};
+use cairn_controller::backups::reconcile;
+use cairn_controller::context::Context;
 use cairn_controller::jobs::{self, JobConfig};
 use cairn_crds::{Backup, Phase};
 use http_body_util::{BodyExt, Full};
@@ -308,6 +309,7 @@ fn setup_with(with_repo: bool, jobs_cfg: JobConfig) -> (FakeApi, Arc<Context>) {
         client,
         jobs: jobs_cfg,
         recorder,
+        metrics: Default::default(),
     });
     (api, ctx)
 }
@@ -501,6 +503,51 @@ async fn failed_agent_fails_the_backup_with_its_message() {
     assert!(events(&api).contains(&"Warning Failed".to_string()));
 }
 
+/// The backup counters count each finished Backup exactly once: not while
+/// it runs, once when it finishes, not again when the finished Backup is
+/// reconciled again. Each Context has its own metrics, so the values are
+/// this test's alone.
+#[tokio::test]
+async fn a_finished_backup_is_counted_once() {
+    let ok = r#"{"command":"backup","ok":true,"exitCode":0,"snapshotId":"aaaa1111","files":1,"bytesProcessed":1,"bytesAdded":1,"bytesStored":1,"durationSeconds":1.0,"unreadableFiles":0,"snapshotsForgotten":0}"#;
+    let fail = r#"{"command":"backup","ok":false,"exitCode":1,"error":"access denied"}"#;
+    for (succeeds, result) in [(true, ok), (false, fail)] {
+        let (api, ctx) = setup(true);
+        let m = &ctx.metrics;
+        let counted = || (m.backups_succeeded.get(), m.backups_failed.get());
+        for _ in 0..3 {
+            reconcile(backup(&api), ctx.clone()).await.unwrap();
+        }
+        assert_eq!(counted(), (0, 0), "a running Backup is not counted");
+        assert_eq!(
+            (m.status_writes.get(), m.status_writes_skipped.get()),
+            (1, 2),
+            "one write, then two reconciles that found nothing new"
+        );
+        for pvc in ["postgres-data", "uploads"] {
+            let job = jobs::backup_job_name("before-upgrade", pvc);
+            finish_job(&api, &job, succeeds, result, if succeeds { 0 } else { 1 });
+        }
+        reconcile(backup(&api), ctx.clone()).await.unwrap();
+        let phase = backup(&api).status.clone().unwrap().phase;
+        let once = if succeeds { (1, 0) } else { (0, 1) };
+        assert_eq!(counted(), once, "finished {phase:?}");
+        assert_eq!(m.status_writes.get(), 2);
+        for _ in 0..2 {
+            reconcile(backup(&api), ctx.clone()).await.unwrap();
+        }
+        assert_eq!(counted(), once, "a finished Backup is counted once");
+        assert_eq!(m.status_writes.get(), 2, "and not written again");
+        let text = m.render();
+        let line = if succeeds {
+            "\ncairn_backups_succeeded_total 1\n"
+        } else {
+            "\ncairn_backups_failed_total 1\n"
+        };
+        assert!(text.contains(line), "{text}");
+    }
+}
+
 #[tokio::test]
 async fn a_long_failure_still_makes_its_event() {
     let (api, ctx) = setup(true);
@@ -667,6 +714,44 @@ async fn schedule_creates_each_run_once_with_the_selected_pvcs() {
         (db.snapshot_id.as_deref(), db.bytes_added),
         (Some("abcd1234"), 42)
     );
+}
+
+/// The per-PVC gauges of a schedule hold the values of each PVC's last
+/// successful backup, and go when the schedule is suspended.
+#[tokio::test]
+async fn schedule_gauges_hold_each_pvcs_last_success() {
+    let (api, ctx) = schedule_setup(|_| {});
+    reconcile_schedule(schedule(&api), ctx.clone(), at(1, 2, 1))
+        .await
+        .unwrap();
+    let key = format!("{BACKUPS}/{}", run_name("nightly", at(1, 2, 0)));
+    let mut done = api.get(&key).expect("run created");
+    done["status"] = json!({"phase":"Succeeded","completionTime":"2026-03-01T02:10:00Z",
+        "snapshots":[{"pvc":"db","snapshotId":"abcd1234","bytesAdded":42,"durationSeconds":3.5}]});
+    api.insert(&key, done);
+    reconcile_schedule(schedule(&api), ctx.clone(), at(1, 3, 0))
+        .await
+        .unwrap();
+    let m = &ctx.metrics;
+    let db = [("namespace", NS), ("schedule", "nightly"), ("pvc", "db")];
+    assert_eq!(
+        m.last_success.get(&db),
+        Some(at(1, 2, 10).timestamp() as f64)
+    );
+    assert_eq!(m.last_bytes_added.get(&db), Some(42.0));
+    assert_eq!(m.last_duration.get(&db), Some(3.5));
+    let files = [("namespace", NS), ("schedule", "nightly"), ("pvc", "files")];
+    assert_eq!(m.last_success.get(&files), None, "no success yet");
+
+    let skey = format!("{SCHEDULES}/nightly");
+    let mut s = api.get(&skey).unwrap();
+    s["spec"]["suspend"] = json!(true);
+    api.insert(&skey, s);
+    reconcile_schedule(schedule(&api), ctx.clone(), at(1, 4, 0))
+        .await
+        .unwrap();
+    assert_eq!(m.last_success.get(&db), None, "suspended: not tracked");
+    assert_eq!(m.last_bytes_added.get(&db), None);
 }
 
 /// A run that finished PartiallyFailed is finished: the next run goes ahead
@@ -1695,7 +1780,7 @@ fn alert_rules_use_real_metrics_and_have_runbooks() {
     let ops = std::fs::read_to_string(format!("{root}/docs/OPERATIONS.md"))
         .unwrap()
         .to_lowercase();
-    let exposed = cairn_controller::metrics::render();
+    let exposed = cairn_controller::metrics::Metrics::default().render();
     let rules = rules["spec"]["groups"][0]["rules"].as_array().unwrap();
     assert!(rules.len() >= 4);
     for r in rules {
@@ -1847,14 +1932,20 @@ async fn http_404_server() -> (String, Arc<Mutex<Vec<String>>>) {
 
 #[tokio::test]
 async fn the_controllers_client_names_itself_counts_and_limits_its_requests() {
-    use cairn_controller::{metrics, run};
+    use cairn_controller::{metrics::Metrics, run};
     use k8s_openapi::api::core::v1::ConfigMap;
     use std::time::{Duration, Instant};
     let (url, agents) = http_404_server().await;
     let config = kube::Config::new(url.parse().unwrap());
-    let client = run::client(config, "cairn-controller/test", run::API_QPS).unwrap();
+    let metrics = Arc::new(Metrics::default());
+    let client = run::client(
+        config,
+        "cairn-controller/test",
+        run::API_QPS,
+        metrics.clone(),
+    )
+    .unwrap();
     let maps: kube::Api<ConfigMap> = kube::Api::namespaced(client, NS);
-    let before = metrics::API_REQUESTS.get();
     let n = run::API_QPS * 2 + 5;
     let start = Instant::now();
     for i in 0..n {
@@ -1867,7 +1958,7 @@ async fn the_controllers_client_names_itself_counts_and_limits_its_requests() {
         "{n} requests in {took:?}"
     );
     assert!(took < Duration::from_secs(10), "{took:?}");
-    assert!(metrics::API_REQUESTS.get() - before >= n);
+    assert_eq!(metrics.api_requests.get(), n, "one count per request");
     let agents = agents.lock().unwrap();
     assert_eq!(agents.len() as u64, n);
     assert!(

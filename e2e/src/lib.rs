@@ -9,7 +9,7 @@ use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cairn_controller::backup::Context;
+use cairn_controller::context::Context;
 use cairn_controller::jobs::JobConfig;
 use futures::FutureExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -273,6 +273,7 @@ impl InProcessController {
                     instance: Some("cairn-e2e".into()),
                 },
             ),
+            metrics: Default::default(),
         });
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let shutdown = rx.map(|_| ()).shared();

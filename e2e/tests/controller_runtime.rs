@@ -16,9 +16,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cairn_controller::backup::Context;
+use cairn_controller::context::Context;
 use cairn_controller::jobs::JobConfig;
-use cairn_controller::{leader, metrics, run};
+use cairn_controller::metrics::Metrics;
+use cairn_controller::{leader, run};
 use cairn_crds::{BackupRepository, BackupSchedule};
 use cairn_e2e::{apply_crds, audit_log, cluster, create, TestNamespace};
 use futures::FutureExt;
@@ -28,12 +29,14 @@ use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::Api;
 
-/// The in-process tests read process-wide counters (`metrics`): one at a
-/// time, whatever `--test-threads` says.
+/// The in-process tests that time what the controller does (an idle minute,
+/// the error backoff) run one at a time, whatever `--test-threads` says.
+/// (Their counters are their own: each Context has its own `Metrics`.)
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// A Context for in-process loops over `client`.
-fn context(client: &kube::Client, instance: &str) -> Arc<Context> {
+/// A Context for in-process loops over `client`, counting in `metrics`
+/// (the ones `client` counts its requests in, if it is [`run::client`]'s).
+fn context(client: &kube::Client, instance: &str, metrics: Arc<Metrics>) -> Arc<Context> {
     Arc::new(Context {
         client: client.clone(),
         jobs: JobConfig {
@@ -47,6 +50,7 @@ fn context(client: &kube::Client, instance: &str) -> Arc<Context> {
                 instance: Some(instance.into()),
             },
         ),
+        metrics,
     })
 }
 
@@ -354,13 +358,13 @@ struct Counts {
     errors: u64,
 }
 
-fn counts() -> Counts {
+fn counts(metrics: &Metrics) -> Counts {
     Counts {
-        reconciles: metrics::RECONCILES.get(),
-        requests: metrics::API_REQUESTS.get(),
-        writes: metrics::STATUS_WRITES.get(),
-        skipped: metrics::STATUS_WRITES_SKIPPED.get(),
-        errors: metrics::RECONCILE_ERRORS.get(),
+        reconciles: metrics.reconciles.get(),
+        requests: metrics.api_requests.get(),
+        writes: metrics.status_writes.get(),
+        skipped: metrics.status_writes_skipped.get(),
+        errors: metrics.reconcile_errors.get(),
     }
 }
 
@@ -435,13 +439,15 @@ async fn an_idle_controller_stays_quiet() {
     // request counter.
     let user_agent = format!("cairn-e2e-quiet/{}", ns.name);
     let config = kube::Config::infer().await.expect("kubeconfig");
-    let own = run::client(config, &user_agent, run::API_QPS).expect("controller client");
-    let ctx = context(&own, "cairn-e2e-quiet");
+    let metrics = Arc::new(Metrics::default());
+    let own =
+        run::client(config, &user_agent, run::API_QPS, metrics.clone()).expect("controller client");
+    let ctx = context(&own, "cairn-e2e-quiet", metrics.clone());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown = rx.map(|_| ()).shared();
     let watched = ns.name.clone();
     let started = Instant::now();
-    let before = counts();
+    let before = counts(&metrics);
     let task = tokio::spawn(async move {
         run::controllers(ctx, &watched, false, shutdown).await;
     });
@@ -464,7 +470,7 @@ async fn an_idle_controller_stays_quiet() {
                     .is_some_and(|st| st.observed_generation.is_some())
             })
             .count();
-        let c = counts();
+        let c = counts(&metrics);
         let now = (c.reconciles, c.requests);
         if now != last {
             last = now;
@@ -480,7 +486,7 @@ async fn an_idle_controller_stays_quiet() {
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let settled = counts();
+    let settled = counts(&metrics);
     eprintln!(
         "e2e: settled after {} s: {} reconciles, {} API requests, {} status writes ({} skipped as unchanged), {} errors",
         started.elapsed().as_secs(),
@@ -516,7 +522,7 @@ async fn an_idle_controller_stays_quiet() {
     let from = Timestamp::now();
     tokio::time::sleep(window).await;
     let to = Timestamp::now();
-    let after = counts();
+    let after = counts(&metrics);
     let _ = tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
 
@@ -578,7 +584,7 @@ async fn a_long_event_note_is_cut_not_rejected() {
         serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "about"}}),
     )
     .await;
-    let ctx = context(&client, "cairn-e2e-events");
+    let ctx = context(&client, "cairn-e2e-events", Default::default());
     // An agent's error can be long, and in any language.
     let long = format!("postgres-data: {}", "ÿ".repeat(1500));
 
@@ -604,7 +610,7 @@ async fn a_long_event_note_is_cut_not_rejected() {
         other => panic!("a {} byte note was not refused: {other:?}", long.len()),
     }
     // ... so the controller cuts it.
-    cairn_controller::status::publish(&ctx, &about, EventType::Warning, "Failed", long.clone())
+    cairn_controller::events::publish(&ctx, &about, EventType::Warning, "Failed", long.clone())
         .await;
     let events: Api<k8s_openapi::api::events::v1::Event> =
         Api::namespaced(client.clone(), &ns.name);
@@ -690,17 +696,19 @@ async fn a_failing_reconcile_backs_off() {
     .await;
     let mut config = kube::Config::infer().await.expect("kubeconfig");
     config.auth_info.impersonate = Some(user.clone());
+    let metrics = Arc::new(Metrics::default());
     let own = run::client(
         config,
         &format!("cairn-e2e-backoff/{}", ns.name),
         run::API_QPS,
+        metrics.clone(),
     )
     .expect("client");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown = rx.map(|_| ()).shared();
     let watched = ns.name.clone();
-    let ctx = context(&own, "cairn-e2e-backoff");
-    let errors_before = metrics::RECONCILE_ERRORS.get();
+    let ctx = context(&own, "cairn-e2e-backoff", metrics.clone());
+    let errors_before = metrics.reconcile_errors.get();
     let start = Instant::now();
     let task = tokio::spawn(async move {
         run::controllers(ctx, &watched, false, shutdown).await;
@@ -709,7 +717,7 @@ async fn a_failing_reconcile_backs_off() {
     let mut at = Vec::new();
     let mut seen = errors_before;
     while start.elapsed() < Duration::from_secs(45) {
-        let now = metrics::RECONCILE_ERRORS.get();
+        let now = metrics.reconcile_errors.get();
         for _ in seen..now {
             at.push(start.elapsed());
         }
