@@ -229,12 +229,21 @@ impl State<'_> {
         if self.indexing == Indexing::Collect {
             return Ok(());
         }
+        let due = |p: &Pending| {
+            !p.index.packs.is_empty()
+                && (force
+                    || p.index.blob_count() >= INDEX_FLUSH_BLOBS
+                    || p.last_flush.elapsed() >= self.interval)
+        };
+        // Most calls (one per uploaded pack) find nothing due: they return
+        // without waiting for another thread's index write in progress.
+        if !force && !due(&lock(&self.pending)) {
+            return Ok(());
+        }
         let _writing = lock(&self.writing);
         let file = {
             let mut p = lock(&self.pending);
-            let due = p.index.blob_count() >= INDEX_FLUSH_BLOBS
-                || p.last_flush.elapsed() >= self.interval;
-            if p.index.packs.is_empty() || !(force || due) {
+            if !due(&p) {
                 return Ok(());
             }
             p.last_flush = Instant::now();

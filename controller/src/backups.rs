@@ -22,7 +22,7 @@ use crate::events::{publish, warn_once};
 use crate::job_state::{job_finished, job_result, job_stuck};
 use crate::jobs;
 use crate::result::AgentResult;
-use crate::status::{bounded_text, patch_status, ready};
+use crate::status::{apply_status, bounded_text, ready};
 use crate::volumes::rwo_node;
 
 /// Why a new backup Job must wait, if it must: the repository or the node
@@ -120,7 +120,7 @@ pub async fn reconcile(b: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Erro
             msg,
         )
         .await;
-        patch_status(&ctx, &backups, &name, &old, &status).await?;
+        apply_status(&ctx, &backups, &name, &old, &status).await?;
         ctx.metrics.backups_failed.inc();
         return Ok(Action::await_change());
     }
@@ -132,7 +132,7 @@ pub async fn reconcile(b: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Erro
             status.phase = Phase::Pending;
             status.conditions = vec![ready(false, "RepositoryNotFound", &msg, generation)];
             warn_once(&ctx, b.as_ref(), &old.conditions, "RepositoryNotFound", msg).await;
-            patch_status(&ctx, &backups, &name, &old, &status).await?;
+            apply_status(&ctx, &backups, &name, &old, &status).await?;
             return Ok(Action::requeue(Duration::from_secs(60)));
         }
     };
@@ -169,7 +169,7 @@ pub async fn reconcile(b: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Erro
         // Ready only once the snapshots exist: `kubectl wait
         // --for=condition=Ready` must not return while the data is not there.
         status.conditions = vec![ready(false, reason, &msg, generation)];
-        patch_status(&ctx, &backups, &name, &old, &status).await?;
+        apply_status(&ctx, &backups, &name, &old, &status).await?;
         let wait = if progress.queued.is_empty() && progress.missing.is_empty() {
             60
         } else {
@@ -192,7 +192,7 @@ pub async fn reconcile(b: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Erro
         EventType::Warning
     };
     publish(&ctx, b.as_ref(), kind, out.reason, out.message).await;
-    patch_status(&ctx, &backups, &name, &old, &status).await?;
+    apply_status(&ctx, &backups, &name, &old, &status).await?;
     // Counted once the finished status is stored: a failed write is retried
     // and must not count the same Backup twice.
     if succeeded {

@@ -23,7 +23,7 @@ use crate::cron::Schedule;
 use crate::events::{publish, warn_once};
 use crate::job_state::{job_finished, job_result, job_stuck};
 use crate::jobs;
-use crate::status::{patch_status, ready};
+use crate::status::{apply_status, ready};
 
 /// How often an unreachable repository is checked again.
 pub const RETRY: Duration = Duration::from_secs(600);
@@ -58,7 +58,7 @@ pub async fn reconcile(r: Arc<BackupRepository>, ctx: Arc<Context>) -> Result<Ac
             msg,
         )
         .await;
-        patch_status(&ctx, &api, &name, &old, &status).await?;
+        apply_status(&ctx, &api, &name, &old, &status).await?;
         return Ok(Action::await_change());
     }
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
@@ -166,7 +166,7 @@ pub async fn reconcile(r: Arc<BackupRepository>, ctx: Arc<Context>) -> Result<Ac
                 generation,
             )],
         };
-        patch_status(&ctx, &api, &name, &old, &status).await?;
+        apply_status(&ctx, &api, &name, &old, &status).await?;
         // A stuck Job (missing Secret, image, volume) waits for a person: its
         // Job's changes wake this anyway, so look again only now and then.
         let stuck = status
@@ -210,7 +210,7 @@ pub async fn reconcile(r: Arc<BackupRepository>, ctx: Arc<Context>) -> Result<Ac
         status.conditions = vec![ready(false, "Unreachable", &msg, generation)];
         warn_once(&ctx, r.as_ref(), &old.conditions, "Unreachable", msg).await;
     }
-    patch_status(&ctx, &api, &name, &old, &status).await?;
+    apply_status(&ctx, &api, &name, &old, &status).await?;
     if result.ok {
         let mut r = (*r).clone();
         r.status = Some(status);
@@ -296,7 +296,7 @@ async fn maintain_wait(
                 status.snapshot_count = result.snapshots.or(status.snapshot_count);
             }
             publish(ctx, r, kind, reason, msg).await;
-            patch_status(ctx, &api, &name, &old, &status).await?;
+            apply_status(ctx, &api, &name, &old, &status).await?;
         }
     }
 
@@ -356,7 +356,7 @@ async fn maintain_wait(
         status.last_prune_time = Some(Time(
             Timestamp::from_second(due.timestamp()).unwrap_or(Timestamp::UNIX_EPOCH),
         ));
-        patch_status(ctx, &api, &name, &old, &status).await?;
+        apply_status(ctx, &api, &name, &old, &status).await?;
         return Ok(Some(Duration::from_secs(60)));
     }
     let wait = schedule

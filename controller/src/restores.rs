@@ -18,7 +18,7 @@ use crate::context::{repository, Context, Error};
 use crate::events::{publish, warn_once};
 use crate::job_state::{job_result, job_stuck};
 use crate::jobs;
-use crate::status::{patch_status, ready};
+use crate::status::{apply_status, ready};
 use crate::volumes::pod_using;
 
 /// Reconcile one `Restore`.
@@ -57,7 +57,7 @@ pub async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Err
             msg,
         )
         .await;
-        patch_status(&ctx, &api, &name, &old, &status).await?;
+        apply_status(&ctx, &api, &name, &old, &status).await?;
         return Ok(Action::await_change());
     }
     let repo = match repository(&ctx, &ns, &r.spec.repository.name).await? {
@@ -65,7 +65,7 @@ pub async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Err
         Err(msg) => {
             status.conditions = vec![ready(false, "RepositoryNotFound", &msg, generation)];
             warn_once(&ctx, r.as_ref(), &old.conditions, "RepositoryNotFound", msg).await;
-            patch_status(&ctx, &api, &name, &old, &status).await?;
+            apply_status(&ctx, &api, &name, &old, &status).await?;
             return Ok(Action::requeue(Duration::from_secs(60)));
         }
     };
@@ -79,7 +79,7 @@ pub async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Err
                 let msg = format!("target PVC {existing:?} not found");
                 status.conditions = vec![ready(false, "TargetNotFound", &msg, generation)];
                 warn_once(&ctx, r.as_ref(), &old.conditions, "TargetNotFound", msg).await;
-                patch_status(&ctx, &api, &name, &old, &status).await?;
+                apply_status(&ctx, &api, &name, &old, &status).await?;
                 return Ok(Action::requeue(Duration::from_secs(60)));
             }
             existing.clone()
@@ -118,7 +118,7 @@ pub async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Err
         (None, None) => {
             let msg = "spec.target names no PVC".to_string();
             status.conditions = vec![ready(false, "InvalidSpec", &msg, generation)];
-            patch_status(&ctx, &api, &name, &old, &status).await?;
+            apply_status(&ctx, &api, &name, &old, &status).await?;
             return Ok(Action::await_change());
         }
     };
@@ -132,7 +132,7 @@ pub async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Err
             jobs::delete_stale(&jobs_api, &j).await?;
             let msg = format!("Job {job_name} of an earlier Restore named {name} is being deleted");
             status.conditions = vec![ready(false, "Queued", &msg, generation)];
-            patch_status(&ctx, &api, &name, &old, &status).await?;
+            apply_status(&ctx, &api, &name, &old, &status).await?;
             return Ok(Action::requeue(Duration::from_secs(5)));
         }
         Some(j) => j,
@@ -151,7 +151,7 @@ pub async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Err
                 ),
             );
             publish(&ctx, r.as_ref(), EventType::Warning, "JobLost", msg).await;
-            patch_status(&ctx, &api, &name, &old, &status).await?;
+            apply_status(&ctx, &api, &name, &old, &status).await?;
             return Ok(Action::await_change());
         }
         None => {
@@ -171,7 +171,7 @@ pub async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Err
                 )
                 .await;
                 status.conditions = vec![ready(false, "TargetInUse", &msg, generation)];
-                patch_status(&ctx, &api, &name, &old, &status).await?;
+                apply_status(&ctx, &api, &name, &old, &status).await?;
                 return Ok(Action::requeue(Duration::from_secs(30)));
             }
             let job = jobs::restore_job(&r, &repo, &target, None, &ctx.jobs);
@@ -213,7 +213,7 @@ pub async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Err
                 generation,
             )],
         };
-        patch_status(&ctx, &api, &name, &old, &status).await?;
+        apply_status(&ctx, &api, &name, &old, &status).await?;
         return Ok(Action::requeue(Duration::from_secs(60)));
     };
     status.completion_time = Some(Time(Timestamp::now()));
@@ -230,6 +230,6 @@ pub async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Err
         let msg = fail(&mut status, "Failed", msg);
         publish(&ctx, r.as_ref(), EventType::Warning, "Failed", msg).await;
     }
-    patch_status(&ctx, &api, &name, &old, &status).await?;
+    apply_status(&ctx, &api, &name, &old, &status).await?;
     Ok(Action::await_change())
 }

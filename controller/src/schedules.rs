@@ -29,7 +29,7 @@ use crate::context::{repository, Context, Error};
 use crate::cron::{jitter_seconds, parse_jitter, Schedule};
 use crate::events::{publish, warn_once};
 use crate::metrics::Metrics;
-use crate::status::{patch_status, ready};
+use crate::status::{apply_status, ready};
 
 /// Label on `Backup`s created by a schedule.
 pub const SCHEDULE_LABEL: &str = "cairn.dev/schedule";
@@ -118,14 +118,14 @@ pub async fn reconcile_at(
             status.conditions = vec![ready(false, "InvalidSpec", &msg, generation)];
             status.next_schedule_time = None;
             warn_once(&ctx, s.as_ref(), &old.conditions, "InvalidSpec", msg).await;
-            patch_status(&ctx, &schedules, &name, &old, &status).await?;
+            apply_status(&ctx, &schedules, &name, &old, &status).await?;
             return Ok(Action::await_change());
         }
     };
     if let Err(msg) = repository(&ctx, &ns, &s.spec.repository.name).await? {
         status.conditions = vec![ready(false, "RepositoryNotFound", &msg, generation)];
         warn_once(&ctx, s.as_ref(), &old.conditions, "RepositoryNotFound", msg).await;
-        patch_status(&ctx, &schedules, &name, &old, &status).await?;
+        apply_status(&ctx, &schedules, &name, &old, &status).await?;
         return Ok(Action::requeue(Duration::from_secs(60)));
     }
 
@@ -166,7 +166,7 @@ pub async fn reconcile_at(
             generation,
         )];
         status.next_schedule_time = None;
-        patch_status(&ctx, &schedules, &name, &old, &status).await?;
+        apply_status(&ctx, &schedules, &name, &old, &status).await?;
         return Ok(Action::await_change());
     }
     if let Some(due) = schedule.due(since, now) {
@@ -224,7 +224,7 @@ pub async fn reconcile_at(
         .next_after(now)
         .map(|n| n + chrono::Duration::seconds(jitter_seconds(&uid, n, jitter_max) as i64));
     status.next_schedule_time = next.map(to_time);
-    patch_status(&ctx, &schedules, &name, &old, &status).await?;
+    apply_status(&ctx, &schedules, &name, &old, &status).await?;
     let wake = requeue_at
         .or(next)
         .unwrap_or(now + chrono::Duration::hours(1));

@@ -1,13 +1,13 @@
-//! The `Ready` condition and status writes: through the status
-//! subresource, only when something changed, each condition keeping its
-//! `lastTransitionTime` while its `status` stays.
+//! The `Ready` condition and status writes: server-side apply through the
+//! status subresource, only when something changed, each condition keeping
+//! its `lastTransitionTime` while its `status` stays.
 
 use std::fmt::Debug;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
-use kube::Api;
+use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -44,19 +44,21 @@ pub fn bounded_text(mut note: String, limit: usize) -> String {
     note
 }
 
-/// Optional status fields a reconciler may clear. Statuses are always built
-/// whole (from the old one), so a field missing from the new status is meant
-/// to be gone: a merge patch needs an explicit null for that.
-const CLEARABLE: &[&str] = &[
-    "nextScheduleTime",
-    "lastPruneResult",
-    "message",
-    "completionTime",
-];
+/// The field manager the controller writes status under (server-side
+/// apply): `kubectl get -o yaml --show-managed-fields` names it.
+pub const FIELD_MANAGER: &str = "cairn-controller";
 
-/// Write `status` into the object's status subresource (a merge patch that
-/// also clears the optional fields `status` leaves out), unless it equals
-/// `old`, the status the reconcile started from.
+/// Write `status` into the object's status subresource with server-side
+/// apply, unless it equals `old`, the status the reconcile started from.
+///
+/// Statuses are always built whole (from the old one), so the applied
+/// status is the whole of what the controller owns: a field it leaves out
+/// is removed by the API server. A field it never applied is not: one that
+/// an older controller (which wrote merge patches) or a person (`kubectl
+/// edit --subresource=status`) left stays owned by them, so when the
+/// stored status still holds fields the applied one lacks, a second write
+/// (a merge patch) removes them. That happens once per object, after which
+/// every write is one apply.
 ///
 /// Each condition keeps `old`'s `lastTransitionTime` while its `status`
 /// stays the same (the Kubernetes convention), so a reconcile that finds
@@ -65,7 +67,7 @@ const CLEARABLE: &[&str] = &[
 ///
 /// # Errors
 /// API failures.
-pub async fn patch_status<K, S>(
+pub async fn apply_status<K, S>(
     ctx: &Context,
     api: &Api<K>,
     name: &str,
@@ -73,23 +75,74 @@ pub async fn patch_status<K, S>(
     status: &S,
 ) -> Result<(), Error>
 where
-    K: Clone + DeserializeOwned + Debug,
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug,
     S: Serialize,
 {
-    let Some(mut value) = status_update(old, status) else {
+    let Some(value) = status_update(old, status) else {
         ctx.metrics.status_writes_skipped.inc();
         return Ok(());
     };
-    if let Some(obj) = value.as_object_mut() {
-        for f in CLEARABLE {
-            obj.entry(f.to_string()).or_insert(serde_json::Value::Null);
-        }
-    }
-    let patch = serde_json::json!({ "status": value });
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+    let body = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "metadata": { "name": name },
+        "status": value,
+    });
+    let stored = api
+        .patch_status(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
         .await?;
     ctx.metrics.status_writes.inc();
+    let stored = serde_json::to_value(&stored).unwrap_or_default();
+    if let Some(extra) = stale_fields(&stored["status"], &value) {
+        tracing::debug!(name, ?extra, "removing status fields another manager left");
+        let patch = serde_json::json!({ "status": extra });
+        api.patch_status(
+            name,
+            &PatchParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PatchParams::default()
+            },
+            &Patch::Merge(&patch),
+        )
+        .await?;
+        ctx.metrics.status_writes.inc();
+    }
     Ok(())
+}
+
+/// A merge patch that turns `stored` into `applied`, for what server-side
+/// apply left behind: fields only in `stored` (set to null, recursively in
+/// objects) and values that differ (lists, scalars: `applied`'s). `None`
+/// when `stored` already equals `applied`.
+pub fn stale_fields(
+    stored: &serde_json::Value,
+    applied: &serde_json::Value,
+) -> Option<serde_json::Value> {
+    use serde_json::Value;
+    match (stored, applied) {
+        (Value::Object(s), Value::Object(a)) => {
+            let mut patch = serde_json::Map::new();
+            for (k, sv) in s {
+                match a.get(k) {
+                    None => {
+                        patch.insert(k.clone(), Value::Null);
+                    }
+                    Some(av) => {
+                        if let Some(p) = stale_fields(sv, av) {
+                            patch.insert(k.clone(), p);
+                        }
+                    }
+                }
+            }
+            (!patch.is_empty()).then_some(Value::Object(patch))
+        }
+        (s, a) if s == a => None,
+        (_, a) => Some(a.clone()),
+    }
 }
 
 /// The status to write, as JSON, with the transition times carried over
@@ -179,5 +232,30 @@ mod tests {
         moved.next_schedule_time = Some(at(5_000));
         let v = status_update(&old, &moved).expect("a new nextScheduleTime is written");
         assert_eq!(stamp(&v), serde_json::json!("1970-01-01T00:16:40Z"));
+    }
+
+    #[test]
+    fn fields_left_by_another_manager_are_nulled() {
+        let stored = serde_json::json!({
+            "phase": "Succeeded", "message": "an old failure",
+            "result": {"snapshot": "ab", "errors": 3},
+            "conditions": [{"type": "Ready", "status": "False"}],
+        });
+        let applied = serde_json::json!({
+            "phase": "Succeeded",
+            "result": {"snapshot": "ab"},
+            "conditions": [{"type": "Ready", "status": "True"}],
+        });
+        assert_eq!(
+            stale_fields(&stored, &applied),
+            Some(serde_json::json!({
+                "message": null,
+                "result": {"errors": null},
+                "conditions": [{"type": "Ready", "status": "True"}],
+            }))
+        );
+        assert_eq!(stale_fields(&applied, &applied), None);
+        // Fields only in what was applied are the apply's business.
+        assert_eq!(stale_fields(&serde_json::json!({}), &applied), None);
     }
 }

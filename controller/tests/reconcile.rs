@@ -209,7 +209,13 @@ impl FakeApi {
                     .and_then(|v| v.parse::<u64>().ok())
                     .unwrap_or(1)
                     + 1;
-                if sub {
+                // Server-side apply (the controller's status writes): the
+                // controller is the status's only manager here, so what it
+                // applies is the whole status.
+                let apply = query.contains("fieldManager=") && patch.get("apiVersion").is_some();
+                if sub && apply {
+                    obj["status"] = patch["status"].clone();
+                } else if sub {
                     // The status subresource ignores everything but status.
                     merge(&mut obj["status"], &patch["status"]);
                 } else {

@@ -746,3 +746,133 @@ async fn a_failing_reconcile_backs_off() {
     }
     ns.delete().await;
 }
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster: scripts/e2e"]
+async fn status_is_applied_and_fields_an_older_writer_left_are_removed() {
+    use cairn_controller::status::{apply_status, ready, FIELD_MANAGER};
+    use cairn_crds::BackupScheduleStatus;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    let Some(client) = cluster().await else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    apply_crds(&client).await;
+    let ns = TestNamespace::create(&client, "apply").await;
+    create::<BackupSchedule>(
+        &client,
+        &ns.name,
+        serde_json::json!({
+            "apiVersion": "cairn.dev/v1alpha1", "kind": "BackupSchedule",
+            "metadata": {"name": "nightly"},
+            "spec": {"repository": {"name": "local"}, "schedule": "0 3 * * *", "pvcs": ["data"]}
+        }),
+    )
+    .await;
+    let api: Api<BackupSchedule> = Api::namespaced(client.clone(), &ns.name);
+    let metrics = Arc::new(Metrics::default());
+    let ctx = context(&client, "apply", metrics.clone());
+    let status_of = |s: &BackupSchedule| s.status.clone().unwrap_or_default();
+    let managers = |s: &BackupSchedule| -> Vec<(String, String)> {
+        s.metadata
+            .managed_fields
+            .iter()
+            .flatten()
+            .filter(|m| m.subresource.as_deref() == Some("status"))
+            .map(|m| {
+                (
+                    m.manager.clone().unwrap_or_default(),
+                    m.operation.clone().unwrap_or_default(),
+                )
+            })
+            .collect()
+    };
+
+    // The status as a controller that wrote merge patches left it (no
+    // field manager named, as before): a next run time and a condition.
+    api.patch_status(
+        "nightly",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"status": {
+            "observedGeneration": 1,
+            "nextScheduleTime": "2026-12-03T03:00:00Z",
+            "conditions": [{"type": "Ready", "status": "True", "reason": "Scheduled",
+                "message": "the schedule is active", "lastTransitionTime": "2026-12-01T00:00:00Z",
+                "observedGeneration": 1}]
+        }})),
+    )
+    .await
+    .expect("an older controller's status");
+    let before = api.get("nightly").await.expect("get");
+    let old = status_of(&before);
+    assert!(old.next_schedule_time.is_some());
+
+    // Suspended: no next run time. The apply alone cannot remove a field
+    // another manager owns; the controller notices and removes it.
+    let suspended = BackupScheduleStatus {
+        next_schedule_time: None,
+        conditions: vec![ready(
+            true,
+            "Suspended",
+            "the schedule is suspended",
+            Some(1),
+        )],
+        ..old.clone()
+    };
+    apply_status(&ctx, &api, "nightly", &old, &suspended)
+        .await
+        .expect("apply");
+    let after = api.get("nightly").await.expect("get");
+    let got = status_of(&after);
+    assert_eq!(
+        got.next_schedule_time, None,
+        "a field an older writer left survived"
+    );
+    assert_eq!(got.conditions[0].reason, "Suspended");
+    assert_eq!(
+        got.conditions[0].last_transition_time,
+        old.conditions[0].last_transition_time,
+        "same status: the transition time stays"
+    );
+    assert_eq!(metrics.status_writes.get(), 2, "the apply and one repair");
+    assert!(
+        managers(&after).contains(&(FIELD_MANAGER.into(), "Apply".into())),
+        "{:?}",
+        managers(&after)
+    );
+    assert_eq!(after.metadata.generation, Some(1), "spec untouched");
+    assert_eq!(after.spec.schedule, "0 3 * * *");
+
+    // From now on one apply per change: a field set and then left out is
+    // gone without a second write.
+    let next = Time(Timestamp::from_second(1_800_000_000).expect("time"));
+    let resumed = BackupScheduleStatus {
+        next_schedule_time: Some(next.clone()),
+        conditions: vec![ready(true, "Scheduled", "the schedule is active", Some(1))],
+        ..got.clone()
+    };
+    apply_status(&ctx, &api, "nightly", &got, &resumed)
+        .await
+        .expect("apply");
+    let got2 = status_of(&api.get("nightly").await.expect("get"));
+    assert_eq!(got2.next_schedule_time, Some(next));
+    assert_eq!(metrics.status_writes.get(), 3);
+    let again = BackupScheduleStatus {
+        next_schedule_time: None,
+        ..got2.clone()
+    };
+    apply_status(&ctx, &api, "nightly", &got2, &again)
+        .await
+        .expect("apply");
+    let got3 = status_of(&api.get("nightly").await.expect("get"));
+    assert_eq!(got3.next_schedule_time, None);
+    assert_eq!(metrics.status_writes.get(), 4, "one write, no repair");
+    // Nothing new: nothing written.
+    apply_status(&ctx, &api, "nightly", &got3, &got3.clone())
+        .await
+        .expect("apply");
+    assert_eq!(metrics.status_writes.get(), 4);
+    assert_eq!(metrics.status_writes_skipped.get(), 1);
+    ns.delete().await;
+}
