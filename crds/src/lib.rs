@@ -283,8 +283,11 @@ pub struct VolumeStorage {
     /// The claim.
     #[schemars(length(min = 1, max = 253))]
     pub claim_name: String,
-    /// Directory inside the volume.
+    /// Directory inside the volume: a relative path without `..`
+    /// components (the agent must not reach outside it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    #[x_kube(validation = Rule::new("!self.startsWith('/') && !self.matches('(^|/)[.][.](/|$)')").message("subPath must be a relative path without .. components"))]
     pub sub_path: Option<String>,
 }
 

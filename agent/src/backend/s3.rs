@@ -210,7 +210,7 @@ fn trust_store(cfg: &S3Config) -> Result<TrustStore> {
     }
     if let Some(path) = &cfg.ca_bundle {
         use rustls_pki_types::pem::PemObject;
-        let pem = std::fs::read(path).map_err(|e| Error::io("read CA bundle", path, e))?;
+        let pem = read_ca_bundle(path)?;
         let certs = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| {
@@ -726,9 +726,76 @@ impl Backend for S3Backend {
     }
 }
 
+
+/// The largest CA bundle read (the system bundle is about 200 KiB).
+const CA_BUNDLE_MAX: u64 = 16 << 20;
+
+/// A CA bundle's bytes: a regular file of at most [`CA_BUNDLE_MAX`] bytes
+/// (a path naming a FIFO or a device would otherwise block or fill memory).
+fn read_ca_bundle(path: &std::path::Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Non-blocking: opening a FIFO to read would wait for a writer.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| Error::io("open CA bundle", path, e))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::io("stat CA bundle", path, e))?;
+    if !meta.is_file() {
+        return Err(Error::InvalidInput(format!(
+            "CA bundle {} is not a regular file",
+            path.display()
+        )));
+    }
+    if meta.len() > CA_BUNDLE_MAX {
+        return Err(Error::InvalidInput(format!(
+            "CA bundle {} is {} bytes; at most {CA_BUNDLE_MAX} are read",
+            path.display(),
+            meta.len()
+        )));
+    }
+    let mut pem = Vec::new();
+    file.take(CA_BUNDLE_MAX + 1)
+        .read_to_end(&mut pem)
+        .map_err(|e| Error::io("read CA bundle", path, e))?;
+    if pem.len() as u64 > CA_BUNDLE_MAX {
+        return Err(Error::InvalidInput(format!(
+            "CA bundle {} grew past {CA_BUNDLE_MAX} bytes while read",
+            path.display()
+        )));
+    }
+    Ok(pem)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ca_bundle_must_be_a_small_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // Returns at once (a blocking open would wait for a writer forever).
+        let e = read_ca_bundle(&fifo).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        let e = read_ca_bundle(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        let big = dir.path().join("big.pem");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(CA_BUNDLE_MAX + 1)
+            .unwrap();
+        let e = read_ca_bundle(&big).unwrap_err().to_string();
+        assert!(e.contains("at most"), "{e}");
+        let ok = dir.path().join("ok.pem");
+        std::fs::write(&ok, b"-----BEGIN CERTIFICATE-----\n").unwrap();
+        assert_eq!(read_ca_bundle(&ok).unwrap().len(), 28);
+    }
 
     #[test]
     fn parses_locations() {

@@ -215,6 +215,15 @@ pub fn valid() -> Vec<(&'static str, Value)> {
                 json!({"configMapName": "ca", "key": "ca.crt"}),
             ),
         ),
+        (
+            "volume repository in a subdirectory whose name holds dots",
+            set(
+                unset(example("repository-s3.yaml"), "/spec", "s3"),
+                "/spec",
+                "volume",
+                json!({"claimName": "repo", "subPath": "backups/..v2/cairn"}),
+            ),
+        ),
     ]
 }
 
@@ -244,6 +253,26 @@ pub fn invalid() -> Vec<Invalid> {
             what: "repository with neither s3 nor volume",
             object: unset(repo.clone(), "/spec", "s3"),
             message: "set exactly one of s3 and volume",
+        },
+        Invalid {
+            what: "volume repository whose subPath climbs out",
+            object: set(
+                unset(repo.clone(), "/spec", "s3"),
+                "/spec",
+                "volume",
+                json!({"claimName": "repo", "subPath": "backups/../../etc"}),
+            ),
+            message: "subPath must be a relative path without .. components",
+        },
+        Invalid {
+            what: "volume repository with an absolute subPath",
+            object: set(
+                unset(repo.clone(), "/spec", "s3"),
+                "/spec",
+                "volume",
+                json!({"claimName": "repo", "subPath": "/etc"}),
+            ),
+            message: "subPath must be a relative path without .. components",
         },
         Invalid {
             what: "S3 endpoint without a scheme",
