@@ -13,9 +13,9 @@ use k8s_openapi::api::batch::v1::{
     Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement, PodFailurePolicyRule,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    AppArmorProfile, Capabilities, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
     PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec,
-    SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    SELinuxOptions, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount, WindowsSecurityContextOptions,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
@@ -347,11 +347,49 @@ pub fn privileged_mover_refused(
     ))
 }
 
+/// The sysctls the `baseline` (and `restricted`) Pod Security levels allow.
+const SAFE_SYSCTLS: &[&str] = &[
+    "kernel.shm_rmid_forced",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.ping_group_range",
+    "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+    "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_syncookies",
+];
+
+/// The SELinux types Pod Security admits (with no user or role set).
+const SELINUX_TYPES: &[&str] = &[
+    "",
+    "container_t",
+    "container_init_t",
+    "container_kvm_t",
+    "container_engine_t",
+];
+
 /// The first override that lifts the agent above restricted Pod Security.
+/// `e2e/tests/apiserver.rs` checks it against the API server's Pod Security
+/// admission: every override it lets through is admitted under
+/// `restricted`, and every one it catches is refused there.
 fn elevated(o: &JobOverrides) -> Option<String> {
     let pod = o.pod_security_context.as_ref();
     let c = o.security_context.as_ref();
     let unconfined = |s: Option<&SeccompProfile>| s.is_some_and(|s| s.type_ == "Unconfined");
+    let selinux = |s: Option<&SELinuxOptions>| {
+        s.is_some_and(|s| {
+            s.user.as_deref().is_some_and(|u| !u.is_empty())
+                || s.role.as_deref().is_some_and(|r| !r.is_empty())
+                || s.type_.as_deref().is_some_and(|t| !SELINUX_TYPES.contains(&t))
+        })
+    };
+    let apparmor =
+        |a: Option<&AppArmorProfile>| a.is_some_and(|a| a.type_ != "RuntimeDefault" && a.type_ != "Localhost");
+    let host_process =
+        |w: Option<&WindowsSecurityContextOptions>| w.and_then(|w| w.host_process) == Some(true);
+    let caps = c.and_then(|c| c.capabilities.as_ref());
     let checks = [
         (
             pod.and_then(|p| p.run_as_user) == Some(0) || c.and_then(|c| c.run_as_user) == Some(0),
@@ -378,6 +416,36 @@ fn elevated(o: &JobOverrides) -> Option<String> {
                 || unconfined(c.and_then(|c| c.seccomp_profile.as_ref())),
             "an Unconfined seccomp profile",
         ),
+        (
+            caps.and_then(|k| k.drop.as_ref())
+                .is_some_and(|d| !d.iter().any(|cap| cap == "ALL")),
+            "capabilities.drop without ALL",
+        ),
+        (
+            selinux(pod.and_then(|p| p.se_linux_options.as_ref()))
+                || selinux(c.and_then(|c| c.se_linux_options.as_ref())),
+            "seLinuxOptions (a user, a role or a type other than the container types)",
+        ),
+        (
+            apparmor(pod.and_then(|p| p.app_armor_profile.as_ref()))
+                || apparmor(c.and_then(|c| c.app_armor_profile.as_ref())),
+            "an Unconfined AppArmor profile",
+        ),
+        (
+            pod.and_then(|p| p.sysctls.as_ref())
+                .is_some_and(|s| s.iter().any(|s| !SAFE_SYSCTLS.contains(&s.name.as_str()))),
+            "an unsafe sysctl",
+        ),
+        (
+            c.and_then(|c| c.proc_mount.as_deref())
+                .is_some_and(|m| m != "Default"),
+            "procMount",
+        ),
+        (
+            host_process(pod.and_then(|p| p.windows_options.as_ref()))
+                || host_process(c.and_then(|c| c.windows_options.as_ref())),
+            "windowsOptions.hostProcess",
+        ),
     ];
     checks
         .iter()
@@ -385,25 +453,38 @@ fn elevated(o: &JobOverrides) -> Option<String> {
         .map(|(_, what)| format!("job security override {what}"))
 }
 
-/// `over`'s fields set on top of `base`'s (a shallow merge of the JSON
-/// objects): an override changes what it names and keeps the rest of the
-/// secure default, seccomp profile included.
+/// `over`'s fields set on top of `base`'s, objects merged field by field at
+/// every depth (lists replaced whole): an override changes what it names
+/// and keeps the rest of the secure default, the seccomp profile and
+/// `capabilities.drop: [ALL]` beside an added capability included.
 fn merged<T: serde::Serialize + serde::de::DeserializeOwned + Clone>(
     base: T,
     over: Option<&T>,
 ) -> T {
-    let Some(over) = over else { return base };
-    let (Ok(serde_json::Value::Object(mut b)), Ok(serde_json::Value::Object(o))) =
-        (serde_json::to_value(&base), serde_json::to_value(over))
-    else {
-        return base;
-    };
-    for (k, v) in o {
-        if !v.is_null() {
-            b.insert(k, v);
+    fn merge(b: &mut serde_json::Value, o: serde_json::Value) {
+        match (b, o) {
+            (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
+                for (k, v) in o {
+                    if v.is_null() {
+                        continue;
+                    }
+                    match b.get_mut(&k) {
+                        Some(slot) => merge(slot, v),
+                        None => {
+                            b.insert(k, v);
+                        }
+                    }
+                }
+            }
+            (slot, v) => *slot = v,
         }
     }
-    serde_json::from_value(serde_json::Value::Object(b)).unwrap_or(base)
+    let Some(over) = over else { return base };
+    let (Ok(mut b), Ok(o)) = (serde_json::to_value(&base), serde_json::to_value(over)) else {
+        return base;
+    };
+    merge(&mut b, o);
+    serde_json::from_value(b).unwrap_or(base)
 }
 
 /// The pod and container security contexts of a Job: restricted Pod

@@ -669,6 +669,25 @@ fn overrides_above_restricted_need_the_administrators_consent_too() {
         );
         assert_eq!(jobs::privileged_mover_refused(Some(o), ns, &allowed), None);
     }
+    // Beyond users and capabilities: what Pod Security's baseline forbids.
+    let more: Vec<JobOverrides> = [
+        serde_json::json!({"securityContext": {"capabilities": {"drop": ["NET_RAW"]}}}),
+        serde_json::json!({"podSecurityContext": {"seLinuxOptions": {"type": "spc_t"}}}),
+        serde_json::json!({"securityContext": {"seLinuxOptions": {"role": "sysadm_r"}}}),
+        serde_json::json!({"podSecurityContext": {"appArmorProfile": {"type": "Unconfined"}}}),
+        serde_json::json!({"podSecurityContext": {"sysctls": [{"name": "kernel.msgmax", "value": "1"}]}}),
+        serde_json::json!({"securityContext": {"procMount": "Unmasked"}}),
+        serde_json::json!({"securityContext": {"windowsOptions": {"hostProcess": true}}}),
+    ]
+    .into_iter()
+    .map(|v| serde_json::from_value(v).unwrap())
+    .collect();
+    for o in &more {
+        assert!(
+            jobs::privileged_mover_refused(Some(o), ns, &refused).is_some(),
+            "{o:?}"
+        );
+    }
     // Running as another unprivileged user is what restricted allows.
     let app = pod(PodSecurityContext {
         run_as_user: Some(999),
@@ -720,4 +739,25 @@ fn a_restore_into_an_existing_volume_does_not_regroup_it() {
         pod_spec(&job).security_context.clone().unwrap().fs_group,
         Some(999)
     );
+}
+
+#[test]
+fn an_override_keeps_the_defaults_it_does_not_name_at_every_depth() {
+    use cairn_controller::jobs::{security, Work};
+    let o: JobOverrides = serde_json::from_value(serde_json::json!({
+        "securityContext": {"capabilities": {"add": ["NET_BIND_SERVICE"]}},
+        "podSecurityContext": {"seccompProfile": {"type": "Localhost", "localhostProfile": "cairn.json"}},
+    }))
+    .unwrap();
+    let (pod, c) = security(Work::Backup, Some(&o), false);
+    let caps = c.capabilities.unwrap();
+    assert_eq!(caps.add, Some(vec!["NET_BIND_SERVICE".to_string()]));
+    assert_eq!(caps.drop, Some(vec!["ALL".to_string()]), "drop: [ALL] lost");
+    assert_eq!(c.read_only_root_filesystem, Some(true));
+    let seccomp = pod.seccomp_profile.unwrap();
+    assert_eq!(
+        (seccomp.type_.as_str(), seccomp.localhost_profile.as_deref()),
+        ("Localhost", Some("cairn.json"))
+    );
+    assert_eq!(pod.run_as_user, Some(65532));
 }

@@ -632,3 +632,86 @@ async fn spec_and_status_writes_as_the_apiserver_treats_them() {
     ns.delete().await;
     timed("spec_and_status_writes_as_the_apiserver_treats_them", start);
 }
+
+/// The controller's own judgement of security overrides
+/// (`privileged_mover_refused`, for namespaces the administrator did not
+/// list) agrees with the API server's Pod Security admission at the
+/// `restricted` level: what it lets through is admitted, what it refuses is
+/// refused there too. Each pod is the agent's security contexts as the
+/// controller builds them (defaults merged with the override), created with
+/// a server-side dry run.
+#[tokio::test]
+#[ignore = "needs a Kubernetes API server in KUBECONFIG (scripts/e2e local)"]
+async fn security_overrides_agree_with_restricted_pod_security() {
+    use cairn_controller::jobs::{privileged_mover_refused, security, JobConfig, Work};
+    use cairn_crds::JobOverrides;
+
+    let Some(client) = cluster().await else {
+        return;
+    };
+    let start = Instant::now();
+    let ns = TestNamespace::create(&client, "psa").await;
+    // (override as the user writes it, whether restricted admits it)
+    let cases: Vec<(Value, bool)> = vec![
+        (json!({}), true),
+        (json!({"podSecurityContext": {"runAsUser": 999, "runAsGroup": 999, "fsGroup": 999}}), true),
+        // An added capability keeps the default's drop: [ALL].
+        (json!({"securityContext": {"capabilities": {"add": ["NET_BIND_SERVICE"]}}}), true),
+        (json!({"podSecurityContext": {"seccompProfile": {"type": "Localhost", "localhostProfile": "cairn.json"}}}), true),
+        (json!({"podSecurityContext": {"seLinuxOptions": {"level": "s0:c123,c456"}}}), true),
+        (json!({"podSecurityContext": {"seLinuxOptions": {"type": "container_init_t"}}}), true),
+        (json!({"podSecurityContext": {"sysctls": [{"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}]}}), true),
+        (json!({"securityContext": {"appArmorProfile": {"type": "RuntimeDefault"}}}), true),
+        (json!({"podSecurityContext": {"runAsUser": 0}}), false),
+        (json!({"podSecurityContext": {"runAsNonRoot": false}}), false),
+        (json!({"securityContext": {"privileged": true}}), false),
+        (json!({"securityContext": {"allowPrivilegeEscalation": true}}), false),
+        (json!({"securityContext": {"capabilities": {"add": ["DAC_READ_SEARCH"]}}}), false),
+        (json!({"securityContext": {"capabilities": {"drop": ["NET_RAW"]}}}), false),
+        (json!({"podSecurityContext": {"seccompProfile": {"type": "Unconfined"}}}), false),
+        (json!({"podSecurityContext": {"seLinuxOptions": {"type": "spc_t"}}}), false),
+        (json!({"securityContext": {"seLinuxOptions": {"user": "system_u"}}}), false),
+        (json!({"podSecurityContext": {"appArmorProfile": {"type": "Unconfined"}}}), false),
+        (json!({"securityContext": {"appArmorProfile": {"type": "Unconfined"}}}), false),
+        (json!({"podSecurityContext": {"sysctls": [{"name": "kernel.msgmax", "value": "65536"}]}}), false),
+        (json!({"securityContext": {"procMount": "Unmasked"}}), false),
+    ];
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let dry = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let cfg = JobConfig::default();
+    let mut disagreements = Vec::new();
+    for (i, (over, admitted)) in cases.iter().enumerate() {
+        let o: JobOverrides = serde_json::from_value(over.clone()).expect("an override");
+        let refused = privileged_mover_refused(Some(&o), &ns.name, &cfg);
+        let (pod_sc, sc) = security(Work::Backup, Some(&o), false);
+        let pod: Pod = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("psa-{i}")},
+            "spec": {
+                "securityContext": pod_sc,
+                "containers": [{"name": "agent", "image": "cairn.local/cairn:e2e", "securityContext": sc}],
+            }
+        }))
+        .expect("a pod");
+        let result = pods.create(&dry, &pod).await;
+        let psa_admits = match &result {
+            Ok(_) => true,
+            Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains("PodSecurity") => false,
+            // Refused before admission (e.g. procMount needs hostUsers: false).
+            Err(kube::Error::Api(s)) if s.code == 422 => false,
+            Err(e) => panic!("case {over}: {e:?}"),
+        };
+        if psa_admits != *admitted || refused.is_none() != *admitted {
+            disagreements.push(format!(
+                "{over}: expected admitted={admitted}; Pod Security admitted={psa_admits} ({:?}); controller refused={refused:?}",
+                result.err()
+            ));
+        }
+    }
+    assert!(disagreements.is_empty(), "{disagreements:#?}");
+    ns.delete().await;
+    timed("security_overrides_agree_with_restricted_pod_security", start);
+}
