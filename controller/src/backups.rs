@@ -23,7 +23,7 @@ use crate::job_state::{job_finished, job_result, job_stuck};
 use crate::jobs;
 use crate::result::AgentResult;
 use crate::status::{apply_status, bounded_text, ready};
-use crate::volumes::rwo_node;
+use crate::volumes::{restore_running, rwo_node};
 
 /// Why a new backup Job must wait, if it must: the repository or the node
 /// already runs as many backup Jobs as allowed.
@@ -303,6 +303,12 @@ async fn start_job(
     };
     if let Some(why) = at_limit(ctx, ns, &repo.name_any(), node.as_deref()).await? {
         return Ok(Start::Queued(why));
+    }
+    // A backup taken while a restore writes would store a half-restored volume.
+    if let Some(job) = restore_running(&ctx.client, ns, pvc, None).await? {
+        return Ok(Start::Queued(format!(
+            "restore Job {job} is writing to it; the backup starts when it ends"
+        )));
     }
     let job = jobs::backup_job(b, repo, pvc, node, &ctx.jobs);
     match jobs_api.create(&PostParams::default(), &job).await {

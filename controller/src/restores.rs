@@ -19,7 +19,7 @@ use crate::events::{publish, warn_once};
 use crate::job_state::{job_result, job_stuck};
 use crate::jobs;
 use crate::status::{apply_status, ready};
-use crate::volumes::pod_using;
+use crate::volumes::{pod_using, restore_running};
 
 /// Reconcile one `Restore`.
 ///
@@ -161,6 +161,26 @@ pub async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Err
                 let msg = format!(
                     "target PVC {target} is in use by pod {pod}: the restore waits until no pod \
                      mounts it (scale the application down)"
+                );
+                warn_once(
+                    &ctx,
+                    r.as_ref(),
+                    &old.conditions,
+                    "TargetInUse",
+                    msg.clone(),
+                )
+                .await;
+                status.conditions = vec![ready(false, "TargetInUse", &msg, generation)];
+                apply_status(&ctx, &api, &name, &old, &status).await?;
+                return Ok(Action::requeue(Duration::from_secs(30)));
+            }
+            // Two restores into one volume would interleave their writes.
+            if let Some(other) =
+                restore_running(&ctx.client, &ns, &target, Some(&job_name)).await?
+            {
+                let msg = format!(
+                    "restore Job {other} is writing to target PVC {target}: this restore waits \
+                     until it ends"
                 );
                 warn_once(
                     &ctx,

@@ -1,6 +1,8 @@
 //! The PVCs a Job mounts and the pods that use them: where a backup Job of
-//! a ReadWriteOnce claim must run, and whether a restore target is in use.
+//! a ReadWriteOnce claim must run, whether a restore target is in use, and
+//! whether a restore is writing to a volume.
 
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
@@ -23,6 +25,48 @@ pub async fn pod_using(client: &Client, ns: &str, pvc: &str) -> Result<Option<St
         .filter(|p| !p.labels().contains_key(jobs::labels::RESTORE))
         .find(|p| mounts(p, pvc))
         .map(|p| p.name_any()))
+}
+
+/// An unfinished restore Job, other than `except`, that writes to `pvc`:
+/// while it runs, a backup of `pvc` would store a half-restored volume and
+/// a second restore would interleave its writes with the first's.
+///
+/// # Errors
+/// API failures.
+pub async fn restore_running(
+    client: &Client,
+    ns: &str,
+    pvc: &str,
+    except: Option<&str>,
+) -> Result<Option<String>, Error> {
+    let api: Api<Job> = Api::namespaced(client.clone(), ns);
+    let lp = ListParams::default().labels(&format!(
+        "{},{}={}",
+        jobs::labels::RESTORE,
+        jobs::labels::PVC,
+        jobs::label_value(pvc)
+    ));
+    Ok(api
+        .list(&lp)
+        .await?
+        .items
+        .into_iter()
+        .filter(|j| except != Some(j.name_any().as_str()))
+        .filter(|j| !crate::job_state::job_finished(j))
+        // The label value may be a bounded (hashed) name: the volume decides.
+        .find(|j| {
+            j.spec
+                .as_ref()
+                .and_then(|s| s.template.spec.as_ref())
+                .is_some_and(|s| {
+                    s.volumes.iter().flatten().any(|v| {
+                        v.persistent_volume_claim
+                            .as_ref()
+                            .is_some_and(|c| c.claim_name == pvc)
+                    })
+                })
+        })
+        .map(|j| j.name_any()))
 }
 
 fn mounts(p: &Pod, pvc: &str) -> bool {

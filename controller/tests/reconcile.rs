@@ -61,10 +61,14 @@ fn merge(target: &mut Value, patch: &Value) {
 }
 
 fn matches_selector(obj: &Value, selector: &str) -> bool {
-    selector.split(',').filter(|s| !s.is_empty()).all(|kv| {
-        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        obj["metadata"]["labels"][k].as_str() == Some(v)
-    })
+    selector
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .all(|kv| match kv.split_once('=') {
+            Some((k, v)) => obj["metadata"]["labels"][k].as_str() == Some(v),
+            // A bare key: the label exists.
+            None => obj["metadata"]["labels"].get(kv).is_some(),
+        })
 }
 
 impl FakeApi {

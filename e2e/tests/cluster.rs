@@ -606,3 +606,112 @@ async fn volumes_in_use_pin_backups_and_hold_restores() {
     controller.stop().await;
     ns.delete().await;
 }
+
+/// While a restore Job writes to a PVC (here a suspended Job labelled as
+/// one, so it stays "running" as long as the test needs), a Backup of that
+/// PVC waits (Queued, naming the Job) instead of storing a half-restored
+/// volume, and a second Restore into it waits (TargetInUse) instead of
+/// interleaving its writes; once the Job is gone both run and succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kubernetes cluster in KUBECONFIG and the agent image (scripts/e2e)"]
+async fn a_restore_in_progress_holds_backups_and_restores_of_its_volume() {
+    use cairn_controller::jobs::labels;
+    use k8s_openapi::api::batch::v1::Job;
+    let Some(client) = cluster().await else {
+        return;
+    };
+    apply_crds(&client).await;
+    let ns = TestNamespace::create(&client, "hold").await;
+    let controller = InProcessController::start(&client, &ns.name).await;
+    setup(&client, &ns.name).await;
+    run_pod(&client, &ns.name, shell_pod("writer", WRITE, &["data"])).await;
+    let backup = |name: &str| {
+        serde_json::json!({
+            "apiVersion": "cairn.dev/v1alpha1", "kind": "Backup",
+            "metadata": {"name": name},
+            "spec": {"repository": {"name": "local"}, "pvcs": ["data"]}
+        })
+    };
+    let backups: Api<Backup> = Api::namespaced(client.clone(), &ns.name);
+    let finished = |b: &Backup| b.status.as_ref().is_some_and(|s| s.phase.is_finished());
+    create::<Backup>(&client, &ns.name, backup("first")).await;
+    let b = wait_for(&backups, "first", "finished", FIVE_MIN, finished).await;
+    assert_eq!(b.status.map(|s| s.phase), Some(Phase::Succeeded));
+
+    // Another restore's Job, writing to data (suspended: no pod runs).
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns.name);
+    create::<Job>(
+        &client,
+        &ns.name,
+        serde_json::json!({
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": "cairn-restore-earlier",
+                "labels": {(labels::RESTORE): "earlier", (labels::PVC): "data"}},
+            "spec": {"suspend": true, "template": {"spec": {
+                "restartPolicy": "Never",
+                "securityContext": {"runAsNonRoot": true, "runAsUser": 65532,
+                    "seccompProfile": {"type": "RuntimeDefault"}},
+                "containers": [{"name": "x", "image": "cairn.local/cairn:e2e",
+                    "securityContext": {"allowPrivilegeEscalation": false,
+                        "capabilities": {"drop": ["ALL"]}}}],
+                "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]
+            }}}
+        }),
+    )
+    .await;
+    create::<Backup>(&client, &ns.name, backup("during")).await;
+    create::<Restore>(
+        &client,
+        &ns.name,
+        serde_json::json!({
+            "apiVersion": "cairn.dev/v1alpha1", "kind": "Restore",
+            "metadata": {"name": "second"},
+            "spec": {
+                "repository": {"name": "local"},
+                "snapshot": {"latestOf": "data"},
+                "target": {"pvc": "data"}
+            }
+        }),
+    )
+    .await;
+    let b = wait_for(&backups, "during", "queued", FIVE_MIN, |b| {
+        b.status
+            .as_ref()
+            .and_then(|s| s.conditions.first())
+            .is_some_and(|c| c.message.contains("cairn-restore-earlier"))
+    })
+    .await;
+    assert!(!finished(&b));
+    let restores: Api<Restore> = Api::namespaced(client.clone(), &ns.name);
+    let r = wait_for(&restores, "second", "held", FIVE_MIN, |r| {
+        r.status
+            .as_ref()
+            .and_then(|s| s.conditions.first())
+            .is_some_and(|c| c.reason == "TargetInUse")
+    })
+    .await;
+    let msg = &r.status.expect("status").conditions[0].message;
+    assert!(msg.contains("cairn-restore-earlier"), "{msg}");
+    // Neither started a Job meanwhile.
+    let ours = jobs.list(&ListParams::default()).await.expect("jobs").items;
+    let names: Vec<_> = ours.iter().filter_map(|j| j.metadata.name.clone()).collect();
+    assert!(
+        !names.contains(&cairn_controller::jobs::backup_job_name("during", "data"))
+            && !names.contains(&cairn_controller::jobs::restore_job_name("second")),
+        "{names:?}"
+    );
+
+    jobs.delete("cairn-restore-earlier", &kube::api::DeleteParams::background())
+        .await
+        .expect("delete the earlier restore's Job");
+    let b = wait_for(&backups, "during", "finished", FIVE_MIN, finished).await;
+    assert_eq!(b.status.map(|s| s.phase), Some(Phase::Succeeded));
+    let r = wait_for(&restores, "second", "finished", FIVE_MIN, |r| {
+        r.status.as_ref().is_some_and(|s| s.phase.is_finished())
+    })
+    .await;
+    let rs = r.status.expect("status");
+    assert_eq!(rs.phase, Phase::Succeeded, "{:?}", rs.message);
+    controller.stop().await;
+    ns.delete().await;
+}
