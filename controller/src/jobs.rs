@@ -13,9 +13,10 @@ use k8s_openapi::api::batch::v1::{
     Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement, PodFailurePolicyRule,
 };
 use k8s_openapi::api::core::v1::{
-    AppArmorProfile, Capabilities, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec,
-    SELinuxOptions, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount, WindowsSecurityContextOptions,
+    AppArmorProfile, Capabilities, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec,
+    SELinuxOptions, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Volume,
+    VolumeMount, WindowsSecurityContextOptions,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
@@ -382,11 +383,14 @@ fn elevated(o: &JobOverrides) -> Option<String> {
         s.is_some_and(|s| {
             s.user.as_deref().is_some_and(|u| !u.is_empty())
                 || s.role.as_deref().is_some_and(|r| !r.is_empty())
-                || s.type_.as_deref().is_some_and(|t| !SELINUX_TYPES.contains(&t))
+                || s.type_
+                    .as_deref()
+                    .is_some_and(|t| !SELINUX_TYPES.contains(&t))
         })
     };
-    let apparmor =
-        |a: Option<&AppArmorProfile>| a.is_some_and(|a| a.type_ != "RuntimeDefault" && a.type_ != "Localhost");
+    let apparmor = |a: Option<&AppArmorProfile>| {
+        a.is_some_and(|a| a.type_ != "RuntimeDefault" && a.type_ != "Localhost")
+    };
     let host_process =
         |w: Option<&WindowsSecurityContextOptions>| w.and_then(|w| w.host_process) == Some(true);
     let caps = c.and_then(|c| c.capabilities.as_ref());

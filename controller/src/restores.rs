@@ -175,8 +175,7 @@ pub async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Err
                 return Ok(Action::requeue(Duration::from_secs(30)));
             }
             // Two restores into one volume would interleave their writes.
-            if let Some(other) =
-                restore_running(&ctx.client, &ns, &target, Some(&job_name)).await?
+            if let Some(other) = restore_running(&ctx.client, &ns, &target, Some(&job_name)).await?
             {
                 let msg = format!(
                     "restore Job {other} is writing to target PVC {target}: this restore waits \

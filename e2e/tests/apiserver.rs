@@ -654,26 +654,77 @@ async fn security_overrides_agree_with_restricted_pod_security() {
     // (override as the user writes it, whether restricted admits it)
     let cases: Vec<(Value, bool)> = vec![
         (json!({}), true),
-        (json!({"podSecurityContext": {"runAsUser": 999, "runAsGroup": 999, "fsGroup": 999}}), true),
+        (
+            json!({"podSecurityContext": {"runAsUser": 999, "runAsGroup": 999, "fsGroup": 999}}),
+            true,
+        ),
         // An added capability keeps the default's drop: [ALL].
-        (json!({"securityContext": {"capabilities": {"add": ["NET_BIND_SERVICE"]}}}), true),
-        (json!({"podSecurityContext": {"seccompProfile": {"type": "Localhost", "localhostProfile": "cairn.json"}}}), true),
-        (json!({"podSecurityContext": {"seLinuxOptions": {"level": "s0:c123,c456"}}}), true),
-        (json!({"podSecurityContext": {"seLinuxOptions": {"type": "container_init_t"}}}), true),
-        (json!({"podSecurityContext": {"sysctls": [{"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}]}}), true),
-        (json!({"securityContext": {"appArmorProfile": {"type": "RuntimeDefault"}}}), true),
+        (
+            json!({"securityContext": {"capabilities": {"add": ["NET_BIND_SERVICE"]}}}),
+            true,
+        ),
+        (
+            json!({"podSecurityContext": {"seccompProfile": {"type": "Localhost", "localhostProfile": "cairn.json"}}}),
+            true,
+        ),
+        (
+            json!({"podSecurityContext": {"seLinuxOptions": {"level": "s0:c123,c456"}}}),
+            true,
+        ),
+        (
+            json!({"podSecurityContext": {"seLinuxOptions": {"type": "container_init_t"}}}),
+            true,
+        ),
+        (
+            json!({"podSecurityContext": {"sysctls": [{"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}]}}),
+            true,
+        ),
+        (
+            json!({"securityContext": {"appArmorProfile": {"type": "RuntimeDefault"}}}),
+            true,
+        ),
         (json!({"podSecurityContext": {"runAsUser": 0}}), false),
-        (json!({"podSecurityContext": {"runAsNonRoot": false}}), false),
+        (
+            json!({"podSecurityContext": {"runAsNonRoot": false}}),
+            false,
+        ),
         (json!({"securityContext": {"privileged": true}}), false),
-        (json!({"securityContext": {"allowPrivilegeEscalation": true}}), false),
-        (json!({"securityContext": {"capabilities": {"add": ["DAC_READ_SEARCH"]}}}), false),
-        (json!({"securityContext": {"capabilities": {"drop": ["NET_RAW"]}}}), false),
-        (json!({"podSecurityContext": {"seccompProfile": {"type": "Unconfined"}}}), false),
-        (json!({"podSecurityContext": {"seLinuxOptions": {"type": "spc_t"}}}), false),
-        (json!({"securityContext": {"seLinuxOptions": {"user": "system_u"}}}), false),
-        (json!({"podSecurityContext": {"appArmorProfile": {"type": "Unconfined"}}}), false),
-        (json!({"securityContext": {"appArmorProfile": {"type": "Unconfined"}}}), false),
-        (json!({"podSecurityContext": {"sysctls": [{"name": "kernel.msgmax", "value": "65536"}]}}), false),
+        (
+            json!({"securityContext": {"allowPrivilegeEscalation": true}}),
+            false,
+        ),
+        (
+            json!({"securityContext": {"capabilities": {"add": ["DAC_READ_SEARCH"]}}}),
+            false,
+        ),
+        (
+            json!({"securityContext": {"capabilities": {"drop": ["NET_RAW"]}}}),
+            false,
+        ),
+        (
+            json!({"podSecurityContext": {"seccompProfile": {"type": "Unconfined"}}}),
+            false,
+        ),
+        (
+            json!({"podSecurityContext": {"seLinuxOptions": {"type": "spc_t"}}}),
+            false,
+        ),
+        (
+            json!({"securityContext": {"seLinuxOptions": {"user": "system_u"}}}),
+            false,
+        ),
+        (
+            json!({"podSecurityContext": {"appArmorProfile": {"type": "Unconfined"}}}),
+            false,
+        ),
+        (
+            json!({"securityContext": {"appArmorProfile": {"type": "Unconfined"}}}),
+            false,
+        ),
+        (
+            json!({"podSecurityContext": {"sysctls": [{"name": "kernel.msgmax", "value": "65536"}]}}),
+            false,
+        ),
         (json!({"securityContext": {"procMount": "Unmasked"}}), false),
     ];
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
@@ -713,5 +764,8 @@ async fn security_overrides_agree_with_restricted_pod_security() {
     }
     assert!(disagreements.is_empty(), "{disagreements:#?}");
     ns.delete().await;
-    timed("security_overrides_agree_with_restricted_pod_security", start);
+    timed(
+        "security_overrides_agree_with_restricted_pod_security",
+        start,
+    );
 }

@@ -694,16 +694,22 @@ async fn a_restore_in_progress_holds_backups_and_restores_of_its_volume() {
     assert!(msg.contains("cairn-restore-earlier"), "{msg}");
     // Neither started a Job meanwhile.
     let ours = jobs.list(&ListParams::default()).await.expect("jobs").items;
-    let names: Vec<_> = ours.iter().filter_map(|j| j.metadata.name.clone()).collect();
+    let names: Vec<_> = ours
+        .iter()
+        .filter_map(|j| j.metadata.name.clone())
+        .collect();
     assert!(
         !names.contains(&cairn_controller::jobs::backup_job_name("during", "data"))
             && !names.contains(&cairn_controller::jobs::restore_job_name("second")),
         "{names:?}"
     );
 
-    jobs.delete("cairn-restore-earlier", &kube::api::DeleteParams::background())
-        .await
-        .expect("delete the earlier restore's Job");
+    jobs.delete(
+        "cairn-restore-earlier",
+        &kube::api::DeleteParams::background(),
+    )
+    .await
+    .expect("delete the earlier restore's Job");
     let b = wait_for(&backups, "during", "finished", FIVE_MIN, finished).await;
     assert_eq!(b.status.map(|s| s.phase), Some(Phase::Succeeded));
     let r = wait_for(&restores, "second", "finished", FIVE_MIN, |r| {

@@ -831,8 +831,7 @@ async fn status_is_applied_and_fields_an_older_writer_left_are_removed() {
     );
     assert_eq!(got.conditions[0].reason, "Suspended");
     assert_eq!(
-        got.conditions[0].last_transition_time,
-        old.conditions[0].last_transition_time,
+        got.conditions[0].last_transition_time, old.conditions[0].last_transition_time,
         "same status: the transition time stays"
     );
     assert_eq!(metrics.status_writes.get(), 2, "the apply and one repair");

@@ -726,7 +726,6 @@ impl Backend for S3Backend {
     }
 }
 
-
 /// The largest CA bundle read (the system bundle is about 200 KiB).
 const CA_BUNDLE_MAX: u64 = 16 << 20;
 
