@@ -14,6 +14,7 @@ use cairn_controller::jobs::JobConfig;
 use futures::FutureExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, LogParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::{Api, Client, Resource};
@@ -91,6 +92,9 @@ pub struct TestNamespace {
     /// Its name.
     pub name: String,
     client: Client,
+    /// Times in which refusals are expected (see
+    /// [`TestNamespace::tolerate_refusals`]).
+    tolerated: std::sync::Mutex<Vec<(Timestamp, Timestamp)>>,
 }
 
 impl TestNamespace {
@@ -125,7 +129,20 @@ impl TestNamespace {
         TestNamespace {
             name,
             client: client.clone(),
+            tolerated: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// Refusals received between `from` and `to` do not fail
+    /// [`TestNamespace::delete`]: a restarted API server answers 403 to the
+    /// requests that reach it before its authorizer's caches are filled (the
+    /// controller's watches reconnect at once), and the test that restarts it
+    /// checks that the controller recovers.
+    pub fn tolerate_refusals(&self, from: Timestamp, to: Timestamp) {
+        self.tolerated
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((from, to));
     }
 
     /// Delete the namespace (kept with `CAIRN_E2E_KEEP=1`). First, where the
@@ -136,7 +153,12 @@ impl TestNamespace {
     /// When it was: the chart's RBAC lacks something the controller does.
     pub async fn delete(&self) {
         let user = format!("system:serviceaccount:{}:cairn-controller", self.name);
-        let forbidden = forbidden_requests(&user);
+        let tolerated = self
+            .tolerated
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let forbidden = forbidden_requests_outside(&user, &tolerated);
         assert!(
             forbidden.is_empty(),
             "the controller's ServiceAccount was refused: {forbidden:#?}"
@@ -592,6 +614,11 @@ pub fn cairn_api(client: &Client, ns: &str, kind: &str) -> Api<kube::api::Dynami
 /// Requests of `user` that the API server refused with 403, from the local
 /// cluster's audit log (`verb path`); empty without one.
 pub fn forbidden_requests(user: &str) -> Vec<String> {
+    forbidden_requests_outside(user, &[])
+}
+
+/// [`forbidden_requests`] but those received within one of `windows`.
+pub fn forbidden_requests_outside(user: &str, windows: &[(Timestamp, Timestamp)]) -> Vec<String> {
     let Some(path) = audit_log() else {
         return Vec::new();
     };
@@ -605,6 +632,12 @@ pub fn forbidden_requests(user: &str) -> Vec<String> {
             e["user"]["username"] == user
                 && e["stage"] == "ResponseComplete"
                 && e["responseStatus"]["code"] == 403
+        })
+        .filter(|e| {
+            let at = e["requestReceivedTimestamp"]
+                .as_str()
+                .and_then(|t| t.parse::<Timestamp>().ok());
+            !at.is_some_and(|at| windows.iter().any(|(from, to)| *from <= at && at <= *to))
         })
         .map(|e| {
             format!(

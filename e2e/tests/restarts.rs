@@ -70,6 +70,7 @@ async fn apiserver_restarted_mid_backup() {
     let name = cairn_controller::jobs::backup_job_name("before", "data");
     wait_for(&jobs, &name, "created", FIVE_MIN, |_| true).await;
     let t = Instant::now();
+    let down_at = k8s_openapi::jiff::Timestamp::now();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/k8s/restart");
     let out = std::process::Command::new(script)
         .args(["kube-apiserver", "--down", "5"])
@@ -83,6 +84,12 @@ async fn apiserver_restarted_mid_backup() {
     eprintln!(
         "e2e: API server killed, down 5 s, ready again after {:?}",
         t.elapsed()
+    );
+    // Until its RBAC caches are filled, a restarted API server refuses the
+    // watches that reconnect first (seen: 4 watches, 403).
+    ns.tolerate_refusals(
+        down_at,
+        k8s_openapi::jiff::Timestamp::now() + std::time::Duration::from_secs(5),
     );
     succeeded(&client, &ns.name, "before").await;
     let n = jobs
