@@ -9,7 +9,7 @@ use crate::backend::FileKind;
 use crate::blob::BlobType;
 use crate::error::Result;
 use crate::id::Id;
-use crate::ls::walk;
+use crate::commands::ls::walk;
 use crate::repository::Repository;
 use crate::tree::NodeType;
 
