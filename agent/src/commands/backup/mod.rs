@@ -1,6 +1,6 @@
-//! The backup pipeline. Stages run on their own threads and talk through
-//! bounded channels, so a slow stage throttles the ones before it and memory
-//! stays flat however large the source is:
+//! `backup`: the backup pipeline. Stages run on their own threads and talk
+//! through bounded channels, so a slow stage throttles the ones before it and
+//! memory stays flat however large the source is:
 //!
 //! ```text
 //! walker ──FileJob──▶ file workers (read, chunk, hash, dedup) ──BlobJob──▶ blob workers
@@ -11,37 +11,37 @@
 //! ```
 //!
 //! Claiming, packing, uploading and indexing are the repository writer's
-//! ([`crate::writer`]); this module walks, reads and builds trees.
+//! ([`crate::writer`]); this module walks, reads and builds trees: the walker
+//! in `walk.rs`, the file workers in `read.rs`, the tree builder in `tree.rs`.
+//! Here are the options and the result, what the stages share and send each
+//! other, the pipeline's wiring and [`backup`] itself.
 //!
 //! The walker never waits for file contents: it only decides, per file, whether
 //! the parent snapshot's content can be reused (metadata unchanged) or the file
 //! must be read. The tree builder assembles directories in depth-first order.
 
-use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io::ErrorKind;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Component, Path, PathBuf};
+mod read;
+mod tree;
+mod walk;
+
+use std::fs;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
-use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, Stat};
-use rustix::io::Errno;
+use crossbeam_channel::{bounded, Receiver};
 
-use crossbeam_channel::{bounded, Receiver, Sender};
-use globset::{Glob, GlobSet, GlobSetBuilder};
-
+use self::read::{read_file, FileJob, FileRead};
+use self::tree::build_trees;
+use self::walk::{normalize, Excludes, PathTree, Walker};
 use crate::backend::FileKind;
-use crate::beneath;
-use crate::blob::{blob_buffer, BlobType};
-use crate::constants::MAX_TREE_DEPTH;
+use crate::blob::BlobType;
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::repository::{hostname, username, Repository};
 use crate::snapshot::{Snapshot, Summary};
-use crate::tree::{Node, NodeType, RawName, Tree};
+use crate::tree::Node;
 use crate::writer::{write_session, Indexing, Ticket, Writer};
 
 /// How to decide that a file is unchanged since the parent snapshot.
@@ -116,31 +116,17 @@ enum FileOutcome {
     Unmodified,
 }
 
-/// A regular file to read: by name in its open directory, expected to be
-/// the inode the walker saw there.
-struct FileJob {
-    dir: Arc<OwnedFd>,
-    name: Vec<u8>,
-    path: PathBuf,
-    seen: (u64, u64),
-    reply: Sender<std::result::Result<FileRead, SourceError>>,
-}
-
-struct FileRead {
-    content: Vec<Id>,
-    size: u64,
-    /// The file changed while it was read (stored as read, reported).
-    changed: Option<SourceError>,
-}
-
+/// A blob for the blob workers to encode (compress, pad, encrypt) and store
+/// through the writer.
 struct BlobJob {
     ticket: Ticket,
     blob_type: BlobType,
     id: Id,
-    /// The plaintext in a [`blob_buffer`].
+    /// The plaintext in a [`crate::blob::blob_buffer`].
     data: Vec<u8>,
 }
 
+/// What the walker tells the tree builder, in depth-first order.
 enum Event {
     EnterDir {
         node: Option<Node>,
@@ -216,484 +202,6 @@ impl Shared<'_> {
     }
 }
 
-/// Excludes compiled from glob patterns.
-struct Excludes {
-    names: GlobSet,
-    paths: GlobSet,
-}
-
-impl Excludes {
-    fn new(patterns: &[String]) -> Result<Excludes> {
-        let mut names = GlobSetBuilder::new();
-        let mut paths = GlobSetBuilder::new();
-        for p in patterns {
-            let glob = Glob::new(p)
-                .map_err(|e| Error::InvalidInput(format!("bad exclude pattern {p:?}: {e}")))?;
-            if p.contains('/') {
-                paths.add(glob);
-            } else {
-                names.add(glob);
-            }
-        }
-        let build = |b: GlobSetBuilder| {
-            b.build()
-                .map_err(|e| Error::InvalidInput(format!("bad exclude pattern: {e}")))
-        };
-        Ok(Excludes {
-            names: build(names)?,
-            paths: build(paths)?,
-        })
-    }
-
-    fn excluded(&self, path: &Path) -> bool {
-        path.file_name().is_some_and(|n| self.names.is_match(n)) || self.paths.is_match(path)
-    }
-}
-
-/// Make a path absolute and remove `.`/`..` components without touching symlinks.
-fn normalize(p: &Path) -> Result<PathBuf> {
-    let abs = std::path::absolute(p).map_err(|e| Error::io("resolve path", p, e))?;
-    let mut out = PathBuf::from("/");
-    for c in abs.components() {
-        match c {
-            Component::Normal(n) => out.push(n),
-            Component::ParentDir => {
-                out.pop();
-            }
-            _ => {}
-        }
-    }
-    Ok(out)
-}
-
-fn time_ns(secs: i64, nsec: i64) -> i64 {
-    secs.saturating_mul(1_000_000_000).saturating_add(nsec)
-}
-
-/// A tree node from an entry's `stat` (no content). The casts are no-ops on
-/// x86_64 but not on every target (`st_nlink` is 32 bits on aarch64).
-#[allow(clippy::unnecessary_cast)]
-fn node_from_stat(name: RawName, st: &Stat) -> Node {
-    let node_type = match FileType::from_raw_mode(st.st_mode) {
-        FileType::Directory => NodeType::Dir,
-        FileType::Symlink => NodeType::Symlink,
-        FileType::Fifo => NodeType::Fifo,
-        FileType::CharacterDevice => NodeType::Chardev,
-        FileType::BlockDevice => NodeType::Blockdev,
-        FileType::Socket => NodeType::Socket,
-        _ => NodeType::File,
-    };
-    Node {
-        name,
-        node_type,
-        mode: st.st_mode,
-        uid: st.st_uid,
-        gid: st.st_gid,
-        mtime_ns: time_ns(st.st_mtime as i64, st.st_mtime_nsec as i64),
-        ctime_ns: time_ns(st.st_ctime as i64, st.st_ctime_nsec as i64),
-        inode: st.st_ino as u64,
-        device_id: st.st_dev as u64,
-        links: st.st_nlink as u64,
-        size: if node_type == NodeType::File {
-            st.st_size.max(0) as u64
-        } else {
-            0
-        },
-        content: Vec::new(),
-        subtree: None,
-        target: None,
-        rdev: if matches!(node_type, NodeType::Chardev | NodeType::Blockdev) {
-            st.st_rdev as u64
-        } else {
-            0
-        },
-    }
-}
-
-/// Device and inode: which entry a `stat` describes.
-#[allow(clippy::unnecessary_cast)]
-fn identity(st: &Stat) -> (u64, u64) {
-    (st.st_dev as u64, st.st_ino as u64)
-}
-
-/// What an entry's type is called in messages.
-fn kind_name(st: &Stat) -> &'static str {
-    match FileType::from_raw_mode(st.st_mode) {
-        FileType::RegularFile => "a regular file",
-        FileType::Directory => "a directory",
-        FileType::Symlink => "a symbolic link",
-        FileType::Fifo => "a FIFO",
-        FileType::CharacterDevice => "a character device",
-        FileType::BlockDevice => "a block device",
-        FileType::Socket => "a socket",
-        FileType::Unknown => "an entry of unknown type",
-    }
-}
-
-/// The entry opened is not the one the walk looked at: a concurrent writer
-/// replaced it (with a symlink, a FIFO, another file). It is not read.
-fn replaced(was: &str, now: &Stat) -> String {
-    format!(
-        "replaced while the backup ran (was {was}, opened {}): not backed up",
-        kind_name(now)
-    )
-}
-
-fn unchanged(node: &Node, old: &Node, mode: ChangeDetection) -> bool {
-    old.node_type == NodeType::File
-        && old.size == node.size
-        && old.mtime_ns == node.mtime_ns
-        && match mode {
-            ChangeDetection::Strict => old.inode == node.inode && old.ctime_ns == node.ctime_ns,
-            ChangeDetection::IgnoreCtime => old.inode == node.inode,
-            ChangeDetection::IgnoreInode => true,
-        }
-}
-
-/// The set of source paths as a tree of path components; leaves are backed up whole.
-#[derive(Default)]
-struct PathTree {
-    children: BTreeMap<Vec<u8>, PathTree>,
-    leaf: bool,
-}
-
-impl PathTree {
-    fn insert(&mut self, path: &Path) {
-        let mut t = self;
-        for c in path.components() {
-            if let Component::Normal(n) = c {
-                if t.leaf {
-                    return; // an ancestor is already backed up whole
-                }
-                t = t.children.entry(RawName::from_os(n).0).or_default();
-            }
-        }
-        t.leaf = true;
-        t.children.clear();
-    }
-}
-
-struct Walker<'s, 'a> {
-    shared: &'s Shared<'a>,
-    excludes: Excludes,
-    detection: ChangeDetection,
-    events: Sender<Event>,
-    files: Sender<FileJob>,
-}
-
-impl Walker<'_, '_> {
-    fn send(&self, e: Event) -> Result<()> {
-        self.events
-            .send(e)
-            .map_err(|_| Error::Internal("tree builder stopped".into()))
-    }
-
-    fn parent_tree(&self, subtree: Option<Id>) -> Option<Tree> {
-        let id = subtree?;
-        match self.shared.repo.load_tree(&id) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                tracing::warn!("parent tree {id} unreadable, reading files again: {e}");
-                None
-            }
-        }
-    }
-
-    /// Emit the virtual directories above the source paths, then the sources.
-    /// These paths are the user's: their components are followed as written.
-    fn walk_virtual(&self, tree: &PathTree, path: &Path, parent: Option<&Tree>) -> Result<()> {
-        for (name, child) in &tree.children {
-            let child_path = path.join(RawName(name.clone()).to_os());
-            let old = parent.and_then(|t| t.find(name));
-            if child.leaf {
-                match beneath::open_dir_path(path) {
-                    Ok(dir) => {
-                        let dir = Arc::new(dir);
-                        self.walk_entry(&dir, name, &child_path, old, 0)?;
-                    }
-                    Err(e) => self
-                        .shared
-                        .source_error(path, format!("cannot open directory: {e}")),
-                }
-                continue;
-            }
-            let st = match rfs::stat(&child_path) {
-                Ok(st) => st,
-                Err(e) => {
-                    self.shared
-                        .source_error(&child_path, format!("cannot stat: {e}"));
-                    continue;
-                }
-            };
-            let node = node_from_stat(RawName(name.clone()), &st);
-            let old_subtree = old.and_then(|n| n.subtree);
-            self.send(Event::EnterDir {
-                node: Some(node),
-                parent_subtree: old_subtree,
-            })?;
-            let old_tree = self.parent_tree(old_subtree);
-            self.walk_virtual(child, &child_path, old_tree.as_ref())?;
-            self.send(Event::LeaveDir)?;
-        }
-        Ok(())
-    }
-
-    /// Back up the entry `name` of the open directory `dir` (at `path`).
-    /// Nothing is followed: the entry is examined with `fstatat(NOFOLLOW)`,
-    /// a directory is opened with `O_NOFOLLOW` and must be the inode
-    /// examined, and files are read the same way by the file workers.
-    fn walk_entry(
-        &self,
-        dir: &Arc<OwnedFd>,
-        name: &[u8],
-        path: &Path,
-        old: Option<&Node>,
-        depth: usize,
-    ) -> Result<()> {
-        if self.shared.failed() {
-            return Err(Error::Internal("backup aborted".into()));
-        }
-        crate::interrupt::check()?;
-        let st = match rfs::statat(dir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) => st,
-            Err(e) => {
-                self.shared.source_error(path, format!("cannot stat: {e}"));
-                return Ok(());
-            }
-        };
-        let mut node = node_from_stat(RawName(name.to_vec()), &st);
-        match node.node_type {
-            NodeType::File => {
-                if let Some(old) = old.filter(|o| unchanged(&node, o, self.detection)) {
-                    let index = self.shared.repo.index();
-                    if old
-                        .content
-                        .iter()
-                        .all(|id| index.contains_live(BlobType::Data, id))
-                    {
-                        node.content = old.content.clone();
-                        return self.send(Event::File {
-                            node,
-                            outcome: FileOutcome::Unmodified,
-                            reply: None,
-                        });
-                    }
-                }
-                let outcome = if old.is_some() {
-                    FileOutcome::Changed
-                } else {
-                    FileOutcome::New
-                };
-                let (tx, rx) = bounded(1);
-                self.files
-                    .send(FileJob {
-                        dir: Arc::clone(dir),
-                        name: name.to_vec(),
-                        path: path.to_path_buf(),
-                        seen: (node.device_id, node.inode),
-                        reply: tx,
-                    })
-                    .map_err(|_| Error::Internal("file workers stopped".into()))?;
-                self.send(Event::File {
-                    node,
-                    outcome,
-                    reply: Some(rx),
-                })
-            }
-            NodeType::Dir if depth >= MAX_TREE_DEPTH => {
-                let msg = format!("nested deeper than {MAX_TREE_DEPTH} directories: not backed up");
-                self.shared.source_error(path, msg);
-                Ok(())
-            }
-            NodeType::Dir => {
-                #[cfg(test)]
-                test_hooks::run("before opendir", path);
-                let sub = match beneath::open_dir_at(dir.as_fd(), name) {
-                    Ok(fd) => fd,
-                    // O_DIRECTORY | O_NOFOLLOW on what is no longer a directory.
-                    Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
-                        let msg = match rfs::statat(dir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
-                            Ok(now) => replaced("a directory", &now),
-                            Err(e) => format!("cannot open directory: {e}"),
-                        };
-                        self.shared.source_error(path, msg);
-                        return Ok(());
-                    }
-                    Err(e) => {
-                        self.shared
-                            .source_error(path, format!("cannot open directory: {e}"));
-                        return Ok(());
-                    }
-                };
-                match rfs::fstat(&sub) {
-                    Ok(now) if identity(&now) == (node.device_id, node.inode) => {}
-                    Ok(now) => {
-                        self.shared
-                            .source_error(path, replaced("a directory", &now));
-                        return Ok(());
-                    }
-                    Err(e) => {
-                        self.shared.source_error(path, format!("cannot stat: {e}"));
-                        return Ok(());
-                    }
-                }
-                let mut entries = match beneath::list_dir(sub.as_fd()) {
-                    Ok(names) => names,
-                    Err(e) => {
-                        self.shared
-                            .source_error(path, format!("cannot list directory: {e}"));
-                        return Ok(());
-                    }
-                };
-                entries.sort_unstable();
-                let sub = Arc::new(sub);
-                let old_subtree = old
-                    .filter(|o| o.node_type == NodeType::Dir)
-                    .and_then(|o| o.subtree);
-                self.send(Event::EnterDir {
-                    node: Some(node),
-                    parent_subtree: old_subtree,
-                })?;
-                let old_tree = self.parent_tree(old_subtree);
-                for name in entries {
-                    let child = path.join(std::ffi::OsStr::from_bytes(&name));
-                    if self.excludes.excluded(&child) {
-                        continue;
-                    }
-                    let old_child = old_tree.as_ref().and_then(|t| t.find(&name));
-                    self.walk_entry(&sub, &name, &child, old_child, depth + 1)?;
-                }
-                self.send(Event::LeaveDir)
-            }
-            NodeType::Symlink => {
-                match rfs::readlinkat(dir.as_fd(), name, Vec::new()) {
-                    Ok(t) => node.target = Some(RawName(t.into_bytes())),
-                    Err(e) => {
-                        self.shared
-                            .source_error(path, format!("cannot read link: {e}"));
-                        return Ok(());
-                    }
-                }
-                self.send(Event::Entry(node))
-            }
-            _ => self.send(Event::Entry(node)),
-        }
-    }
-}
-
-/// Open a regular file for reading without following a symlink and without
-/// blocking (a FIFO swapped in opens at once, and is then refused by type).
-fn open_source(dir: BorrowedFd<'_>, name: &[u8]) -> std::result::Result<OwnedFd, Errno> {
-    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-    // O_NOATIME keeps backups from dirtying atimes; only the owner (or root) may use it.
-    match rfs::openat(dir, name, flags | OFlags::NOATIME, Mode::empty()) {
-        Err(Errno::PERM) => rfs::openat(dir, name, flags, Mode::empty()),
-        other => other,
-    }
-}
-
-/// Whether a file's size or modification time moved between two `fstat`s.
-fn file_changed(before: &Stat, after: &Stat) -> Option<String> {
-    #[allow(clippy::unnecessary_cast)]
-    let time = |st: &Stat| time_ns(st.st_mtime as i64, st.st_mtime_nsec as i64);
-    if before.st_size != after.st_size {
-        Some(format!(
-            "changed while being read (size {} -> {} bytes): stored as read",
-            before.st_size, after.st_size
-        ))
-    } else {
-        (time(before) != time(after))
-            .then(|| "changed while being read (modified again): stored as read".to_string())
-    }
-}
-
-fn read_file(
-    shared: &Shared<'_>,
-    chunker: &crate::chunker::Chunker,
-    buf: &mut Vec<u8>,
-    blobs: &Sender<BlobJob>,
-    job: &FileJob,
-) -> std::result::Result<FileRead, SourceError> {
-    let path = job.path.as_path();
-    let src_err = |message: String| SourceError {
-        path: path.to_path_buf(),
-        message,
-    };
-    #[cfg(test)]
-    test_hooks::run("before open", path);
-    let fd = match open_source(job.dir.as_fd(), &job.name) {
-        Ok(fd) => fd,
-        Err(Errno::LOOP) => {
-            let msg = "replaced while the backup ran (was a regular file, opened a symbolic link): not backed up";
-            return Err(src_err(msg.into()));
-        }
-        Err(e) => return Err(src_err(format!("cannot open: {e}"))),
-    };
-    let opened = rfs::fstat(&fd).map_err(|e| src_err(format!("cannot stat: {e}")))?;
-    if FileType::from_raw_mode(opened.st_mode) != FileType::RegularFile
-        || identity(&opened) != job.seen
-    {
-        return Err(src_err(replaced("a regular file", &opened)));
-    }
-    #[cfg(test)]
-    test_hooks::run("opened", path);
-    let file = File::from(fd);
-    let key = shared.repo.key();
-    let mut content = Vec::new();
-    let mut pipeline_closed = false;
-    let size = chunker
-        .chunk_stream_with::<_, std::io::Error>(buf, &file, |chunk| {
-            if crate::interrupt::requested() {
-                pipeline_closed = true;
-                return Err(std::io::Error::new(ErrorKind::Interrupted, "interrupted"));
-            }
-            let id = key.blob_id(chunk);
-            if let Some(ticket) = shared.claim(BlobType::Data, id) {
-                let job = BlobJob {
-                    ticket,
-                    blob_type: BlobType::Data,
-                    id,
-                    data: blob_buffer(chunk),
-                };
-                if blobs.send(job).is_err() {
-                    pipeline_closed = true;
-                    return Err(std::io::Error::new(
-                        ErrorKind::BrokenPipe,
-                        "pipeline stopped",
-                    ));
-                }
-            }
-            content.push(id);
-            Ok(())
-        })
-        .map_err(|e| {
-            src_err(if pipeline_closed {
-                "backup aborted".into()
-            } else {
-                format!("read error: {e}")
-            })
-        })?;
-    add(&shared.counters.bytes_read, size);
-    let after = rfs::fstat(&file).map_err(|e| src_err(format!("cannot stat: {e}")))?;
-    // A file that shrank or grew while it was read (or was rewritten in
-    // place) is stored as read, and said so: the backup exits 3.
-    let changed = file_changed(&opened, &after)
-        .or_else(|| {
-            (size != after.st_size.max(0) as u64).then(|| {
-                format!(
-                    "changed while being read (read {size} bytes of {}): stored as read",
-                    after.st_size
-                )
-            })
-        })
-        .map(src_err);
-    Ok(FileRead {
-        content,
-        size,
-        changed,
-    })
-}
-
 /// Test-only hooks into the walker and the file workers, to change a source entry at an
 /// exact point of its backup (what a concurrent writer can do at any time).
 #[cfg(test)]
@@ -714,117 +222,6 @@ pub(crate) mod test_hooks {
             hook(phase, path);
         }
     }
-}
-
-/// Assemble trees from the walker's events (in depth-first order) and store them.
-fn build_trees(shared: &Shared<'_>, events: Receiver<Event>, blobs: Sender<BlobJob>) -> Result<Id> {
-    struct Open {
-        node: Option<Node>,
-        parent_subtree: Option<Id>,
-        nodes: Vec<Node>,
-    }
-    let key = shared.repo.key();
-    let c = &shared.counters;
-    let mut stack: Vec<Open> = Vec::new();
-    for ev in events {
-        match ev {
-            Event::EnterDir {
-                node,
-                parent_subtree,
-            } => {
-                stack.push(Open {
-                    node,
-                    parent_subtree,
-                    nodes: Vec::new(),
-                });
-            }
-            Event::Entry(node) => {
-                if let Some(top) = stack.last_mut() {
-                    top.nodes.push(node);
-                }
-            }
-            Event::File {
-                mut node,
-                outcome,
-                reply,
-            } => {
-                if let Some(rx) = reply {
-                    match rx.recv() {
-                        Ok(Ok(read)) => {
-                            node.content = read.content;
-                            node.size = read.size;
-                            if let Some(e) = read.changed {
-                                shared.source_error(&e.path, e.message);
-                            }
-                        }
-                        Ok(Err(e)) => {
-                            shared.source_error(&e.path, e.message);
-                            continue;
-                        }
-                        Err(_) => return Err(Error::Internal("file worker stopped".into())),
-                    }
-                }
-                match outcome {
-                    FileOutcome::New => add(&c.files_new, 1),
-                    FileOutcome::Changed => add(&c.files_changed, 1),
-                    FileOutcome::Unmodified => add(&c.files_unmodified, 1),
-                }
-                add(&c.total_files, 1);
-                add(&c.total_bytes, node.size);
-                if let Some(top) = stack.last_mut() {
-                    top.nodes.push(node);
-                }
-            }
-            Event::LeaveDir => {
-                let Some(open) = stack.pop() else {
-                    return Err(Error::Internal("unbalanced directory events".into()));
-                };
-                let id = save_tree(shared, key, &blobs, open.nodes, open.parent_subtree)?;
-                let mut node = open
-                    .node
-                    .ok_or_else(|| Error::Internal("root directory closed".into()))?;
-                node.subtree = Some(id);
-                if let Some(top) = stack.last_mut() {
-                    top.nodes.push(node);
-                }
-            }
-        }
-    }
-    match (stack.pop(), stack.is_empty()) {
-        (Some(root), true) if root.node.is_none() => {
-            save_tree(shared, key, &blobs, root.nodes, root.parent_subtree)
-        }
-        _ => Err(Error::Internal("unbalanced directory events".into())),
-    }
-}
-
-fn save_tree(
-    shared: &Shared<'_>,
-    key: &crate::crypto::MasterKey,
-    blobs: &Sender<BlobJob>,
-    mut nodes: Vec<Node>,
-    parent_subtree: Option<Id>,
-) -> Result<Id> {
-    nodes.sort_by(|a, b| a.name.cmp(&b.name));
-    let bytes = Tree { nodes }.to_bytes();
-    let id = key.blob_id(&bytes);
-    let c = &shared.counters;
-    match parent_subtree {
-        None => add(&c.dirs_new, 1),
-        Some(p) if p == id => add(&c.dirs_unmodified, 1),
-        Some(_) => add(&c.dirs_changed, 1),
-    }
-    if let Some(ticket) = shared.claim(BlobType::Tree, id) {
-        blobs
-            .send(BlobJob {
-                ticket,
-                blob_type: BlobType::Tree,
-                id,
-                data: blob_buffer(&bytes),
-            })
-            .map_err(|_| Error::Internal("blob workers stopped".into()))?;
-    }
-    Ok(id)
 }
 
 /// Walk, read and build trees with `threads` workers per CPU-bound stage,
@@ -1036,6 +433,9 @@ mod tests {
     use super::*;
     use crate::backend::LocalBackend;
     use crate::repository::KdfCost;
+    use crate::tree::NodeType;
+    use rustix::fs::{self as rfs, FileType, Mode};
+    use std::collections::BTreeMap;
     use std::os::unix::fs::symlink;
 
     /// The agent's secret: what a swapped-in symlink points at.
