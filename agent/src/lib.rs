@@ -3,7 +3,7 @@
 //! and `docs/FORMAT.md` for the repository format.
 //!
 //! Two levels. The modules at the root own the repository format and its
-//! storage: chunking, crypto, blobs, packs, indexes, trees, snapshots, the
+//! storage: chunking, crypto, blobs, packs, indexes, trees and paths in them, snapshots, the
 //! backends, [`Repository`] and its writer. [`commands`] holds one module per
 //! operation over a repository (backup, restore, check, prune, ...), built
 //! from those parts and never the other way round.
@@ -27,6 +27,7 @@ pub mod pack;
 pub mod repository;
 pub mod snapshot;
 pub mod tree;
+pub mod treepath;
 pub mod writer;
 
 pub mod commands;

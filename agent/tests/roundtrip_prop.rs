@@ -133,8 +133,8 @@ proptest! {
         // The source's own tree is unchanged. (Trees of its ancestors, such as
         // /tmp, may change: other processes create files there.)
         let src_str = src.to_string_lossy().into_owned();
-        let (sub_first, _) = cairn::commands::ls::tree_at(&repo, &first.snapshot.tree, &src_str).unwrap();
-        let (sub_second, _) = cairn::commands::ls::tree_at(&repo, &second.snapshot.tree, &src_str).unwrap();
+        let (sub_first, _) = cairn::treepath::tree_at(&repo, &first.snapshot.tree, &src_str).unwrap();
+        let (sub_second, _) = cairn::treepath::tree_at(&repo, &second.snapshot.tree, &src_str).unwrap();
         prop_assert_eq!(sub_first, sub_second);
 
         let target = tmp.path().join("out");

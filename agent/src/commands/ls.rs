@@ -1,51 +1,26 @@
-//! Listing snapshot contents: a depth-first walk over a snapshot's trees.
+//! `ls`: the entries of a snapshot below a directory, depth-first.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::id::Id;
 use crate::repository::Repository;
 use crate::tree::Node;
+use crate::treepath::{tree_at, walk};
 
-/// Call `f(path, node)` for every entry below `tree` (depth-first, sorted),
-/// with paths starting at `base`.
+/// Call `f(path, node)` for every entry below the directory `path` (`/` for
+/// all) of the snapshot with root tree `root`, depth-first and sorted, with
+/// absolute paths in the snapshot.
 ///
 /// # Errors
-/// Unreadable trees; the first error `f` returns.
-pub fn walk(
+/// [`crate::Error::NotFound`] when the path does not exist or is not a
+/// directory; unreadable trees; the first error `f` returns.
+pub fn ls(
     repo: &Repository,
-    tree: &Id,
-    base: &Path,
+    root: &Id,
+    path: &str,
     f: &mut dyn FnMut(&Path, &Node) -> Result<()>,
 ) -> Result<()> {
-    let t = repo.load_tree(tree)?;
-    for node in &t.nodes {
-        let p = base.join(node.name.to_os());
-        f(&p, node)?;
-        if let Some(sub) = node.subtree {
-            walk(repo, &sub, &p, f)?;
-        }
-    }
-    Ok(())
-}
-
-/// The tree ID to list for `path` inside a snapshot with root `root`
-/// (the root itself for `/`), and the path it corresponds to.
-///
-/// # Errors
-/// [`Error::NotFound`] when the path does not exist or is not a directory.
-pub fn tree_at(repo: &Repository, root: &Id, path: &str) -> Result<(Id, PathBuf)> {
-    let mut id = *root;
-    let mut at = PathBuf::from("/");
-    for part in path.split('/').filter(|p| !p.is_empty()) {
-        let tree = repo.load_tree(&id)?;
-        let node = tree
-            .find(part.as_bytes())
-            .ok_or_else(|| Error::NotFound(format!("path {path} in the snapshot")))?;
-        id = node
-            .subtree
-            .ok_or_else(|| Error::NotFound(format!("directory {path} in the snapshot")))?;
-        at.push(part);
-    }
-    Ok((id, at))
+    let (tree, base) = tree_at(repo, root, path)?;
+    walk(repo, &tree, &base, f)
 }

@@ -134,10 +134,10 @@ pub fn list(cli: &Cli, args: &SnapshotsArgs) -> Result<ExitCode> {
 pub fn ls(cli: &Cli, args: &LsArgs) -> Result<ExitCode> {
     let repo = loaded(cli)?;
     let (_, snap) = repo.find_snapshot(&args.snapshot)?;
-    let (tree, base) = cairn::commands::ls::tree_at(&repo, &snap.tree, args.path.as_deref().unwrap_or("/"))?;
+    let dir = args.path.as_deref().unwrap_or("/");
     let mut entries = Vec::new();
     let mut out = std::io::stdout().lock();
-    cairn::commands::ls::walk(&repo, &tree, &base, &mut |path, node| {
+    cairn::commands::ls::ls(&repo, &snap.tree, dir, &mut |path, node| {
         if cli.json {
             entries.push(json!({
                 "path": path.to_string_lossy(),
