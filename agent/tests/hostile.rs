@@ -9,11 +9,11 @@ use std::path::Path;
 
 use cairn::backend::{FileKind, LocalBackend};
 use cairn::blob::{encode_blob, BlobType};
+use cairn::commands::restore::{restore, RestoreOptions};
 use cairn::id::Id;
 use cairn::index::IndexFile;
 use cairn::pack::PackWriter;
 use cairn::repository::{KdfCost, Repository};
-use cairn::restore::{restore, RestoreOptions};
 use cairn::snapshot::{Snapshot, Summary};
 use cairn::tree::{Node, NodeType, RawName, Tree};
 
@@ -339,7 +339,8 @@ fn a_raw_length_that_disagrees_with_the_pack_is_caught() {
         "{:?}",
         summary.errors
     );
-    let report = cairn::check::check(&mut repo, cairn::check::ReadData::None).unwrap();
+    let report =
+        cairn::commands::check::check(&mut repo, cairn::commands::check::ReadData::None).unwrap();
     let problems: Vec<String> = report.problems.iter().map(|p| format!("{p:?}")).collect();
     assert!(
         problems
@@ -369,7 +370,8 @@ fn nesting_beyond_the_depth_limit_is_reported_not_followed() {
     assert_eq!(summary.errors.len(), 1, "{:?}", summary.errors);
     assert!(summary.errors[0].message.contains("nested deeper"));
     assert_eq!(summary.dirs as usize, MAX_TREE_DEPTH);
-    let report = cairn::check::check(&mut repo, cairn::check::ReadData::None).unwrap();
+    let report =
+        cairn::commands::check::check(&mut repo, cairn::commands::check::ReadData::None).unwrap();
     assert!(
         report
             .problems
@@ -387,9 +389,9 @@ fn nesting_beyond_the_depth_limit_is_reported_not_followed() {
     }
     fs::create_dir_all(&deep).unwrap();
     repo.load_index().unwrap();
-    let result = cairn::archiver::backup(
+    let result = cairn::commands::backup::backup(
         &repo,
-        &cairn::archiver::BackupOptions {
+        &cairn::commands::backup::BackupOptions {
             paths: vec![src.clone()],
             ..Default::default()
         },

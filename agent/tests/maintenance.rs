@@ -9,9 +9,9 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use cairn::archiver::{self, BackupOptions};
 use cairn::backend;
-use cairn::prune::{prune, PruneOptions};
+use cairn::commands::backup::{self, BackupOptions};
+use cairn::commands::prune::{prune, PruneOptions};
 use cairn::Repository;
 use common::*;
 
@@ -239,7 +239,7 @@ fn prune_recovers_marked_packs_that_a_racing_backup_used() {
         paths: vec![src.clone()],
         ..BackupOptions::default()
     };
-    let r = archiver::backup(&racing, &opts).unwrap();
+    let r = backup::backup(&racing, &opts).unwrap();
     assert_eq!(r.snapshot.summary.data_blobs_added, 0, "deduplicated");
 
     // Even with grace 0, prune sees the racing snapshot and recovers its packs.

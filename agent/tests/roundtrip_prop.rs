@@ -8,11 +8,11 @@ use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;
 
-use cairn::archiver::{backup, BackupOptions};
 use cairn::backend::LocalBackend;
+use cairn::commands::backup::{backup, BackupOptions};
+use cairn::commands::restore::{restore, RestoreOptions};
 use cairn::constants::{CHUNK_MAX, CHUNK_MIN};
 use cairn::repository::{KdfCost, Repository};
-use cairn::restore::{restore, RestoreOptions};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -133,8 +133,8 @@ proptest! {
         // The source's own tree is unchanged. (Trees of its ancestors, such as
         // /tmp, may change: other processes create files there.)
         let src_str = src.to_string_lossy().into_owned();
-        let (sub_first, _) = cairn::ls::tree_at(&repo, &first.snapshot.tree, &src_str).unwrap();
-        let (sub_second, _) = cairn::ls::tree_at(&repo, &second.snapshot.tree, &src_str).unwrap();
+        let (sub_first, _) = cairn::treepath::tree_at(&repo, &first.snapshot.tree, &src_str).unwrap();
+        let (sub_second, _) = cairn::treepath::tree_at(&repo, &second.snapshot.tree, &src_str).unwrap();
         prop_assert_eq!(sub_first, sub_second);
 
         let target = tmp.path().join("out");

@@ -10,10 +10,10 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-use cairn::archiver::{self, BackupOptions, ChangeDetection, ParentChoice};
 use cairn::backend::{self, FileKind};
-use cairn::forget::GroupBy;
-use cairn::restore::{self, RestoreOptions};
+use cairn::commands::backup::{self, BackupOptions, ChangeDetection, ParentChoice};
+use cairn::commands::forget::GroupBy;
+use cairn::commands::restore::{self, RestoreOptions};
 use cairn::{Error, Repository};
 use cairn_protocol::{AgentCommand, AgentResult, BackupArgs, InitArgs, PruneOpts, RestoreArgs};
 
@@ -133,7 +133,7 @@ fn backup(cli: &Cli, args: &BackupArgs) -> Result<AgentResult> {
         },
         threads: 0,
     };
-    let r = archiver::backup(&repo, &opts)?;
+    let r = backup::backup(&repo, &opts)?;
     for e in &r.errors {
         eprintln!("cairn: warning: {}: {}", e.path.display(), e.message);
     }
@@ -146,7 +146,8 @@ fn backup(cli: &Cli, args: &BackupArgs) -> Result<AgentResult> {
             .filter(|(_, s)| s.hostname == args.id)
             .collect();
         forgotten =
-            cairn::forget::forget(&repo, &mine, &policy, GroupBy::default(), false)?.removed;
+            cairn::commands::forget::forget(&repo, &mine, &policy, GroupBy::default(), false)?
+                .removed;
     }
     let s = &r.snapshot.summary;
     Ok(AgentResult {
@@ -241,7 +242,7 @@ fn prune(cli: &Cli, opts: &PruneOpts) -> Result<AgentResult> {
     let options = prune_options(opts, false)?;
     let mut repo = open_repo(cli)?;
     let started = std::time::Instant::now();
-    let r = cairn::prune::prune(&mut repo, &options)?;
+    let r = cairn::commands::prune::prune(&mut repo, &options)?;
     Ok(AgentResult {
         packs_deleted: Some(r.packs_deleted),
         bytes_deleted: Some(r.bytes_deleted),

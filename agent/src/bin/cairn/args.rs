@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
 
-use cairn::forget::RetentionPolicy;
-use cairn::prune::PruneOptions;
+use cairn::commands::forget::RetentionPolicy;
+use cairn::commands::prune::PruneOptions;
 use cairn::repository::KdfCost;
 use cairn_protocol::{KdfArgs, KeepArgs, PruneOpts};
 

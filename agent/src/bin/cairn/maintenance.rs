@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use serde_json::json;
 
 use cairn::backend;
-use cairn::forget::{Forgotten, GroupBy};
+use cairn::commands::forget::{Forgotten, GroupBy};
 use cairn::Repository;
 use cairn_protocol::duration::format_fixed;
 
@@ -25,10 +25,10 @@ pub fn forget(cli: &Cli, args: &ForgetArgs) -> Result<ExitCode> {
     let mut repo = open_repo(cli)?;
     let snapshots = repo.snapshots()?;
     let Forgotten { groups, removed } =
-        cairn::forget::forget(&repo, &snapshots, &policy, group_by, args.dry_run)?;
+        cairn::commands::forget::forget(&repo, &snapshots, &policy, group_by, args.dry_run)?;
     if cli.json {
         let pruned = if args.prune {
-            Some(cairn::prune::prune(&mut repo, &prune_opts)?)
+            Some(cairn::commands::prune::prune(&mut repo, &prune_opts)?)
         } else {
             None
         };
@@ -98,9 +98,9 @@ pub fn prune(cli: &Cli, args: &PruneArgs) -> Result<ExitCode> {
 fn run_prune(
     cli: &Cli,
     repo: &mut Repository,
-    opts: &cairn::prune::PruneOptions,
+    opts: &cairn::commands::prune::PruneOptions,
 ) -> Result<ExitCode> {
-    let r = cairn::prune::prune(repo, opts)?;
+    let r = cairn::commands::prune::prune(repo, opts)?;
     if cli.json {
         print_json(&r)?;
         return Ok(ExitCode::SUCCESS);
@@ -162,7 +162,7 @@ fn run_prune(
 
 /// `cairn check`.
 pub fn check(cli: &Cli, args: &CheckArgs) -> Result<ExitCode> {
-    use cairn::check::{check, ReadData};
+    use cairn::commands::check::{check, ReadData};
     let read_data = match (&args.read_data_subset, args.read_data) {
         (Some(s), _) => s.parse::<ReadData>()?,
         (None, true) => ReadData::All,
@@ -207,7 +207,7 @@ pub fn check(cli: &Cli, args: &CheckArgs) -> Result<ExitCode> {
 /// `cairn repair index`.
 pub fn repair_index(cli: &Cli) -> Result<ExitCode> {
     let mut repo = open_repo(cli)?;
-    let report = cairn::repair::repair_index(&mut repo)?;
+    let report = cairn::commands::repair::repair_index(&mut repo)?;
     if cli.json {
         print_json(&report)?;
     } else {
@@ -248,7 +248,7 @@ pub fn copy(cli: &Cli, args: &CopyArgs) -> Result<ExitCode> {
         .with_context(|| format!("opening the target repository {}", args.to))?;
     src.load_index()?;
     dst.load_index()?;
-    let r = cairn::copy::copy(&src, &dst, &ids)?;
+    let r = cairn::commands::copy::copy(&src, &dst, &ids)?;
     if cli.json {
         print_json(&r)?;
         return Ok(ExitCode::SUCCESS);

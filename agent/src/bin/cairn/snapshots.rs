@@ -7,12 +7,12 @@ use std::process::ExitCode;
 use anyhow::{anyhow, bail, Result};
 use serde_json::json;
 
-use cairn::archiver::{self, BackupOptions, ChangeDetection, ParentChoice};
 use cairn::backend::FileKind;
 use cairn::blob::BlobType;
-use cairn::diff::diff_trees;
+use cairn::commands::backup::{self, BackupOptions, ChangeDetection, ParentChoice};
+use cairn::commands::diff::diff_trees;
+use cairn::commands::restore::{self, RestoreOptions};
 use cairn::pack;
-use cairn::restore::{self, RestoreOptions};
 use cairn::snapshot::Snapshot;
 use cairn::{Error, Id};
 
@@ -46,7 +46,7 @@ pub fn backup(cli: &Cli, args: &BackupArgs) -> Result<ExitCode> {
         change_detection,
         threads: args.threads,
     };
-    let result = archiver::backup(&repo, &opts)?;
+    let result = backup::backup(&repo, &opts)?;
     for e in &result.errors {
         eprintln!("cairn: warning: {}: {}", e.path.display(), e.message);
     }
@@ -134,10 +134,10 @@ pub fn list(cli: &Cli, args: &SnapshotsArgs) -> Result<ExitCode> {
 pub fn ls(cli: &Cli, args: &LsArgs) -> Result<ExitCode> {
     let repo = loaded(cli)?;
     let (_, snap) = repo.find_snapshot(&args.snapshot)?;
-    let (tree, base) = cairn::ls::tree_at(&repo, &snap.tree, args.path.as_deref().unwrap_or("/"))?;
+    let dir = args.path.as_deref().unwrap_or("/");
     let mut entries = Vec::new();
     let mut out = std::io::stdout().lock();
-    cairn::ls::walk(&repo, &tree, &base, &mut |path, node| {
+    cairn::commands::ls::ls(&repo, &snap.tree, dir, &mut |path, node| {
         if cli.json {
             entries.push(json!({
                 "path": path.to_string_lossy(),
@@ -187,7 +187,7 @@ pub fn diff(cli: &Cli, first: &str, second: &str) -> Result<ExitCode> {
             println!("{}    {}", d.change.code(), d.path.display());
         }
         let count = |c| out.iter().filter(|d| d.change == c).count();
-        use cairn::diff::Change;
+        use cairn::commands::diff::Change;
         println!(
             "\n{} added, {} removed, {} modified, {} metadata only",
             count(Change::Added),
@@ -301,7 +301,7 @@ pub fn stats(cli: &Cli, snapshots: &[String]) -> Result<ExitCode> {
         .iter()
         .map(|s| repo.find_snapshot(s).map(|(id, _)| id))
         .collect::<Result<Vec<Id>, Error>>()?;
-    let s = cairn::stats::stats(&repo, &ids)?;
+    let s = cairn::commands::stats::stats(&repo, &ids)?;
     if cli.json {
         print_json(&s)?;
     } else {

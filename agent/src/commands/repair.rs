@@ -15,7 +15,7 @@
 //! (its blobs are sealed one by one and may well be intact).
 
 use crate::backend::FileKind;
-use crate::check::read_pack_header;
+use crate::commands::check::read_pack_header;
 use crate::constants::INDEX_FLUSH_BLOBS;
 use crate::error::{Error, Result};
 use crate::id::Id;

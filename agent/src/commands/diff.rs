@@ -9,6 +9,7 @@ use crate::error::Result;
 use crate::id::Id;
 use crate::repository::Repository;
 use crate::tree::{Node, NodeType};
+use crate::treepath::walk;
 
 /// How an entry differs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -65,9 +66,13 @@ fn add_all(
         path: path.to_path_buf(),
     });
     if let Some(sub) = node.subtree {
-        for child in repo.load_tree(&sub)?.nodes {
-            add_all(repo, &child, &path.join(child.name.to_os()), change, out)?;
-        }
+        walk(repo, &sub, path, &mut |p, _| {
+            out.push(Difference {
+                change,
+                path: p.to_path_buf(),
+            });
+            Ok(())
+        })?;
     }
     Ok(())
 }

@@ -225,8 +225,8 @@ pub fn copy(src: &Repository, dst: &Repository, snapshots: &[Id]) -> Result<Copy
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::archiver::{backup, BackupOptions};
     use crate::backend::{Backend, LocalBackend};
+    use crate::commands::backup::{backup, BackupOptions};
     use crate::index::IndexFile;
     use crate::repository::KdfCost;
 

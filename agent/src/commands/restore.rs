@@ -33,6 +33,7 @@ use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::repository::Repository;
 use crate::tree::{Node, NodeType};
+use crate::treepath::entry_at;
 
 /// What to restore and where.
 #[derive(Clone, Debug, Default)]
@@ -711,28 +712,6 @@ fn sync_filesystem(dir: BorrowedFd<'_>, target: &Path) -> Result<()> {
     rfs::syncfs(dir).map_err(errno("sync", target))
 }
 
-/// Find the node at `subpath` inside the snapshot's root tree.
-fn find_subpath(repo: &Repository, root: &Id, subpath: &str) -> Result<Node> {
-    let mut tree = repo.load_tree(root)?;
-    let parts: Vec<&str> = subpath.split('/').filter(|p| !p.is_empty()).collect();
-    for (i, part) in parts.iter().enumerate() {
-        let node = tree
-            .find(part.as_bytes())
-            .cloned()
-            .ok_or_else(|| Error::NotFound(format!("path {subpath} in the snapshot")))?;
-        if i + 1 == parts.len() {
-            return Ok(node);
-        }
-        let sub = node.subtree.ok_or_else(|| {
-            Error::NotFound(format!(
-                "path {subpath} in the snapshot ({part} is not a directory)"
-            ))
-        })?;
-        tree = repo.load_tree(&sub)?;
-    }
-    Err(Error::InvalidInput("empty path".into()))
-}
-
 /// Restore a snapshot's tree (or the part chosen by `opts`) under `opts.target`.
 ///
 /// The repository index must be loaded. Entries that fail are listed in the
@@ -838,7 +817,7 @@ pub fn restore(repo: &Repository, root: &Id, opts: &RestoreOptions) -> Result<Re
             .filter(|s| !s.trim_matches('/').is_empty())
         {
             None => walk.tree(root, Path::new("/"), false),
-            Some(sub) => find_subpath(repo, root, sub).and_then(|node| {
+            Some(sub) => entry_at(repo, root, sub).and_then(|node| {
                 let snap_path = Path::new("/").join(sub.trim_start_matches('/'));
                 if node.node_type == NodeType::Dir {
                     // The directory's contents go straight into the target; the

@@ -9,9 +9,9 @@ use crate::backend::FileKind;
 use crate::blob::BlobType;
 use crate::error::Result;
 use crate::id::Id;
-use crate::ls::walk;
 use crate::repository::Repository;
 use crate::tree::NodeType;
+use crate::treepath::walk;
 
 /// Figures for `cairn stats`.
 #[derive(Clone, Debug, Default, Serialize)]
