@@ -11,6 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::constants::MAX_TREE_DEPTH;
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::repository::Repository;
@@ -90,19 +91,36 @@ pub fn entry_at(repo: &Repository, root: &Id, path: &str) -> Result<Node> {
 /// each entry before what is below it), with paths starting at `base`.
 ///
 /// # Errors
-/// Unreadable trees; the first error `f` returns.
+/// Unreadable trees; trees nested deeper than [`MAX_TREE_DEPTH`] (a crafted
+/// snapshot would otherwise overflow the stack); the first error `f` returns.
 pub fn walk(
     repo: &Repository,
     tree: &Id,
     base: &Path,
     f: &mut dyn FnMut(&Path, &Node) -> Result<()>,
 ) -> Result<()> {
+    walk_below(repo, tree, base, 0, f)
+}
+
+fn walk_below(
+    repo: &Repository,
+    tree: &Id,
+    base: &Path,
+    depth: usize,
+    f: &mut dyn FnMut(&Path, &Node) -> Result<()>,
+) -> Result<()> {
+    if depth >= MAX_TREE_DEPTH {
+        return Err(Error::corrupt(
+            format!("tree {tree}"),
+            format!("nested deeper than {MAX_TREE_DEPTH} directories"),
+        ));
+    }
     let t = repo.load_tree(tree)?;
     for node in &t.nodes {
         let p = base.join(node.name.to_os());
         f(&p, node)?;
         if let Some(sub) = node.subtree {
-            walk(repo, &sub, &p, f)?;
+            walk_below(repo, &sub, &p, depth + 1, f)?;
         }
     }
     Ok(())
@@ -207,5 +225,33 @@ mod tests {
         })
         .unwrap();
         assert_eq!(seen, ["/a", "/a/f", "/a/g", "/f"]);
+    }
+
+    #[test]
+    fn a_walk_stops_at_the_depth_limit_instead_of_overflowing_the_stack() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (repo, _, _) = snapshot(tmp.path());
+        // A chain of directories deeper than any walk may go.
+        let root = write_session(&repo, Indexing::Write, |w| {
+            let mut id = store(w, vec![node("f", NodeType::File)])?;
+            for _ in 0..MAX_TREE_DEPTH + 10 {
+                let mut d = node("d", NodeType::Dir);
+                d.subtree = Some(id);
+                id = store(w, vec![d])?;
+            }
+            Ok(id)
+        })
+        .unwrap()
+        .0;
+        let mut repo = Repository::open(Box::new(LocalBackend::new(tmp.path())), b"pw").unwrap();
+        repo.load_index().unwrap();
+        let mut seen = 0usize;
+        let e = walk(&repo, &root, Path::new("/"), &mut |_, _| {
+            seen += 1;
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("nested deeper than"), "{e}");
+        assert_eq!(seen, MAX_TREE_DEPTH);
     }
 }

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::error::Result;
+use crate::constants::MAX_TREE_DEPTH;
+use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::repository::Repository;
 use crate::tree::{Node, NodeType};
@@ -90,6 +91,13 @@ pub fn diff_trees(
 ) -> Result<()> {
     if a == b {
         return Ok(());
+    }
+    // Crafted snapshots could nest deep enough to overflow the stack.
+    if base.components().count() > MAX_TREE_DEPTH {
+        return Err(Error::corrupt(
+            format!("tree {b}"),
+            format!("nested deeper than {MAX_TREE_DEPTH} directories"),
+        ));
     }
     let (ta, tb) = (repo.load_tree(a)?, repo.load_tree(b)?);
     let (mut i, mut j) = (0, 0);
