@@ -359,7 +359,9 @@ const SAFE_SYSCTLS: &[&str] = &[
     "net.ipv4.tcp_keepalive_intvl",
     "net.ipv4.tcp_keepalive_probes",
     "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_rmem",
     "net.ipv4.tcp_syncookies",
+    "net.ipv4.tcp_wmem",
 ];
 
 /// The SELinux types Pod Security admits (with no user or role set).

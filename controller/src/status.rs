@@ -100,16 +100,23 @@ where
     if let Some(extra) = stale_fields(&stored["status"], &value) {
         tracing::debug!(name, ?extra, "removing status fields another manager left");
         let patch = serde_json::json!({ "status": extra });
-        api.patch_status(
-            name,
-            &PatchParams {
-                field_manager: Some(FIELD_MANAGER.into()),
-                ..PatchParams::default()
-            },
-            &Patch::Merge(&patch),
-        )
-        .await?;
-        ctx.metrics.status_writes.inc();
+        // Best effort: the apply is written, and failing the reconcile now
+        // would leave nothing for the retry to write (its status equals
+        // the stored one), so the leftovers would stay all the same.
+        match api
+            .patch_status(
+                name,
+                &PatchParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..PatchParams::default()
+                },
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => ctx.metrics.status_writes.inc(),
+            Err(e) => tracing::warn!(name, "removing status fields another manager left: {e}"),
+        }
     }
     Ok(())
 }
