@@ -156,31 +156,24 @@ pub async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Err
         }
         None => {
             // Restoring under a running application corrupts what it has
-            // open: wait until no pod uses the target.
-            if let Some(pod) = pod_using(&ctx.client, &ns, &target).await? {
-                let msg = format!(
+            // open, and two restores into one volume would interleave their
+            // writes: wait until no pod uses the target and no other
+            // restore Job writes to it.
+            let holder = match pod_using(&ctx.client, &ns, &target).await? {
+                Some(pod) => Some(format!(
                     "target PVC {target} is in use by pod {pod}: the restore waits until no pod \
                      mounts it (scale the application down)"
-                );
-                warn_once(
-                    &ctx,
-                    r.as_ref(),
-                    &old.conditions,
-                    "TargetInUse",
-                    msg.clone(),
-                )
-                .await;
-                status.conditions = vec![ready(false, "TargetInUse", &msg, generation)];
-                apply_status(&ctx, &api, &name, &old, &status).await?;
-                return Ok(Action::requeue(Duration::from_secs(30)));
-            }
-            // Two restores into one volume would interleave their writes.
-            if let Some(other) = restore_running(&ctx.client, &ns, &target, Some(&job_name)).await?
-            {
-                let msg = format!(
-                    "restore Job {other} is writing to target PVC {target}: this restore waits \
-                     until it ends"
-                );
+                )),
+                None => restore_running(&ctx.client, &ns, &target, Some(&job_name))
+                    .await?
+                    .map(|other| {
+                        format!(
+                            "restore Job {other} is writing to target PVC {target}: this \
+                             restore waits until it ends"
+                        )
+                    }),
+            };
+            if let Some(msg) = holder {
                 warn_once(
                     &ctx,
                     r.as_ref(),
