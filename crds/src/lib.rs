@@ -271,8 +271,10 @@ pub struct CaBundle {
     /// ConfigMap holding the bundle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_map_name: Option<String>,
-    /// Key of the PEM data.
-    #[schemars(length(min = 1))]
+    /// Key of the PEM data: a Secret or ConfigMap key name (it becomes a
+    /// file name under the CA mount, so it cannot leave it).
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[-._a-zA-Z0-9]+$') && self != '.' && self != '..'").message("key must be a Secret or ConfigMap key name"))]
     pub key: String,
 }
 

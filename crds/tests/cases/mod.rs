@@ -275,6 +275,16 @@ pub fn invalid() -> Vec<Invalid> {
             message: "subPath must be a relative path without .. components",
         },
         Invalid {
+            what: "CA bundle key that leaves the CA mount",
+            object: set(
+                repo.clone(),
+                "/spec/s3",
+                "caBundle",
+                json!({"secretName": "ca", "key": "../../data/fifo"}),
+            ),
+            message: "key must be a Secret or ConfigMap key name",
+        },
+        Invalid {
             what: "S3 endpoint without a scheme",
             object: set(
                 repo.clone(),
