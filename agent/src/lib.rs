@@ -34,4 +34,4 @@ pub mod commands;
 
 pub use error::{Error, Result};
 pub use id::Id;
-pub use repository::Repository;
+pub use repository::{IndexedRepository, Repository};

@@ -91,8 +91,60 @@ pub struct Repository {
     key: MasterKey,
     key_name: String,
     config: Config,
+}
+
+/// A repository with its index loaded: the only handle that can read blobs.
+///
+/// Backup, restore, copy, stats, ls and diff take this type, so a command
+/// cannot run against a repository whose index was never read (every blob
+/// would look new to a backup, and missing to a restore). Made by
+/// [`Repository::load_index`], or by [`Repository::with_index`] from an index
+/// that check or prune assembled themselves. It derefs to the [`Repository`]
+/// for everything that needs no index (snapshots, keys, metadata files).
+///
+/// ```
+/// # use cairn::{backend::LocalBackend, repository::KdfCost, Repository};
+/// # use cairn::commands::backup::{backup, BackupOptions};
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let cost = KdfCost { memory_kib: 1024, iterations: 1 };
+/// let repo = Repository::init(Box::new(LocalBackend::new(dir.path())), b"pw", cost)?;
+/// let opts = BackupOptions { paths: vec![dir.path().join("nothing")], ..Default::default() };
+/// let _ = backup(&repo.load_index()?, &opts);
+/// # Ok::<(), cairn::Error>(())
+/// ```
+///
+/// A repository whose index was never read does not compile as backup's argument:
+///
+/// ```compile_fail,E0308
+/// # use cairn::{backend::LocalBackend, repository::KdfCost, Repository};
+/// # use cairn::commands::backup::{backup, BackupOptions};
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let cost = KdfCost { memory_kib: 1024, iterations: 1 };
+/// let repo = Repository::init(Box::new(LocalBackend::new(dir.path())), b"pw", cost)?;
+/// let opts = BackupOptions { paths: vec![dir.path().join("nothing")], ..Default::default() };
+/// let _ = backup(&repo, &opts);
+/// # Ok::<(), cairn::Error>(())
+/// ```
+pub struct IndexedRepository<'r> {
+    repo: Held<'r>,
     index: Index,
-    index_loaded: bool,
+}
+
+/// The repository an [`IndexedRepository`] reads through: borrowed
+/// ([`Repository::load_index`]) or its own ([`Repository::into_indexed`]).
+enum Held<'r> {
+    Borrowed(&'r Repository),
+    Owned(Box<Repository>),
+}
+
+impl std::ops::Deref for IndexedRepository<'_> {
+    type Target = Repository;
+    fn deref(&self) -> &Repository {
+        match &self.repo {
+            Held::Borrowed(r) => r,
+            Held::Owned(r) => r,
+        }
+    }
 }
 
 const METADATA_RAW: u8 = 0;
@@ -375,9 +427,6 @@ impl Repository {
             key,
             key_name,
             config,
-            index: Index::new(),
-            // A repository just created has no index files: its empty index is complete.
-            index_loaded: true,
         })
     }
 
@@ -471,8 +520,6 @@ impl Repository {
                 key,
                 key_name: k.name.clone(),
                 config,
-                index: Index::new(),
-                index_loaded: false,
             });
         }
         match (config_problem, first_problem) {
@@ -669,14 +716,28 @@ impl Repository {
 
     // ---- index and blobs ----
 
-    /// Load every index file into memory (once).
+    /// Load every index file into memory.
     ///
     /// # Errors
     /// Storage errors; corrupt index files.
-    pub fn load_index(&mut self) -> Result<()> {
-        if self.index_loaded {
-            return Ok(());
-        }
+    pub fn load_index(&self) -> Result<IndexedRepository<'_>> {
+        Ok(self.with_index(self.read_index()?))
+    }
+
+    /// [`Repository::load_index`], for a caller that has no further use for
+    /// the repository without its index.
+    ///
+    /// # Errors
+    /// As [`Repository::load_index`].
+    pub fn into_indexed(self) -> Result<IndexedRepository<'static>> {
+        let index = self.read_index()?;
+        Ok(IndexedRepository {
+            repo: Held::Owned(Box::new(self)),
+            index,
+        })
+    }
+
+    fn read_index(&self) -> Result<Index> {
         let mut index = Index::new();
         let mut loaded = BTreeSet::new();
         // A concurrent prune replaces index files: it writes the new ones, then
@@ -718,24 +779,21 @@ impl Repository {
             }
         }
         index.finish();
-        self.index = index;
-        self.index_loaded = true;
-        Ok(())
+        Ok(index)
     }
 
-    /// Replace the in-memory index (used by `check`, which loads index files
-    /// one by one and reports the bad ones instead of stopping).
-    pub fn set_index(&mut self, index: Index) {
-        self.index = index;
-        self.index_loaded = true;
+    /// This repository with an index assembled elsewhere (check and prune
+    /// read index files themselves, to report or refuse bad ones).
+    pub fn with_index(&self, index: Index) -> IndexedRepository<'_> {
+        IndexedRepository {
+            repo: Held::Borrowed(self),
+            index,
+        }
     }
+}
 
-    /// Whether [`Repository::load_index`] (or [`Repository::set_index`]) ran.
-    pub fn index_loaded(&self) -> bool {
-        self.index_loaded
-    }
-
-    /// The loaded index (empty until [`Repository::load_index`]).
+impl IndexedRepository<'_> {
+    /// The loaded index.
     pub fn index(&self) -> &Index {
         &self.index
     }
@@ -764,26 +822,6 @@ impl Repository {
             loc.length,
         )?;
         decode_blob(&self.key, t, id, &stored, loc.raw_length).map_err(|e| in_pack(e, &loc.pack))
-    }
-
-    /// Decoding reserves `raw_length` bytes up front: an index entry may not
-    /// claim more than a blob can hold (a data blob, the chunker's maximum;
-    /// a tree, [`MAX_TREE_BLOB`]), or a forged entry and a zstd bomb could
-    /// make every restore worker allocate 4 GiB.
-    pub(crate) fn check_raw_length(&self, t: BlobType, id: &Id, raw_length: u32) -> Result<()> {
-        let max = match t {
-            BlobType::Data => self.config.chunker.max as u64,
-            BlobType::Tree => MAX_TREE_BLOB,
-        };
-        if u64::from(raw_length) > max {
-            return Err(Error::corrupt(
-                format!("{t} blob {id}"),
-                format!(
-                    "the index records {raw_length} bytes, more than such a blob holds ({max})"
-                ),
-            ));
-        }
-        Ok(())
     }
 
     /// Read data blobs in order, calling `f` with each plaintext. Blobs that lie
@@ -864,6 +902,28 @@ impl Repository {
         tree.validate()
             .map_err(|reason| Error::corrupt(format!("tree {id}"), reason))?;
         Ok(tree)
+    }
+}
+
+impl Repository {
+    /// Decoding reserves `raw_length` bytes up front: an index entry may not
+    /// claim more than a blob can hold (a data blob, the chunker's maximum;
+    /// a tree, [`MAX_TREE_BLOB`]), or a forged entry and a zstd bomb could
+    /// make every restore worker allocate 4 GiB.
+    pub(crate) fn check_raw_length(&self, t: BlobType, id: &Id, raw_length: u32) -> Result<()> {
+        let max = match t {
+            BlobType::Data => self.config.chunker.max as u64,
+            BlobType::Tree => MAX_TREE_BLOB,
+        };
+        if u64::from(raw_length) > max {
+            return Err(Error::corrupt(
+                format!("{t} blob {id}"),
+                format!(
+                    "the index records {raw_length} bytes, more than such a blob holds ({max})"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     // ---- keys ----

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use crate::constants::MAX_TREE_DEPTH;
 use crate::error::{Error, Result};
 use crate::id::Id;
-use crate::repository::Repository;
+use crate::repository::IndexedRepository;
 use crate::tree::Node;
 
 /// Where a path inside a snapshot leads.
@@ -34,7 +34,7 @@ enum Lookup {
 /// # Errors
 /// [`Error::NotFound`] when an entry along the path does not exist;
 /// unreadable trees.
-fn lookup(repo: &Repository, root: &Id, path: &str) -> Result<Lookup> {
+fn lookup(repo: &IndexedRepository<'_>, root: &Id, path: &str) -> Result<Lookup> {
     let mut tree_id = *root;
     let mut parts = path.split('/').filter(|p| !p.is_empty()).peekable();
     while let Some(part) = parts.next() {
@@ -59,7 +59,7 @@ fn lookup(repo: &Repository, root: &Id, path: &str) -> Result<Lookup> {
 /// # Errors
 /// [`Error::NotFound`] when the path does not exist or is not a directory;
 /// unreadable trees.
-pub fn tree_at(repo: &Repository, root: &Id, path: &str) -> Result<(Id, PathBuf)> {
+pub fn tree_at(repo: &IndexedRepository<'_>, root: &Id, path: &str) -> Result<(Id, PathBuf)> {
     let not_a_directory = || Error::NotFound(format!("directory {path} in the snapshot"));
     let id = match lookup(repo, root, path)? {
         Lookup::Root => *root,
@@ -77,7 +77,7 @@ pub fn tree_at(repo: &Repository, root: &Id, path: &str) -> Result<(Id, PathBuf)
 /// [`Error::NotFound`] when the path does not exist or passes through an
 /// entry that is not a directory; [`Error::InvalidInput`] for a path without
 /// components (the root is no entry); unreadable trees.
-pub fn entry_at(repo: &Repository, root: &Id, path: &str) -> Result<Node> {
+pub fn entry_at(repo: &IndexedRepository<'_>, root: &Id, path: &str) -> Result<Node> {
     match lookup(repo, root, path)? {
         Lookup::Entry(node) => Ok(node),
         Lookup::NotADirectory(part) => Err(Error::NotFound(format!(
@@ -94,7 +94,7 @@ pub fn entry_at(repo: &Repository, root: &Id, path: &str) -> Result<Node> {
 /// Unreadable trees; trees nested deeper than [`MAX_TREE_DEPTH`] (a crafted
 /// snapshot would otherwise overflow the stack); the first error `f` returns.
 pub fn walk(
-    repo: &Repository,
+    repo: &IndexedRepository<'_>,
     tree: &Id,
     base: &Path,
     f: &mut dyn FnMut(&Path, &Node) -> Result<()>,
@@ -103,7 +103,7 @@ pub fn walk(
 }
 
 fn walk_below(
-    repo: &Repository,
+    repo: &IndexedRepository<'_>,
     tree: &Id,
     base: &Path,
     depth: usize,
@@ -132,6 +132,7 @@ mod tests {
     use crate::backend::LocalBackend;
     use crate::blob::BlobType;
     use crate::repository::KdfCost;
+    use crate::repository::Repository;
     use crate::tree::{NodeType, RawName, Tree};
     use crate::writer::{write_session, Indexing, Writer};
 
@@ -149,13 +150,13 @@ mod tests {
     }
 
     /// `/a/f`, `/a/g` and `/f` (a file).
-    fn snapshot(dir: &Path) -> (Repository, Id, Id) {
+    fn snapshot(dir: &Path) -> (IndexedRepository<'static>, Id, Id) {
         let cost = KdfCost {
             memory_kib: 1024,
             iterations: 1,
         };
-        let mut repo = Repository::init(Box::new(LocalBackend::new(dir)), b"pw", cost).unwrap();
-        repo.load_index().unwrap();
+        let repo = Repository::init(Box::new(LocalBackend::new(dir)), b"pw", cost).unwrap();
+        let repo = repo.load_index().unwrap();
         let ((root, a), _) = write_session(&repo, Indexing::Write, |w| {
             let a = store(
                 w,
@@ -167,9 +168,8 @@ mod tests {
             Ok((root, a))
         })
         .unwrap();
-        let mut repo = Repository::open(Box::new(LocalBackend::new(dir)), b"pw").unwrap();
-        repo.load_index().unwrap();
-        (repo, root, a)
+        let repo = Repository::open(Box::new(LocalBackend::new(dir)), b"pw").unwrap();
+        (repo.into_indexed().unwrap(), root, a)
     }
 
     #[test]
@@ -243,8 +243,8 @@ mod tests {
         })
         .unwrap()
         .0;
-        let mut repo = Repository::open(Box::new(LocalBackend::new(tmp.path())), b"pw").unwrap();
-        repo.load_index().unwrap();
+        let repo = Repository::open(Box::new(LocalBackend::new(tmp.path())), b"pw").unwrap();
+        let repo = repo.load_index().unwrap();
         let mut seen = 0usize;
         let e = walk(&repo, &root, Path::new("/"), &mut |_, _| {
             seen += 1;

@@ -44,7 +44,7 @@ use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::index::IndexFile;
 use crate::pack::{FinishedPack, PackWriter, PackedBlob, StagedPack, StagedPackWriter};
-use crate::repository::Repository;
+use crate::repository::{IndexedRepository, Repository};
 
 /// How often the timer looks whether an index file is due.
 const TICK: Duration = Duration::from_secs(1);
@@ -150,7 +150,7 @@ struct Counters {
 
 /// State shared by the writer's callers and its threads.
 struct State<'r> {
-    repo: &'r Repository,
+    repo: &'r IndexedRepository<'r>,
     indexing: Indexing,
     failed: AtomicBool,
     fatal: Mutex<Option<Error>>,
@@ -309,7 +309,7 @@ pub struct Writer<'s, 'r> {
 
 impl Writer<'_, '_> {
     /// The repository written to.
-    pub fn repo(&self) -> &Repository {
+    pub fn repo(&self) -> &IndexedRepository<'_> {
         self.state.repo
     }
 
@@ -629,7 +629,7 @@ fn upload_packs(state: &State<'_>, packs: Receiver<ReadyPack>) {
 /// packs uploaded so far are indexed first (best effort), so that a later
 /// backup reuses them; open packs are dropped.
 pub fn write_session<R>(
-    repo: &Repository,
+    repo: &IndexedRepository<'_>,
     indexing: Indexing,
     body: impl FnOnce(&Writer<'_, '_>) -> Result<R>,
 ) -> Result<(R, WriteReport)> {
@@ -637,18 +637,11 @@ pub fn write_session<R>(
 }
 
 fn session<R>(
-    repo: &Repository,
+    repo: &IndexedRepository<'_>,
     indexing: Indexing,
     interval: Duration,
     body: impl FnOnce(&Writer<'_, '_>) -> Result<R>,
 ) -> Result<(R, WriteReport)> {
-    // Without the index every blob would look new: a forgotten load_index
-    // silently turned deduplication off.
-    if !repo.index_loaded() {
-        return Err(Error::Internal(
-            "the repository's index must be loaded before writing to it".into(),
-        ));
-    }
     let state = State {
         repo,
         indexing,
@@ -805,9 +798,7 @@ mod tests {
             memory_kib: 1024,
             iterations: 1,
         };
-        let mut r = Repository::init(Box::new(LocalBackend::new(dir)), b"pw", cost).unwrap();
-        r.load_index().unwrap();
-        r
+        Repository::init(Box::new(LocalBackend::new(dir)), b"pw", cost).unwrap()
     }
 
     /// The index files written so far, in no particular order, as the blob
@@ -844,6 +835,7 @@ mod tests {
     fn a_tree_is_indexed_only_after_the_blobs_claimed_before_it() {
         let tmp = tempfile::tempdir().unwrap();
         let repo = repo(tmp.path());
+        let repo = repo.load_index().unwrap();
         let data = b"file content".to_vec();
         let data_id = repo.key().blob_id(&data);
         let tree = b"a tree that lists the file".to_vec();
@@ -877,6 +869,7 @@ mod tests {
     fn a_failed_session_indexes_what_it_uploaded() {
         let tmp = tempfile::tempdir().unwrap();
         let repo = repo(tmp.path());
+        let repo = repo.load_index().unwrap();
         let data = vec![3u8; 100_000];
         let data_id = repo.key().blob_id(&data);
         let failed = write_session(&repo, Indexing::Write, |w| -> Result<()> {
@@ -896,6 +889,7 @@ mod tests {
     fn a_claim_never_saved_is_an_error() {
         let tmp = tempfile::tempdir().unwrap();
         let repo = repo(tmp.path());
+        let repo = repo.load_index().unwrap();
         let id = repo.key().blob_id(b"x");
         let r = write_session(&repo, Indexing::Write, |w| {
             let _never_saved = w.claim(BlobType::Data, id);
@@ -910,6 +904,7 @@ mod tests {
     fn uploaded_packs_are_indexed_on_time_without_further_uploads() {
         let tmp = tempfile::tempdir().unwrap();
         let repo = repo(tmp.path());
+        let repo = repo.load_index().unwrap();
         let data = vec![5u8; 10_000];
         let data_id = repo.key().blob_id(&data);
         session(&repo, Indexing::Write, Duration::from_millis(200), |w| {
@@ -935,6 +930,7 @@ mod tests {
     fn after_flush_every_saved_blob_is_indexed() {
         let tmp = tempfile::tempdir().unwrap();
         let repo = repo(tmp.path());
+        let repo = repo.load_index().unwrap();
         write_session(&repo, Indexing::Write, |w| {
             for i in 0..200u32 {
                 let plain = i.to_le_bytes().repeat(100);
@@ -959,6 +955,7 @@ mod tests {
     fn a_panicking_body_does_not_hang_the_session() {
         let tmp = tempfile::tempdir().unwrap();
         let repo = repo(tmp.path());
+        let repo = repo.load_index().unwrap();
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             write_session(&repo, Indexing::Write, |_| -> Result<()> {
                 panic!("a bug")
@@ -968,15 +965,6 @@ mod tests {
     }
 
     /// Writing without a loaded index would store every blob again.
-    #[test]
-    fn a_repository_without_its_index_is_refused() {
-        let tmp = tempfile::tempdir().unwrap();
-        repo(tmp.path());
-        let unloaded = Repository::open(Box::new(LocalBackend::new(tmp.path())), b"pw").unwrap();
-        let r = write_session(&unloaded, Indexing::Write, |_| Ok(()));
-        assert!(matches!(r, Err(Error::Internal(m)) if m.contains("index must be loaded")));
-    }
-
     /// A local backend whose index writes take 300 ms (an S3 PUT) and, while
     /// `fail_index` is above zero, then fail.
     struct SlowIndex {
@@ -1031,9 +1019,7 @@ mod tests {
             inner: LocalBackend::new(dir),
             fail_index: std::sync::atomic::AtomicUsize::new(fail),
         };
-        let mut r = Repository::open(Box::new(backend), b"pw").unwrap();
-        r.load_index().unwrap();
-        r
+        Repository::open(Box::new(backend), b"pw").unwrap()
     }
 
     /// With an index due at every upload (a copy running for more than the
@@ -1044,6 +1030,7 @@ mod tests {
     fn flush_waits_for_an_index_write_in_progress_elsewhere() {
         let tmp = tempfile::tempdir().unwrap();
         let repo = slow_repo(tmp.path(), 0);
+        let repo = repo.load_index().unwrap();
         session(&repo, Indexing::Write, Duration::ZERO, |w| {
             for i in 0..10u32 {
                 let plain = i.to_le_bytes().repeat(100);
@@ -1069,6 +1056,7 @@ mod tests {
     fn a_failed_index_write_loses_nothing() {
         let tmp = tempfile::tempdir().unwrap();
         let repo = slow_repo(tmp.path(), 1);
+        let repo = repo.load_index().unwrap();
         let plain = vec![9u8; 5000];
         let id = repo.key().blob_id(&plain);
         let r = session(&repo, Indexing::Write, Duration::ZERO, |w| {
@@ -1089,6 +1077,7 @@ mod tests {
     fn collect_mode_returns_the_packs_and_writes_no_index() {
         let tmp = tempfile::tempdir().unwrap();
         let repo = repo(tmp.path());
+        let repo = repo.load_index().unwrap();
         let ((), report) = write_session(&repo, Indexing::Collect, |w| {
             for i in 0..3u8 {
                 let plain = vec![i; 1000];

@@ -100,9 +100,7 @@ impl Forger {
             summary: Summary::default(),
         };
         self.repo.save_json(FileKind::Snapshot, &snap).unwrap();
-        let mut repo = Repository::open(Box::new(LocalBackend::new(dir)), b"pw").unwrap();
-        repo.load_index().unwrap();
-        repo
+        Repository::open(Box::new(LocalBackend::new(dir)), b"pw").unwrap()
     }
 }
 
@@ -174,7 +172,7 @@ fn a_duplicate_name_cannot_redirect_a_restore_outside_its_target() {
     let repo = f.finish(root, &repo_dir);
 
     let target = tmp.path().join("target");
-    let err = restore(&repo, &root, &opts(&target)).unwrap_err();
+    let err = restore(&repo.load_index().unwrap(), &root, &opts(&target)).unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("\"a\" repeats \"a\""), "{msg}");
     assert_eq!(
@@ -222,7 +220,7 @@ fn a_hostile_subtree_is_reported_and_the_rest_restored() {
         owner: Some(false),
         ..opts(&target)
     };
-    let summary = restore(&repo, &root, &no_owner).unwrap();
+    let summary = restore(&repo.load_index().unwrap(), &root, &no_owner).unwrap();
     let mut errors: Vec<String> = summary
         .errors
         .iter()
@@ -275,7 +273,7 @@ fn symlinks_in_the_target_are_replaced_not_followed() {
     fs::create_dir(&target).unwrap();
     std::os::unix::fs::symlink(outside.join("etc"), target.join("etc")).unwrap();
     std::os::unix::fs::symlink(outside.join("h"), target.join("h")).unwrap();
-    let summary = restore(&repo, &root, &opts(&target)).unwrap();
+    let summary = restore(&repo.load_index().unwrap(), &root, &opts(&target)).unwrap();
     assert!(summary.errors.is_empty(), "{:?}", summary.errors);
     assert_eq!(
         fingerprint(&outside),
@@ -304,13 +302,13 @@ fn a_raw_length_that_disagrees_with_the_pack_is_caught() {
     let data_id = file.content[0];
     let nodes = vec![file];
     let root = f.tree(nodes);
-    let mut repo = f.finish_with(root, &repo_dir, |blobs| {
+    let repo = f.finish_with(root, &repo_dir, |blobs| {
         for b in blobs.iter_mut().filter(|b| b.id == data_id) {
             b.raw_length += 1;
         }
     });
     let target = tmp.path().join("target");
-    let summary = restore(&repo, &root, &opts(&target)).unwrap();
+    let summary = restore(&repo.load_index().unwrap(), &root, &opts(&target)).unwrap();
     assert_eq!(summary.errors.len(), 1, "{:?}", summary.errors);
     assert!(
         summary.errors[0].message.contains("index records 13"),
@@ -331,7 +329,12 @@ fn a_raw_length_that_disagrees_with_the_pack_is_caught() {
             b.raw_length = 3 << 30;
         }
     });
-    let summary = restore(&repo2, &root2, &opts(&tmp2.path().join("t"))).unwrap();
+    let summary = restore(
+        &repo2.load_index().unwrap(),
+        &root2,
+        &opts(&tmp2.path().join("t")),
+    )
+    .unwrap();
     assert!(
         summary.errors[0]
             .message
@@ -340,7 +343,7 @@ fn a_raw_length_that_disagrees_with_the_pack_is_caught() {
         summary.errors
     );
     let report =
-        cairn::commands::check::check(&mut repo, cairn::commands::check::ReadData::None).unwrap();
+        cairn::commands::check::check(&repo, cairn::commands::check::ReadData::None).unwrap();
     let problems: Vec<String> = report.problems.iter().map(|p| format!("{p:?}")).collect();
     assert!(
         problems
@@ -364,14 +367,14 @@ fn nesting_beyond_the_depth_limit_is_reported_not_followed() {
         d.subtree = Some(id);
         id = f.tree(vec![d]);
     }
-    let mut repo = f.finish(id, &repo_dir);
+    let repo = f.finish(id, &repo_dir);
     let target = tmp.path().join("target");
-    let summary = restore(&repo, &id, &opts(&target)).unwrap();
+    let summary = restore(&repo.load_index().unwrap(), &id, &opts(&target)).unwrap();
     assert_eq!(summary.errors.len(), 1, "{:?}", summary.errors);
     assert!(summary.errors[0].message.contains("nested deeper"));
     assert_eq!(summary.dirs as usize, MAX_TREE_DEPTH);
     let report =
-        cairn::commands::check::check(&mut repo, cairn::commands::check::ReadData::None).unwrap();
+        cairn::commands::check::check(&repo, cairn::commands::check::ReadData::None).unwrap();
     assert!(
         report
             .problems
@@ -388,9 +391,8 @@ fn nesting_beyond_the_depth_limit_is_reported_not_followed() {
         deep.push("d");
     }
     fs::create_dir_all(&deep).unwrap();
-    repo.load_index().unwrap();
     let result = cairn::commands::backup::backup(
-        &repo,
+        &repo.load_index().unwrap(),
         &cairn::commands::backup::BackupOptions {
             paths: vec![src.clone()],
             ..Default::default()
@@ -425,7 +427,7 @@ fn paths_longer_than_path_max_restore_with_metadata_and_links() {
     }
     let repo = f.finish(id, &repo_dir);
     let target = tmp.path().join("target");
-    let summary = restore(&repo, &id, &opts(&target)).unwrap();
+    let summary = restore(&repo.load_index().unwrap(), &id, &opts(&target)).unwrap();
     assert!(summary.errors.is_empty(), "{:?}", summary.errors);
     assert_eq!(summary.dirs, 30);
     assert_eq!(summary.others, 1); // the hard link

@@ -220,9 +220,9 @@ fn prune_recovers_marked_packs_that_a_racing_backup_used() {
         .to_string();
 
     // A backup process opens the repository and loads the index...
-    let mut racing =
+    let racing =
         Repository::open(backend::open(&env.location).unwrap(), PASSWORD.as_bytes()).unwrap();
-    racing.load_index().unwrap();
+    let racing = racing.load_index().unwrap();
     // ...then the only snapshot is forgotten and prune marks every pack.
     env.ok(&["forget", "--keep-tag", "none-such"]);
     assert_eq!(
@@ -243,10 +243,10 @@ fn prune_recovers_marked_packs_that_a_racing_backup_used() {
     assert_eq!(r.snapshot.summary.data_blobs_added, 0, "deduplicated");
 
     // Even with grace 0, prune sees the racing snapshot and recovers its packs.
-    let mut repo =
+    let repo =
         Repository::open(backend::open(&env.location).unwrap(), PASSWORD.as_bytes()).unwrap();
     let rep = prune(
-        &mut repo,
+        &repo,
         &PruneOptions {
             grace: Duration::ZERO,
             max_unused_percent: 100.0,

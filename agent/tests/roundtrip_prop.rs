@@ -115,21 +115,21 @@ proptest! {
 
         let cost = KdfCost { memory_kib: 1024, iterations: 1 };
         let repo_path = tmp.path().join("repo");
-        let mut repo = Repository::init(Box::new(LocalBackend::new(&repo_path)), b"pw", cost).unwrap();
-        repo.load_index().unwrap();
+        let repo = Repository::init(Box::new(LocalBackend::new(&repo_path)), b"pw", cost).unwrap();
+        let repo = repo.load_index().unwrap();
         let opts = BackupOptions { paths: vec![src.clone()], ..Default::default() };
         let first = backup(&repo, &opts).unwrap();
         prop_assert!(first.errors.is_empty(), "{:?}", first.errors);
 
         // a freshly opened repository sees everything (nothing only in memory)
-        let mut repo = Repository::open(Box::new(LocalBackend::new(&repo_path)), b"pw").unwrap();
-        repo.load_index().unwrap();
+        let repo = Repository::open(Box::new(LocalBackend::new(&repo_path)), b"pw").unwrap();
+        let repo = repo.load_index().unwrap();
         let second = backup(&repo, &opts).unwrap();
         prop_assert_eq!(second.snapshot.summary.bytes_read, 0);
         prop_assert_eq!(second.snapshot.summary.data_blobs_added, 0);
         // reopen: the second backup's new trees (changed ancestors) are in the index now
-        let mut repo = Repository::open(Box::new(LocalBackend::new(&repo_path)), b"pw").unwrap();
-        repo.load_index().unwrap();
+        let repo = Repository::open(Box::new(LocalBackend::new(&repo_path)), b"pw").unwrap();
+        let repo = repo.load_index().unwrap();
         // The source's own tree is unchanged. (Trees of its ancestors, such as
         // /tmp, may change: other processes create files there.)
         let src_str = src.to_string_lossy().into_owned();

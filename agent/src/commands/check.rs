@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::index::{Index, IndexFile};
 use crate::pack;
-use crate::repository::Repository;
+use crate::repository::{IndexedRepository, Repository};
 use crate::snapshot::Snapshot;
 use crate::tree::{NodeType, Tree};
 
@@ -121,7 +121,7 @@ type ListedBlob = (BlobType, Id, u32, u32, u32);
 /// skips it.
 const NOT_AN_ID: &str = "name is not an ID: not a Cairn file (other commands skip it)";
 
-pub fn check(repo: &mut Repository, read_data: ReadData) -> Result<CheckReport> {
+pub fn check(repo: &Repository, read_data: ReadData) -> Result<CheckReport> {
     let mut report = CheckReport::default();
     // Snapshots are listed first: a backup writes its index before its
     // snapshot, so a backup finishing during the check is not mistaken for
@@ -174,7 +174,7 @@ pub fn check(repo: &mut Repository, read_data: ReadData) -> Result<CheckReport> 
         }
     }
     index.finish();
-    repo.set_index(index);
+    let repo = repo.with_index(index);
 
     // 2. Packs: present, headers agree with the index.
     let stored: BTreeMap<Id, u64> = repo
@@ -201,7 +201,7 @@ pub fn check(repo: &mut Repository, read_data: ReadData) -> Result<CheckReport> 
             continue; // marked by prune while in no index: its contents were never listed
         }
         report.packs_checked += 1;
-        match read_pack_header(repo, pack_id, size) {
+        match read_pack_header(&repo, pack_id, size) {
             Ok(header) => {
                 let mut a: Vec<_> = header
                     .iter()
@@ -231,7 +231,7 @@ pub fn check(repo: &mut Repository, read_data: ReadData) -> Result<CheckReport> 
         report.snapshots += 1;
         match repo.load_json::<Snapshot>(FileKind::Snapshot, &id) {
             Ok(s) => check_tree(
-                repo,
+                &repo,
                 &stored,
                 &s.tree,
                 &format!("snapshot {}", id.short()),
@@ -342,7 +342,7 @@ pub fn read_pack_header(repo: &Repository, id: &Id, size: u64) -> Result<Vec<pac
 }
 
 fn check_tree(
-    repo: &Repository,
+    repo: &IndexedRepository<'_>,
     stored: &BTreeMap<Id, u64>,
     id: &Id,
     context: &str,
@@ -382,7 +382,7 @@ fn check_tree(
 
 /// The data blobs of one tree's files: indexed, in a pack that exists.
 fn check_nodes(
-    repo: &Repository,
+    repo: &IndexedRepository<'_>,
     stored: &BTreeMap<Id, u64>,
     tree: &Tree,
     id: &Id,

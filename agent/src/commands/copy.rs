@@ -27,7 +27,7 @@ use crate::backend::FileKind;
 use crate::blob::BlobType;
 use crate::error::{Error, Result};
 use crate::id::Id;
-use crate::repository::Repository;
+use crate::repository::IndexedRepository;
 use crate::snapshot::Snapshot;
 use crate::tree::{NodeType, Tree};
 use crate::writer::{write_session, Indexing, Writer};
@@ -58,7 +58,7 @@ pub struct CopyReport {
 }
 
 struct Copier<'a, 'w> {
-    src: &'a Repository,
+    src: &'a IndexedRepository<'a>,
     dst: &'w Writer<'w, 'w>,
     same_ids: bool,
     /// Source blob ID → target blob ID (different-key mode), or blobs known
@@ -168,7 +168,11 @@ impl Copier<'_, '_> {
 ///
 /// # Errors
 /// Storage errors; corrupt source objects (named).
-pub fn copy(src: &Repository, dst: &Repository, snapshots: &[Id]) -> Result<CopyReport> {
+pub fn copy(
+    src: &IndexedRepository<'_>,
+    dst: &IndexedRepository<'_>,
+    snapshots: &[Id],
+) -> Result<CopyReport> {
     let all = src.snapshots()?;
     let selected: Vec<(Id, Snapshot)> = if snapshots.is_empty() {
         all
@@ -229,16 +233,16 @@ mod tests {
     use crate::commands::backup::{backup, BackupOptions};
     use crate::index::IndexFile;
     use crate::repository::KdfCost;
+    use crate::repository::Repository;
 
     const COST: KdfCost = KdfCost {
         memory_kib: 1024,
         iterations: 1,
     };
 
-    fn open(dir: &std::path::Path) -> Repository {
-        let mut r = Repository::open(Box::new(LocalBackend::new(dir)), b"pw").unwrap();
-        r.load_index().unwrap();
-        r
+    fn open(dir: &std::path::Path) -> IndexedRepository<'static> {
+        let r = Repository::open(Box::new(LocalBackend::new(dir)), b"pw").unwrap();
+        r.into_indexed().unwrap()
     }
 
     /// What a prune that ran after `forget` leaves: the target's one index
@@ -266,7 +270,7 @@ mod tests {
     }
 
     /// Every data blob under `tree` must be in a live pack of `repo`.
-    fn assert_data_live(repo: &Repository, tree: &Id) {
+    fn assert_data_live(repo: &IndexedRepository<'_>, tree: &Id) {
         let mut stack = vec![*tree];
         while let Some(id) = stack.pop() {
             for node in repo.load_tree(&id).unwrap().nodes {
@@ -294,8 +298,8 @@ mod tests {
         std::fs::write(data.join("top"), b"top level").unwrap();
         let src_dir = tmp.path().join("src");
         let dst_dir = tmp.path().join("dst");
-        let mut src = Repository::init(Box::new(LocalBackend::new(&src_dir)), b"pw", COST).unwrap();
-        src.load_index().unwrap();
+        let src = Repository::init(Box::new(LocalBackend::new(&src_dir)), b"pw", COST).unwrap();
+        let src = src.load_index().unwrap();
         let dst_backend = Box::new(LocalBackend::new(&dst_dir));
         Repository::init_from(dst_backend, b"pw", COST, Some(&src)).unwrap();
         let snap = backup(

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::constants::MAX_TREE_DEPTH;
 use crate::error::{Error, Result};
 use crate::id::Id;
-use crate::repository::Repository;
+use crate::repository::IndexedRepository;
 use crate::tree::{Node, NodeType};
 use crate::treepath::walk;
 
@@ -56,7 +56,7 @@ fn metadata_differs(a: &Node, b: &Node) -> bool {
 }
 
 fn add_all(
-    repo: &Repository,
+    repo: &IndexedRepository<'_>,
     node: &Node,
     path: &Path,
     change: Change,
@@ -83,7 +83,7 @@ fn add_all(
 /// # Errors
 /// Unreadable trees.
 pub fn diff_trees(
-    repo: &Repository,
+    repo: &IndexedRepository<'_>,
     a: &Id,
     b: &Id,
     base: &Path,

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use crate::error::Result;
 use crate::id::Id;
-use crate::repository::Repository;
+use crate::repository::IndexedRepository;
 use crate::tree::Node;
 use crate::treepath::{tree_at, walk};
 
@@ -16,7 +16,7 @@ use crate::treepath::{tree_at, walk};
 /// [`crate::Error::NotFound`] when the path does not exist or is not a
 /// directory; unreadable trees; the first error `f` returns.
 pub fn ls(
-    repo: &Repository,
+    repo: &IndexedRepository<'_>,
     root: &Id,
     path: &str,
     f: &mut dyn FnMut(&Path, &Node) -> Result<()>,

@@ -34,7 +34,7 @@ use crate::constants::INDEX_FLUSH_BLOBS;
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::index::{Index, IndexBlob, IndexFile, IndexPack};
-use crate::repository::Repository;
+use crate::repository::{IndexedRepository, Repository};
 use crate::snapshot::Snapshot;
 use crate::writer::{write_session, Indexing};
 
@@ -202,7 +202,7 @@ impl BitSet {
 /// Blobs reachable from all snapshots, as a bit set over index positions;
 /// errors if any is not indexed.
 fn used_blobs(
-    repo: &Repository,
+    repo: &IndexedRepository<'_>,
     snapshots: Vec<crate::backend::FileInfo>,
     report: &mut PruneReport,
 ) -> Result<BitSet> {
@@ -258,12 +258,12 @@ fn used_blobs(
 /// [`Error::Refused`] (nothing deleted) when the repository is inconsistent:
 /// an unreadable index file or snapshot, a blob a snapshot needs that is in no
 /// index or whose pack is missing or damaged. Storage errors.
-pub fn prune(repo: &mut Repository, opts: &PruneOptions) -> Result<PruneReport> {
+pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     let plan = plan(repo, opts)?;
     if opts.dry_run {
         return Ok(plan.report);
     }
-    plan.execute(repo)
+    plan.execute()
 }
 
 /// What a prune decided, before it changes anything (steps 1–5 of
@@ -271,7 +271,9 @@ pub fn prune(repo: &mut Repository, opts: &PruneOptions) -> Result<PruneReport> 
 /// plan holds the repository's merged index records and its pack listing as
 /// they were read, so it must be executed at once (step 5's 80 % rule is
 /// counted from when planning started).
-pub struct PrunePlan {
+pub struct PrunePlan<'r> {
+    /// The repository with the index the plan was made from.
+    repo: IndexedRepository<'r>,
     report: PruneReport,
     started: Instant,
     grace: Duration,
@@ -283,7 +285,7 @@ pub struct PrunePlan {
     old_index_files: Vec<Id>,
 }
 
-impl PrunePlan {
+impl PrunePlan<'_> {
     /// What the plan found and would do.
     pub fn report(&self) -> &PruneReport {
         &self.report
@@ -291,11 +293,11 @@ impl PrunePlan {
 }
 
 /// Read the repository and decide each pack's fate; nothing is written.
-/// Loads the index into `repo` (merged from every index file).
+/// The plan keeps the index it read (merged from every index file).
 ///
 /// # Errors
 /// As [`prune`].
-pub fn plan(repo: &mut Repository, opts: &PruneOptions) -> Result<PrunePlan> {
+pub fn plan<'r>(repo: &'r Repository, opts: &PruneOptions) -> Result<PrunePlan<'r>> {
     let started = Instant::now();
     let mut report = PruneReport {
         dry_run: opts.dry_run,
@@ -345,7 +347,7 @@ pub fn plan(repo: &mut Repository, opts: &PruneOptions) -> Result<PrunePlan> {
         old_index_files.push(id);
     }
     index.finish();
-    repo.set_index(index);
+    let repo = repo.with_index(index);
     tracing::info!(
         "prune: read {} index files ({} packs) in {:.1?}",
         old_index_files.len(),
@@ -354,7 +356,7 @@ pub fn plan(repo: &mut Repository, opts: &PruneOptions) -> Result<PrunePlan> {
     );
 
     // 2. What the snapshots need.
-    let used = used_blobs(repo, snapshot_files, &mut report)?;
+    let used = used_blobs(&repo, snapshot_files, &mut report)?;
     report.used_blobs = used.count();
     tracing::info!(
         "prune: {} snapshots need {} blobs ({:.1?})",
@@ -477,6 +479,7 @@ pub fn plan(repo: &mut Repository, opts: &PruneOptions) -> Result<PrunePlan> {
         }
     }
     Ok(PrunePlan {
+        repo,
         report,
         started,
         grace: opts.grace,
@@ -489,15 +492,16 @@ pub fn plan(repo: &mut Repository, opts: &PruneOptions) -> Result<PrunePlan> {
     })
 }
 
-impl PrunePlan {
+impl PrunePlan<'_> {
     /// Carry the plan out (steps 6–8 of FORMAT.md §12.1): repack, write the
     /// new index, remove the old index files, delete the packs due.
     ///
     /// # Errors
     /// As [`prune`]; [`Error::Refused`] when planning and repacking took more
     /// than 80 % of the grace period (nothing deleted).
-    pub fn execute(self, repo: &Repository) -> Result<PruneReport> {
+    pub fn execute(self) -> Result<PruneReport> {
         let PrunePlan {
+            repo,
             mut report,
             started,
             grace,
@@ -510,7 +514,7 @@ impl PrunePlan {
         } = self;
 
         // 6. Copy the needed blobs of repacked packs into new packs.
-        let new_packs = repack(repo, &to_repack, &needed, &mut report)?;
+        let new_packs = repack(&repo, &to_repack, &needed, &mut report)?;
         tracing::info!(
             "prune: repacked {} packs into {} ({:.1?})",
             to_repack.len(),
@@ -637,7 +641,7 @@ impl PrunePlan {
 /// repository writer stores them and writes no index: prune indexes them
 /// with everything else in step 6.
 fn repack(
-    repo: &Repository,
+    repo: &IndexedRepository<'_>,
     packs: &[Id],
     needed: &HashMap<Id, Vec<IndexBlob>>,
     report: &mut PruneReport,

@@ -45,7 +45,7 @@ pub struct IndexRepair {
 /// # Errors
 /// Storage errors while listing, writing or removing; a pack that cannot be
 /// read is reported in the result, not an error.
-pub fn repair_index(repo: &mut Repository) -> Result<IndexRepair> {
+pub fn repair_index(repo: &Repository) -> Result<IndexRepair> {
     let mut report = IndexRepair::default();
     // Index files first: each lists only packs uploaded before it, so all of
     // them are in the pack listing that follows (unless deleted meanwhile).
@@ -58,10 +58,10 @@ pub fn repair_index(repo: &mut Repository) -> Result<IndexRepair> {
         .collect();
     // What the old index promised, to count what is lost. A damaged index
     // file is skipped by load_index (and replaced here all the same).
-    repo.load_index()?;
+    let old_index = repo.load_index()?;
     let promised: std::collections::HashMap<Id, u64> = {
         let mut m = std::collections::HashMap::new();
-        for (_, _, loc) in repo.index().iter() {
+        for (_, _, loc) in old_index.index().iter() {
             *m.entry(loc.pack).or_insert(0) += 1;
         }
         m
@@ -102,7 +102,7 @@ pub fn repair_index(repo: &mut Repository) -> Result<IndexRepair> {
     }
     // Packs with a damaged header keep the old index's entries.
     let mut kept: std::collections::HashMap<Id, Vec<PackedBlob>> = std::collections::HashMap::new();
-    for (blob_type, id, loc) in repo.index().iter() {
+    for (blob_type, id, loc) in old_index.index().iter() {
         if unreadable.contains(&loc.pack) {
             kept.entry(loc.pack).or_default().push(PackedBlob {
                 blob_type,

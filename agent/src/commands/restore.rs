@@ -31,7 +31,7 @@ use crate::blob::BlobType;
 use crate::constants::MAX_TREE_DEPTH;
 use crate::error::{Error, Result};
 use crate::id::Id;
-use crate::repository::Repository;
+use crate::repository::IndexedRepository;
 use crate::tree::{Node, NodeType};
 use crate::treepath::entry_at;
 
@@ -81,7 +81,7 @@ pub struct RestoreSummary {
 }
 
 struct Ctx<'r> {
-    repo: &'r Repository,
+    repo: &'r IndexedRepository<'r>,
     includes: Option<GlobSet>,
     owner: bool,
     /// Clear set-user-ID and set-group-ID bits of non-directories.
@@ -720,7 +720,11 @@ fn sync_filesystem(dir: BorrowedFd<'_>, target: &Path) -> Result<()> {
 ///
 /// # Errors
 /// [`Error::NotFound`] for a missing subpath; storage and corruption errors on trees.
-pub fn restore(repo: &Repository, root: &Id, opts: &RestoreOptions) -> Result<RestoreSummary> {
+pub fn restore(
+    repo: &IndexedRepository<'_>,
+    root: &Id,
+    opts: &RestoreOptions,
+) -> Result<RestoreSummary> {
     let includes = if opts.includes.is_empty() {
         None
     } else {

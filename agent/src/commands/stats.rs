@@ -9,7 +9,7 @@ use crate::backend::FileKind;
 use crate::blob::BlobType;
 use crate::error::Result;
 use crate::id::Id;
-use crate::repository::Repository;
+use crate::repository::IndexedRepository;
 use crate::tree::NodeType;
 use crate::treepath::walk;
 
@@ -42,7 +42,7 @@ pub struct RepoStats {
 ///
 /// # Errors
 /// Storage errors; unreadable trees.
-pub fn stats(repo: &Repository, snapshots: &[Id]) -> Result<RepoStats> {
+pub fn stats(repo: &IndexedRepository<'_>, snapshots: &[Id]) -> Result<RepoStats> {
     let mut s = RepoStats::default();
     let mut seen: HashSet<Id> = HashSet::new();
     let mut seen_trees: HashSet<Id> = HashSet::new();

@@ -81,10 +81,3 @@ pub fn open_repo(cli: &Cli) -> Result<Repository> {
     let pw = password(cli, false)?;
     Ok(Repository::open(backend, &pw)?)
 }
-
-/// The repository with its index loaded.
-pub fn loaded(cli: &Cli) -> Result<Repository> {
-    let mut repo = open_repo(cli)?;
-    repo.load_index()?;
-    Ok(repo)
-}

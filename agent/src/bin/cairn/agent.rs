@@ -113,8 +113,8 @@ fn backup(cli: &Cli, args: &BackupArgs) -> Result<AgentResult> {
     // A Job past its deadline gets SIGTERM: index the uploads and report.
     cairn::interrupt::install()?;
     let policy = retention_policy(&args.keep)?;
-    let mut repo = open_repo(cli)?;
-    repo.load_index()?;
+    let repo = open_repo(cli)?;
+    let repo = repo.load_index()?;
     let opts = BackupOptions {
         paths: vec![args.source.clone()],
         tags: args.tags.clone(),
@@ -184,8 +184,8 @@ fn backup(cli: &Cli, args: &BackupArgs) -> Result<AgentResult> {
 }
 
 fn restore(cli: &Cli, args: &RestoreArgs) -> Result<AgentResult> {
-    let mut repo = open_repo(cli)?;
-    repo.load_index()?;
+    let repo = open_repo(cli)?;
+    let repo = repo.load_index()?;
     let (id, snap) = match &args.snapshot {
         Some(spec) => repo.find_snapshot(spec)?,
         None => {
@@ -240,9 +240,9 @@ fn restore(cli: &Cli, args: &RestoreArgs) -> Result<AgentResult> {
 
 fn prune(cli: &Cli, opts: &PruneOpts) -> Result<AgentResult> {
     let options = prune_options(opts, false)?;
-    let mut repo = open_repo(cli)?;
+    let repo = open_repo(cli)?;
     let started = std::time::Instant::now();
-    let r = cairn::commands::prune::prune(&mut repo, &options)?;
+    let r = cairn::commands::prune::prune(&repo, &options)?;
     Ok(AgentResult {
         packs_deleted: Some(r.packs_deleted),
         bytes_deleted: Some(r.bytes_deleted),

@@ -22,13 +22,13 @@ pub fn forget(cli: &Cli, args: &ForgetArgs) -> Result<ExitCode> {
     let policy = retention_policy(&args.keep)?;
     let group_by: GroupBy = args.group_by.parse()?;
     let prune_opts = prune_options(&args.prune_opts, args.dry_run)?;
-    let mut repo = open_repo(cli)?;
+    let repo = open_repo(cli)?;
     let snapshots = repo.snapshots()?;
     let Forgotten { groups, removed } =
         cairn::commands::forget::forget(&repo, &snapshots, &policy, group_by, args.dry_run)?;
     if cli.json {
         let pruned = if args.prune {
-            Some(cairn::commands::prune::prune(&mut repo, &prune_opts)?)
+            Some(cairn::commands::prune::prune(&repo, &prune_opts)?)
         } else {
             None
         };
@@ -82,7 +82,7 @@ pub fn forget(cli: &Cli, args: &ForgetArgs) -> Result<ExitCode> {
         removed
     );
     if args.prune {
-        return run_prune(cli, &mut repo, &prune_opts);
+        return run_prune(cli, &repo, &prune_opts);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -90,14 +90,14 @@ pub fn forget(cli: &Cli, args: &ForgetArgs) -> Result<ExitCode> {
 /// `cairn prune`.
 pub fn prune(cli: &Cli, args: &PruneArgs) -> Result<ExitCode> {
     let opts = prune_options(&args.opts, args.dry_run)?;
-    let mut repo = open_repo(cli)?;
-    run_prune(cli, &mut repo, &opts)
+    let repo = open_repo(cli)?;
+    run_prune(cli, &repo, &opts)
 }
 
 /// Prune and print what it did (`cairn prune`, `cairn forget --prune`).
 fn run_prune(
     cli: &Cli,
-    repo: &mut Repository,
+    repo: &Repository,
     opts: &cairn::commands::prune::PruneOptions,
 ) -> Result<ExitCode> {
     let r = cairn::commands::prune::prune(repo, opts)?;
@@ -168,8 +168,8 @@ pub fn check(cli: &Cli, args: &CheckArgs) -> Result<ExitCode> {
         (None, true) => ReadData::All,
         (None, false) => ReadData::None,
     };
-    let mut repo = open_repo(cli)?;
-    let report = check(&mut repo, read_data)?;
+    let repo = open_repo(cli)?;
+    let report = check(&repo, read_data)?;
     if cli.json {
         print_json(&report)?;
     } else {
@@ -206,8 +206,8 @@ pub fn check(cli: &Cli, args: &CheckArgs) -> Result<ExitCode> {
 
 /// `cairn repair index`.
 pub fn repair_index(cli: &Cli) -> Result<ExitCode> {
-    let mut repo = open_repo(cli)?;
-    let report = cairn::commands::repair::repair_index(&mut repo)?;
+    let repo = open_repo(cli)?;
+    let report = cairn::commands::repair::repair_index(&repo)?;
     if cli.json {
         print_json(&report)?;
     } else {
@@ -237,18 +237,16 @@ pub fn repair_index(cli: &Cli) -> Result<ExitCode> {
 /// `cairn copy`.
 pub fn copy(cli: &Cli, args: &CopyArgs) -> Result<ExitCode> {
     cairn::interrupt::install()?;
-    let mut src = open_repo(cli)?;
+    let src = open_repo(cli)?;
     let ids = args
         .snapshots
         .iter()
         .map(|s| src.find_snapshot(s).map(|(id, _)| id))
         .collect::<std::result::Result<Vec<_>, _>>()?;
     let pw = other_password(&args.to_password_file, "CAIRN_TO_PASSWORD", &args.to)?;
-    let mut dst = Repository::open(backend::open(&args.to)?, &pw)
+    let dst = Repository::open(backend::open(&args.to)?, &pw)
         .with_context(|| format!("opening the target repository {}", args.to))?;
-    src.load_index()?;
-    dst.load_index()?;
-    let r = cairn::commands::copy::copy(&src, &dst, &ids)?;
+    let r = cairn::commands::copy::copy(&src.load_index()?, &dst.load_index()?, &ids)?;
     if cli.json {
         print_json(&r)?;
         return Ok(ExitCode::SUCCESS);

@@ -16,7 +16,7 @@ use cairn::pack;
 use cairn::snapshot::Snapshot;
 use cairn::{Error, Id};
 
-use crate::access::{loaded, open_repo};
+use crate::access::open_repo;
 use crate::args::{BackupArgs, LsArgs, RestoreArgs, SnapshotsArgs};
 use crate::output::{human_bytes, mode_string, print_json, snapshot_json};
 use crate::Cli;
@@ -24,7 +24,8 @@ use crate::Cli;
 /// `cairn backup`.
 pub fn backup(cli: &Cli, args: &BackupArgs) -> Result<ExitCode> {
     cairn::interrupt::install()?;
-    let repo = loaded(cli)?;
+    let repo = open_repo(cli)?;
+    let repo = repo.load_index()?;
     let parent = match (&args.parent, args.force) {
         (_, true) => ParentChoice::None,
         (Some(p), _) => ParentChoice::Snapshot(repo.find_snapshot(p)?.0),
@@ -132,7 +133,8 @@ pub fn list(cli: &Cli, args: &SnapshotsArgs) -> Result<ExitCode> {
 
 /// `cairn ls`.
 pub fn ls(cli: &Cli, args: &LsArgs) -> Result<ExitCode> {
-    let repo = loaded(cli)?;
+    let repo = open_repo(cli)?;
+    let repo = repo.load_index()?;
     let (_, snap) = repo.find_snapshot(&args.snapshot)?;
     let dir = args.path.as_deref().unwrap_or("/");
     let mut entries = Vec::new();
@@ -174,7 +176,8 @@ pub fn ls(cli: &Cli, args: &LsArgs) -> Result<ExitCode> {
 
 /// `cairn diff FIRST SECOND`.
 pub fn diff(cli: &Cli, first: &str, second: &str) -> Result<ExitCode> {
-    let repo = loaded(cli)?;
+    let repo = open_repo(cli)?;
+    let repo = repo.load_index()?;
     let (ia, a) = repo.find_snapshot(first)?;
     let (ib, b) = repo.find_snapshot(second)?;
     let mut out = Vec::new();
@@ -201,7 +204,8 @@ pub fn diff(cli: &Cli, first: &str, second: &str) -> Result<ExitCode> {
 
 /// `cairn restore`.
 pub fn restore(cli: &Cli, args: &RestoreArgs) -> Result<ExitCode> {
-    let repo = loaded(cli)?;
+    let repo = open_repo(cli)?;
+    let repo = repo.load_index()?;
     let (spec, subpath) = match args.snapshot.split_once(':') {
         Some((s, p)) => (s, Some(p.to_string())),
         None => (args.snapshot.as_str(), None),
@@ -250,7 +254,7 @@ pub fn restore(cli: &Cli, args: &RestoreArgs) -> Result<ExitCode> {
 /// `cairn cat KIND [ID]`.
 pub fn cat(cli: &Cli, kind: &str, id: Option<&str>) -> Result<ExitCode> {
     let need_id = || id.ok_or_else(|| anyhow!("`cairn cat {kind}` needs an ID"));
-    let mut repo = open_repo(cli)?;
+    let repo = open_repo(cli)?;
     let bytes = match kind {
         "config" => repo.cat_file(FileKind::Config, "")?,
         "key" => repo.cat_file(FileKind::Key, &repo.resolve_key(need_id()?)?)?,
@@ -273,7 +277,7 @@ pub fn cat(cli: &Cli, kind: &str, id: Option<&str>) -> Result<ExitCode> {
             serde_json::to_vec_pretty(&entries)?
         }
         "tree" | "blob" => {
-            repo.load_index()?;
+            let repo = repo.load_index()?;
             let bid: Id = need_id()?.parse()?;
             if kind == "tree" {
                 let tree = repo.load_tree(&bid)?;
@@ -296,7 +300,8 @@ pub fn cat(cli: &Cli, kind: &str, id: Option<&str>) -> Result<ExitCode> {
 
 /// `cairn stats [SNAPSHOT...]`.
 pub fn stats(cli: &Cli, snapshots: &[String]) -> Result<ExitCode> {
-    let repo = loaded(cli)?;
+    let repo = open_repo(cli)?;
+    let repo = repo.load_index()?;
     let ids = snapshots
         .iter()
         .map(|s| repo.find_snapshot(s).map(|(id, _)| id))

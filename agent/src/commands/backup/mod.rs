@@ -39,7 +39,7 @@ use crate::backend::FileKind;
 use crate::blob::BlobType;
 use crate::error::{Error, Result};
 use crate::id::Id;
-use crate::repository::{hostname, username, Repository};
+use crate::repository::{hostname, username, IndexedRepository};
 use crate::snapshot::{Snapshot, Summary};
 use crate::tree::Node;
 use crate::writer::{write_session, Indexing, Ticket, Writer};
@@ -160,7 +160,7 @@ fn add(c: &AtomicU64, n: u64) {
 
 /// State shared by all stages of one backup.
 struct Shared<'a> {
-    repo: &'a Repository,
+    repo: &'a IndexedRepository<'a>,
     writer: &'a Writer<'a, 'a>,
     counters: Counters,
     failed: AtomicBool,
@@ -297,14 +297,14 @@ fn run_pipeline(
 
 /// Run a backup and write its snapshot.
 ///
-/// The repository index must be loaded ([`Repository::load_index`]).
+/// The loaded index is the dedup base: only an [`IndexedRepository`] is accepted.
 ///
 /// # Errors
 /// Invalid options; storage errors (the snapshot is then not written, and
 /// what was uploaded stays unreferenced until a later backup reuses it or
 /// prune removes it). Unreadable source entries are not errors: they are
 /// reported in [`BackupResult::errors`].
-pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupResult> {
+pub fn backup(repo: &IndexedRepository<'_>, opts: &BackupOptions) -> Result<BackupResult> {
     let started = Instant::now();
     let time = chrono::Local::now().fixed_offset();
     if opts.paths.is_empty() {
@@ -433,6 +433,7 @@ mod tests {
     use super::*;
     use crate::backend::LocalBackend;
     use crate::repository::KdfCost;
+    use crate::repository::Repository;
     use crate::tree::NodeType;
     use rustix::fs::{self as rfs, FileType, Mode};
     use std::collections::BTreeMap;
@@ -504,8 +505,8 @@ mod tests {
             memory_kib: 1024,
             iterations: 1,
         };
-        let mut repo = Repository::init(backend, b"pw", cost).unwrap();
-        repo.load_index().unwrap();
+        let repo = Repository::init(backend, b"pw", cost).unwrap();
+        let repo = repo.load_index().unwrap();
         *test_hooks::HOOK.lock().unwrap() = Some(swap);
         let result = backup(
             &repo,
@@ -544,8 +545,8 @@ mod tests {
         // Every stored byte comes from the source tree as it was: no secret,
         // no /dev/zero, and the swapped files are absent.
         let backend = Box::new(LocalBackend::new(tmp.path().join("repo")));
-        let mut repo = Repository::open(backend, b"pw").unwrap();
-        repo.load_index().unwrap();
+        let repo = Repository::open(backend, b"pw").unwrap();
+        let repo = repo.load_index().unwrap();
         let root = repo.load_tree(&result.snapshot.tree).unwrap();
         let mut stack = vec![root];
         let mut files = BTreeMap::new();
