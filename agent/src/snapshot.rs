@@ -61,7 +61,8 @@ pub struct Snapshot {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<Id>,
     /// For a snapshot made by `cairn copy`: the ID of the snapshot it copies
-    /// (the first original, for a copy of a copy).
+    /// (the first original, for a copy of a copy); by `cairn repair
+    /// snapshots`: the damaged snapshot (unless that had an original).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub original: Option<Id>,
     /// Version of cairn that wrote it.

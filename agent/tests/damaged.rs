@@ -349,3 +349,158 @@ fn repair_index_keeps_the_entries_of_a_pack_whose_header_is_damaged() {
     ]);
     assert_same_tree(&src, &env.path("r").join(src.strip_prefix("/").unwrap()));
 }
+
+/// The packs in the repository, each with the blob type it holds.
+fn packs_by_type(env: &Env) -> Vec<(String, String)> {
+    files_in(&env.repo().join("data"))
+        .into_iter()
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            let header = env.json(&["cat", "pack", &name]);
+            let t = header[0]["type"].as_str().unwrap().to_string();
+            (name, t)
+        })
+        .collect()
+}
+
+fn pack_path(env: &Env, name: &str) -> PathBuf {
+    files_in(&env.repo().join("data"))
+        .into_iter()
+        .find(|p| p.file_name().unwrap().to_string_lossy() == name)
+        .unwrap()
+}
+
+/// A lost pack used to be reported as "data blob X referenced by f in tree
+/// T", once, whichever snapshot met it first; now check names every
+/// snapshot that lost data and the paths in it, and `repair snapshots`
+/// writes copies without what was lost: a damaged file keeps what is left
+/// under a new name, a lost directory becomes an empty one, and nothing
+/// that survived changes name (not even an entry already called
+/// `NAME.repaired`).
+#[test]
+fn check_names_the_damaged_snapshots_and_repair_snapshots_rewrites_them() {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(src.join("keep")).unwrap();
+    fs::create_dir_all(src.join("new")).unwrap();
+    fs::write(src.join("keep/a"), random_bytes(50_000, 31)).unwrap();
+    fs::write(src.join("keep/b"), b"bee").unwrap();
+    fs::write(src.join("new/x.repaired"), b"I was here first").unwrap();
+    env.ok(&["init"]);
+    let s1 = env.json(&["backup", src.to_str().unwrap()])["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let first: Vec<_> = packs_by_type(&env);
+    fs::write(src.join("new/x"), random_bytes(300_000, 32)).unwrap();
+    let s2 = env.json(&["backup", src.to_str().unwrap()])["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let second: Vec<_> = packs_by_type(&env)
+        .into_iter()
+        .filter(|p| !first.contains(p))
+        .collect();
+    let (x_pack, _) = second.iter().find(|(_, t)| t == "data").unwrap();
+    fs::remove_file(pack_path(&env, x_pack)).unwrap();
+
+    // check: exit 1, and S2 is named with the file it lost; S1 is whole.
+    let out = env.run(&["--json", "check"]);
+    assert_eq!(out.status.code(), Some(1), "{}", output(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let damaged = report["damaged_snapshots"].as_array().unwrap();
+    assert_eq!(damaged.len(), 1, "{report}");
+    assert_eq!(damaged[0]["snapshot"], s2.as_str());
+    assert_eq!(damaged[0]["damaged_files"], 1);
+    assert_eq!(damaged[0]["damaged_dirs"], 0);
+    let example = damaged[0]["examples"][0].as_str().unwrap();
+    assert!(example.ends_with("/src/new/x"), "{example}");
+    let text = env.run(&["check"]);
+    assert!(
+        output(&text).contains(&format!("snapshot {} (", &s2[..8])),
+        "{}",
+        output(&text)
+    );
+
+    // A dry run writes nothing.
+    let dry = env.json(&["repair", "snapshots", "--dry-run"]);
+    assert_eq!(dry["repaired"].as_array().unwrap().len(), 1, "{dry}");
+    assert!(dry["repaired"][0]["repaired"].is_null(), "{dry}");
+    assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 2);
+
+    let r = env.json(&["repair", "snapshots"]);
+    assert_eq!(r["repaired"][0]["snapshot"], s2.as_str(), "{r}");
+    let copy = r["repaired"][0]["repaired"].as_str().unwrap().to_string();
+    let snaps = env.json(&["snapshots"]);
+    let listed = snaps.as_array().unwrap();
+    assert_eq!(listed.len(), 3, "the damaged snapshot stays: {snaps}");
+    let c = listed.iter().find(|s| s["id"] == copy.as_str()).unwrap();
+    assert!(
+        c["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == "repaired"),
+        "{c}"
+    );
+    assert_eq!(c["original"], s2.as_str(), "{c}");
+
+    let restored = env.path("r");
+    env.ok(&["restore", &copy, "--target", restored.to_str().unwrap()]);
+    let root = restored.join(src.strip_prefix("/").unwrap());
+    assert_same_tree(&src.join("keep"), &root.join("keep"));
+    assert_eq!(
+        fs::read(root.join("new/x.repaired")).unwrap(),
+        b"I was here first"
+    );
+    let x = fs::metadata(root.join("new/x.repaired.repaired")).unwrap();
+    assert_eq!(x.len(), 0, "x lost its only blob");
+    assert!(!root.join("new/x").exists());
+
+    // Now the trees of S1 are lost too: S1 has no root left; S2 and the
+    // copy lose `keep` (its tree is S1's, unchanged since).
+    let (tree_pack, _) = first.iter().find(|(_, t)| t == "tree").unwrap();
+    fs::remove_file(pack_path(&env, tree_pack)).unwrap();
+    let out = env.run(&["--json", "check"]);
+    assert_eq!(out.status.code(), Some(1), "{}", output(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let damaged = report["damaged_snapshots"].as_array().unwrap();
+    assert_eq!(damaged.len(), 3, "{report}");
+    let of = |id: &str| damaged.iter().find(|d| d["snapshot"] == id).unwrap();
+    assert_eq!(of(&s1)["damaged_dirs"], 1);
+    assert_eq!(of(&s1)["examples"][0], "/");
+    assert_eq!(of(&copy)["damaged_dirs"], 1);
+    assert_eq!(of(&copy)["damaged_files"], 0);
+    assert!(of(&copy)["examples"][0]
+        .as_str()
+        .unwrap()
+        .ends_with("/src/keep"));
+
+    // The index first (it still lists the lost packs), then the snapshots.
+    let out = env.run(&["repair", "index"]);
+    assert_eq!(out.status.code(), Some(3), "{}", output(&out));
+    let r = env.json(&["repair", "snapshots", "--forget"]);
+    assert_eq!(
+        r["unrepairable"].as_array().unwrap(),
+        &[serde_json::json!(s1)],
+        "{r}"
+    );
+    assert_eq!(r["repaired"].as_array().unwrap().len(), 2, "{r}");
+    assert_eq!(r["forgotten"], 3, "{r}");
+    let out = env.run(&["check", "--read-data"]);
+    assert_success(&out, &["check", "--read-data"]);
+    assert!(
+        output(&out).contains("no errors were found"),
+        "{}",
+        output(&out)
+    );
+    for s in env.json(&["snapshots"]).as_array().unwrap() {
+        let id = s["id"].as_str().unwrap();
+        let t = env.path(&format!("t-{id}"));
+        env.ok(&["restore", id, "--target", t.to_str().unwrap()]);
+        let root = t.join(src.strip_prefix("/").unwrap());
+        let keep = fs::read_dir(root.join("keep.repaired")).unwrap().count();
+        assert_eq!(keep, 0, "a lost directory comes back empty");
+        assert!(!root.join("keep").exists());
+    }
+}

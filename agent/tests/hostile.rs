@@ -573,3 +573,51 @@ fn swapping_entries_during_backups_never_stores_what_is_outside_the_tree() {
         }
     }
 }
+
+/// A crafted snapshot whose trees share subtrees at every level has 2^64
+/// paths in 65 trees. Check names its damage, stats counts it and repair
+/// rewrites it with one visit per distinct tree (a walk per path never
+/// ends: stats used to), and the counts saturate instead of overflowing.
+#[test]
+fn damage_in_a_snapshot_of_shared_subtrees_is_assessed_per_tree_not_per_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo_dir = tmp.path().join("repo");
+    let mut f = Forger::new(&repo_dir);
+    let mut lost = node("f", NodeType::File);
+    lost.content = vec![Id([7; 32])]; // in no pack
+    lost.size = 10;
+    let kept = f.file("g", b"kept");
+    let mut id = f.tree(vec![lost, kept]);
+    for _ in 0..64 {
+        let mut a = node("a", NodeType::Dir);
+        a.subtree = Some(id);
+        let mut b = node("b", NodeType::Dir);
+        b.subtree = Some(id);
+        id = f.tree(vec![a, b]);
+    }
+    let repo = f.finish(id, &repo_dir);
+    let report =
+        cairn::commands::check::check(&repo, cairn::commands::check::ReadData::None).unwrap();
+    assert_eq!(report.damaged_snapshots.len(), 1, "{report:?}");
+    let d = &report.damaged_snapshots[0];
+    assert_eq!(d.damaged_files, u64::MAX, "2^64 files, saturated");
+    assert_eq!(d.examples.len(), cairn::commands::damage::EXAMPLES);
+    assert!(d.examples[0].starts_with("/a/a/a/"), "{:?}", d.examples);
+
+    // stats counts distinct blobs, per distinct tree.
+    let st = cairn::commands::stats::stats(&repo.load_index().unwrap(), &[]).unwrap();
+    assert_eq!((st.unique_blobs, st.unique_size), (2, 4), "{st:?}");
+
+    let r = cairn::commands::repair::repair_snapshots(&repo, &Default::default()).unwrap();
+    assert_eq!(r.repaired.len(), 1, "{r:?}");
+    let copy = r.repaired[0].repaired.unwrap();
+    let report =
+        cairn::commands::check::check(&repo, cairn::commands::check::ReadData::None).unwrap();
+    assert!(
+        report
+            .damaged_snapshots
+            .iter()
+            .all(|d| d.snapshot != copy.to_hex()),
+        "the repaired copy is whole: {report:?}"
+    );
+}

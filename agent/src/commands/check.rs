@@ -8,7 +8,9 @@
 //! every blob in it must decrypt, decompress and match its keyed hash.
 //!
 //! Problems are collected per object, not returned as the first error, so one
-//! run reports everything that is wrong.
+//! run reports everything that is wrong. When something is lost, a last pass
+//! names the snapshots that can no longer be restored whole and what in them
+//! is lost ([`crate::commands::damage`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -16,6 +18,7 @@ use serde::Serialize;
 
 use crate::backend::FileKind;
 use crate::blob::{decode_blob, BlobType};
+use crate::commands::damage::{display, Assessor, Damage};
 use crate::constants::MAX_TREE_DEPTH;
 use crate::error::{Error, Result};
 use crate::id::Id;
@@ -96,6 +99,27 @@ pub struct CheckReport {
     pub snapshots: u64,
     /// Distinct trees read.
     pub trees: u64,
+    /// Snapshots that cannot be restored whole, and what in them is lost
+    /// (from the problems above: missing packs, unreadable trees, data blobs
+    /// `--read-data` found damaged).
+    pub damaged_snapshots: Vec<DamagedSnapshot>,
+}
+
+/// A snapshot with lost data.
+#[derive(Clone, Debug, Serialize)]
+pub struct DamagedSnapshot {
+    /// Snapshot ID.
+    pub snapshot: String,
+    /// When it was taken.
+    pub time: String,
+    /// Its host.
+    pub hostname: String,
+    /// Files that lost data.
+    pub damaged_files: u64,
+    /// Directories whose tree is lost (their contents not counted).
+    pub damaged_dirs: u64,
+    /// Up to ten of the damaged paths.
+    pub examples: Vec<String>,
 }
 
 impl CheckReport {
@@ -221,8 +245,9 @@ pub fn check(repo: &Repository, read_data: ReadData) -> Result<CheckReport> {
     }
 
     // 3. Snapshots and trees.
-    let mut seen_trees = HashSet::new();
-    let mut missing_data = HashSet::new();
+    let mut walked = Walked::default();
+    let mut damage = Damage::default();
+    let mut snapshots = Vec::new();
     for f in snapshot_files {
         let Ok(id) = f.name.parse::<Id>() else {
             report.problem(format!("snapshot file {:?}", f.name), NOT_AN_ID);
@@ -230,21 +255,24 @@ pub fn check(repo: &Repository, read_data: ReadData) -> Result<CheckReport> {
         };
         report.snapshots += 1;
         match repo.load_json::<Snapshot>(FileKind::Snapshot, &id) {
-            Ok(s) => check_tree(
-                &repo,
-                &stored,
-                &s.tree,
-                &format!("snapshot {}", id.short()),
-                &mut seen_trees,
-                &mut missing_data,
-                &mut report,
-            ),
+            Ok(s) => {
+                check_tree(
+                    &repo,
+                    &stored,
+                    &s.tree,
+                    &format!("snapshot {}", id.short()),
+                    &mut walked,
+                    &mut report,
+                );
+                snapshots.push((id, s));
+            }
             // Removed by a concurrent forget after the listing.
             Err(Error::NotFound(_)) => report.snapshots -= 1,
             Err(e) => report.problem(format!("snapshot {id}"), e),
         }
     }
-    report.trees = seen_trees.len() as u64;
+    report.trees = walked.seen.len() as u64;
+    damage.trees = walked.unreadable;
 
     // 4. Data.
     let selected: Vec<(Id, u64)> = match read_data {
@@ -297,6 +325,10 @@ pub fn check(repo: &Repository, read_data: ReadData) -> Result<CheckReport> {
         for b in header {
             let start = b.offset as usize;
             let Some(stored) = bytes.get(start..start + b.length as usize) else {
+                match b.blob_type {
+                    BlobType::Data => damage.data.insert(b.id),
+                    BlobType::Tree => damage.trees.insert(b.id),
+                };
                 report.problem(
                     format!("{} blob {} in pack {pack_id}", b.blob_type, b.id),
                     "lies beyond the end of the pack",
@@ -308,11 +340,45 @@ pub fn check(repo: &Repository, read_data: ReadData) -> Result<CheckReport> {
                 .check_raw_length(b.blob_type, &b.id, b.raw_length)
                 .and_then(|()| decode_blob(repo.key(), b.blob_type, &b.id, stored, b.raw_length));
             if let Err(e) = decoded {
+                match b.blob_type {
+                    BlobType::Data => damage.data.insert(b.id),
+                    BlobType::Tree => damage.trees.insert(b.id),
+                };
                 report.problem(
                     format!("{} blob {} in pack {pack_id}", b.blob_type, b.id),
                     e,
                 );
             }
+        }
+    }
+
+    // 5. What the problems cost: the snapshots and paths that lost data.
+    // (Nothing is lost without a problem above: then no tree is read again.)
+    damage.packs = stored.keys().copied().collect();
+    if !report.problems.is_empty() {
+        let mut assess = Assessor::new(&repo, &damage);
+        for (id, s) in &snapshots {
+            let harm = match assess.snapshot(&s.tree) {
+                Ok(h) => h,
+                Err(e) => {
+                    report.problem(
+                        format!("snapshot {id}"),
+                        format!("assessing its damage: {e}"),
+                    );
+                    continue;
+                }
+            };
+            if harm.is_clean() {
+                continue;
+            }
+            report.damaged_snapshots.push(DamagedSnapshot {
+                snapshot: id.to_hex(),
+                time: s.time.to_rfc3339(),
+                hostname: s.hostname.clone(),
+                damaged_files: harm.files,
+                damaged_dirs: harm.dirs,
+                examples: harm.examples.iter().map(|p| display(p)).collect(),
+            });
         }
     }
     Ok(report)
@@ -341,15 +407,30 @@ pub fn read_pack_header(repo: &Repository, id: &Id, size: u64) -> Result<Vec<pac
     pack::parse_header(repo.key(), id, &sealed, start)
 }
 
+/// What the tree walk has met so far, over all snapshots.
+#[derive(Default)]
+struct Walked {
+    /// Trees read (each once).
+    seen: HashSet<Id>,
+    /// Trees that did not read.
+    unreadable: HashSet<Id>,
+    /// Data blobs reported missing (each once).
+    missing: HashSet<Id>,
+}
+
 fn check_tree(
     repo: &IndexedRepository<'_>,
     stored: &BTreeMap<Id, u64>,
     id: &Id,
     context: &str,
-    seen: &mut HashSet<Id>,
-    missing: &mut HashSet<Id>,
+    walked: &mut Walked,
     report: &mut CheckReport,
 ) {
+    let Walked {
+        seen,
+        unreadable,
+        missing,
+    } = walked;
     // A work list, not recursion: a crafted snapshot may nest trees without end.
     let mut todo = vec![(*id, 0usize)];
     while let Some((id, depth)) = todo.pop() {
@@ -366,6 +447,7 @@ fn check_tree(
         let tree = match repo.load_tree(&id) {
             Ok(t) => t,
             Err(e) => {
+                unreadable.insert(id);
                 report.problem(format!("tree {id} ({context})"), e);
                 continue;
             }

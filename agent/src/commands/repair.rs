@@ -1,3 +1,5 @@
+//! `repair index` and `repair snapshots`.
+//!
 //! `repair index`: rebuild the index from the packs themselves. After a pack
 //! is lost or damaged, the old index still lists its blobs, so every later
 //! backup deduplicates against data that is gone and every snapshot it
@@ -13,15 +15,26 @@
 //! up and leave the old index; so does any storage error other than a damaged
 //! pack header. A pack whose header is damaged keeps the old index's entries
 //! (its blobs are sealed one by one and may well be intact).
+//!
+//! `repair snapshots` ([`repair_snapshots`]): after data is lost for good,
+//! write copies of the damaged snapshots without it, so that what is left
+//! restores (restic's command of the same name).
+
+use std::collections::{HashMap, HashSet};
 
 use crate::backend::FileKind;
+use crate::blob::BlobType;
 use crate::commands::check::read_pack_header;
-use crate::constants::INDEX_FLUSH_BLOBS;
+use crate::commands::damage::{display, Assessor, Damage};
+use crate::constants::{INDEX_FLUSH_BLOBS, MAX_TREE_DEPTH};
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::index::IndexFile;
 use crate::pack::PackedBlob;
-use crate::repository::Repository;
+use crate::repository::{IndexedRepository, Repository};
+use crate::snapshot::Snapshot;
+use crate::tree::{NodeType, Tree};
+use crate::writer::{write_session, Indexing, Writer};
 
 /// What `repair index` did.
 #[derive(Debug, Default, serde::Serialize)]
@@ -158,5 +171,278 @@ fn discard(repo: &Repository, written: &[Id]) {
         if let Err(e) = repo.backend().remove(FileKind::Index, &id.to_hex()) {
             tracing::warn!("index {id} written by the stopped repair stays: {e}");
         }
+    }
+}
+
+/// Options of `repair snapshots`.
+#[derive(Clone, Debug, Default)]
+pub struct SnapshotRepairOptions {
+    /// The snapshots to repair (every snapshot when empty).
+    pub snapshots: Vec<Id>,
+    /// Remove each damaged snapshot once its repaired copy is written (and
+    /// those that cannot be repaired at all).
+    pub forget: bool,
+    /// Decide and report, write nothing.
+    pub dry_run: bool,
+}
+
+/// One snapshot `repair snapshots` rewrote.
+#[derive(Debug, serde::Serialize)]
+pub struct RepairedSnapshot {
+    /// The damaged snapshot.
+    pub snapshot: Id,
+    /// Its repaired copy (`None` in a dry run).
+    pub repaired: Option<Id>,
+    /// Files that lost data: kept with what is left, renamed `NAME.repaired`.
+    pub damaged_files: u64,
+    /// Directories whose tree is lost: now empty, renamed `NAME.repaired`.
+    pub damaged_dirs: u64,
+    /// Up to ten of the damaged paths, as they were named.
+    pub examples: Vec<String>,
+}
+
+/// What `repair snapshots` did.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct SnapshotRepair {
+    /// Snapshots read.
+    pub snapshots: u64,
+    /// Damaged snapshots and their repaired copies.
+    pub repaired: Vec<RepairedSnapshot>,
+    /// Snapshots whose root tree is lost: nothing of them can be restored.
+    pub unrepairable: Vec<Id>,
+    /// Damaged snapshots removed (`--forget`).
+    pub forgotten: u64,
+    /// Whether this was a dry run.
+    pub dry_run: bool,
+}
+
+/// The name a damaged entry is given, so that a restore never hands an
+/// application a truncated file or an empty directory under its own name.
+pub const REPAIRED_SUFFIX: &[u8] = b".repaired";
+
+/// The tag every repaired snapshot gets.
+pub const REPAIRED_TAG: &str = "repaired";
+
+/// Write a copy of every damaged snapshot without what is lost: a file that
+/// lost data keeps the blobs that are left (its size shrinks to theirs) and
+/// is renamed `NAME.repaired`; a directory whose tree is lost becomes an
+/// empty directory `NAME.repaired`. The copy is tagged `repaired`, and its
+/// `original` names the damaged snapshot. The damaged snapshot itself stays
+/// unless `forget` is set. Lost means what `check` reports as lost: a blob in
+/// no index or in a pack storage no longer holds, a tree that does not read
+/// (run `repair index` first when index files were lost). Data blobs are not
+/// read: damage inside a pack that is present is what `check --read-data`
+/// finds.
+///
+/// # Errors
+/// Storage errors (nothing lost is mistaken for one: a timeout stops the
+/// repair instead of cutting a directory out).
+pub fn repair_snapshots(repo: &Repository, opts: &SnapshotRepairOptions) -> Result<SnapshotRepair> {
+    let mut report = SnapshotRepair {
+        dry_run: opts.dry_run,
+        ..SnapshotRepair::default()
+    };
+    let repo = repo.load_index()?;
+    let damage = Damage {
+        packs: repo
+            .backend()
+            .list(FileKind::Pack)?
+            .into_iter()
+            .filter_map(|f| f.name.parse::<Id>().ok())
+            .collect(),
+        ..Damage::default()
+    };
+    let snapshots: Vec<(Id, Snapshot)> = if opts.snapshots.is_empty() {
+        repo.snapshots()?
+    } else {
+        opts.snapshots
+            .iter()
+            .map(|id| Ok((*id, repo.load_json(FileKind::Snapshot, id)?)))
+            .collect::<Result<_>>()?
+    };
+    report.snapshots = snapshots.len() as u64;
+    // Which snapshots are damaged, and where.
+    let mut damaged = Vec::new();
+    {
+        let mut assess = Assessor::new(&repo, &damage);
+        for (id, snap) in snapshots {
+            let harm = assess.snapshot(&snap.tree)?;
+            if harm.is_clean() {
+                continue;
+            }
+            if damage.load_tree(&repo, &snap.tree)?.is_none() {
+                report.unrepairable.push(id);
+                continue;
+            }
+            report.repaired.push(RepairedSnapshot {
+                snapshot: id,
+                repaired: None,
+                damaged_files: harm.files,
+                damaged_dirs: harm.dirs,
+                examples: harm.examples.iter().map(|p| display(p)).collect(),
+            });
+            damaged.push(snap);
+        }
+    }
+    if opts.dry_run {
+        return Ok(report);
+    }
+    // New trees first (indexed when the session ends), then the snapshots
+    // that refer to them, then the removals.
+    let (roots, _) = write_session(&repo, Indexing::Write, |writer| {
+        let mut rewriter = Rewriter {
+            repo: &repo,
+            damage: &damage,
+            writer,
+            memo: HashMap::new(),
+        };
+        damaged
+            .iter()
+            .map(|s| match rewriter.tree(&s.tree, 0)? {
+                Fate::Repaired(id) => Ok(id),
+                // Only a crafted snapshot whose trees recur at depths on
+                // both sides of the limit is assessed damaged and found whole.
+                Fate::Whole => Ok(s.tree),
+                Fate::Lost => Err(Error::Refused(format!(
+                    "tree {} no longer reads (did storage change during the repair?): run it again",
+                    s.tree
+                ))),
+            })
+            .collect::<Result<Vec<Id>>>()
+    })?;
+    for ((snap, root), entry) in damaged.into_iter().zip(roots).zip(&mut report.repaired) {
+        let mut copy = snap;
+        copy.tree = root;
+        copy.original = Some(copy.original.unwrap_or(entry.snapshot));
+        if !copy.tags.iter().any(|t| t == REPAIRED_TAG) {
+            copy.tags.push(REPAIRED_TAG.to_string());
+        }
+        copy.program_version = format!("cairn {}", env!("CARGO_PKG_VERSION"));
+        entry.repaired = Some(repo.save_json(FileKind::Snapshot, &copy)?);
+    }
+    if opts.forget {
+        let gone = report
+            .repaired
+            .iter()
+            .map(|r| r.snapshot)
+            .chain(report.unrepairable.iter().copied())
+            .collect::<Vec<_>>();
+        for id in gone {
+            match repo.backend().remove(FileKind::Snapshot, &id.to_hex()) {
+                Ok(()) | Err(Error::NotFound(_)) => report.forgotten += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Writes repaired trees, each distinct tree once.
+struct Rewriter<'a, 'r, 'w> {
+    repo: &'a IndexedRepository<'r>,
+    damage: &'a Damage,
+    writer: &'w Writer<'w, 'w>,
+    memo: HashMap<Id, Fate>,
+}
+
+/// What became of a tree.
+#[derive(Clone, Copy)]
+enum Fate {
+    /// It does not read.
+    Lost,
+    /// Nothing below it is lost.
+    Whole,
+    /// Its repaired copy.
+    Repaired(Id),
+}
+
+impl Rewriter<'_, '_, '_> {
+    /// The fate of a tree, each distinct one decided once.
+    fn tree(&mut self, id: &Id, depth: usize) -> Result<Fate> {
+        if let Some(done) = self.memo.get(id) {
+            return Ok(*done);
+        }
+        crate::interrupt::check()?;
+        // Deeper than any reader goes: restore refuses it, so it is lost.
+        let tree = if depth > MAX_TREE_DEPTH {
+            None
+        } else {
+            self.damage.load_tree(self.repo, id)?
+        };
+        let fate = match tree {
+            None => Fate::Lost,
+            Some(tree) => self.rewrite(tree, depth)?,
+        };
+        self.memo.insert(*id, fate);
+        Ok(fate)
+    }
+
+    fn rewrite(&mut self, mut tree: Tree, depth: usize) -> Result<Fate> {
+        let mut changed = false;
+        let mut lost = vec![false; tree.nodes.len()];
+        for (node, lost) in tree.nodes.iter_mut().zip(&mut lost) {
+            if node.node_type == NodeType::File
+                && node
+                    .content
+                    .iter()
+                    .any(|b| self.damage.data_lost(self.repo, b))
+            {
+                node.content
+                    .retain(|b| !self.damage.data_lost(self.repo, b));
+                node.size = node
+                    .content
+                    .iter()
+                    .filter_map(|b| self.repo.index().lookup(BlobType::Data, b))
+                    .map(|l| u64::from(l.raw_length))
+                    .sum();
+                *lost = true;
+            }
+            if let Some(sub) = node.subtree {
+                match self.tree(&sub, depth + 1)? {
+                    Fate::Whole => {}
+                    Fate::Repaired(new) => {
+                        node.subtree = Some(new);
+                        changed = true;
+                    }
+                    Fate::Lost => {
+                        node.subtree = Some(self.store(&Tree::default())?);
+                        *lost = true;
+                    }
+                }
+            }
+        }
+        if lost.contains(&true) {
+            // Entries that lost nothing keep their names; a damaged one is
+            // renamed, and lengthened again while it meets a name in use.
+            let mut names: HashSet<Vec<u8>> = tree
+                .nodes
+                .iter()
+                .zip(&lost)
+                .filter(|(_, l)| !**l)
+                .map(|(n, _)| n.name.0.clone())
+                .collect();
+            for (node, _) in tree.nodes.iter_mut().zip(&lost).filter(|(_, l)| **l) {
+                node.name.0.extend_from_slice(REPAIRED_SUFFIX);
+                while !names.insert(node.name.0.clone()) {
+                    node.name.0.extend_from_slice(REPAIRED_SUFFIX);
+                }
+            }
+            tree.nodes.sort_by(|a, b| a.name.cmp(&b.name));
+            changed = true;
+        }
+        Ok(if changed {
+            Fate::Repaired(self.store(&tree)?)
+        } else {
+            Fate::Whole
+        })
+    }
+
+    fn store(&self, tree: &Tree) -> Result<Id> {
+        let bytes = tree.to_bytes();
+        let id = self.writer.repo().key().blob_id(&bytes);
+        if let Some(ticket) = self.writer.claim(BlobType::Tree, id) {
+            self.writer.save(ticket, BlobType::Tree, id, &bytes)?;
+        }
+        Ok(id)
     }
 }

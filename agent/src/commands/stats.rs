@@ -7,11 +7,11 @@ use serde::Serialize;
 
 use crate::backend::FileKind;
 use crate::blob::BlobType;
-use crate::error::Result;
+use crate::constants::MAX_TREE_DEPTH;
+use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::repository::IndexedRepository;
 use crate::tree::NodeType;
-use crate::treepath::walk;
 
 /// Figures for `cairn stats`.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -38,8 +38,6 @@ pub struct RepoStats {
 
 /// Compute statistics over the given snapshots (all when empty).
 ///
-/// The index must be loaded.
-///
 /// # Errors
 /// Storage errors; unreadable trees.
 pub fn stats(repo: &IndexedRepository<'_>, snapshots: &[Id]) -> Result<RepoStats> {
@@ -54,16 +52,25 @@ pub fn stats(repo: &IndexedRepository<'_>, snapshots: &[Id]) -> Result<RepoStats
     for id in &ids {
         let snap: crate::snapshot::Snapshot = repo.load_json(FileKind::Snapshot, id)?;
         s.snapshots += 1;
-        s.total_files += snap.summary.total_files;
-        s.total_size += snap.summary.total_bytes;
-        if !seen_trees.insert(snap.tree) {
-            continue;
-        }
-        walk(
-            repo,
-            &snap.tree,
-            std::path::Path::new("/"),
-            &mut |_, node| {
+        // As the snapshots record them: a crafted summary must not overflow.
+        s.total_files = s.total_files.saturating_add(snap.summary.total_files);
+        s.total_size = s.total_size.saturating_add(snap.summary.total_bytes);
+        // Only distinct blobs count, so each distinct tree is read once, over
+        // all snapshots: a snapshot whose trees share subtrees (two equal
+        // directories; a crafted one at every level) costs no more than its
+        // trees.
+        let mut todo = vec![(snap.tree, 0usize)];
+        while let Some((tree_id, depth)) = todo.pop() {
+            if !seen_trees.insert(tree_id) {
+                continue;
+            }
+            if depth > MAX_TREE_DEPTH {
+                return Err(Error::corrupt(
+                    format!("tree {tree_id}"),
+                    format!("nested deeper than {MAX_TREE_DEPTH} directories"),
+                ));
+            }
+            for node in repo.load_tree(&tree_id)?.nodes {
                 if node.node_type == NodeType::File {
                     for b in &node.content {
                         if seen.insert(*b) {
@@ -73,9 +80,9 @@ pub fn stats(repo: &IndexedRepository<'_>, snapshots: &[Id]) -> Result<RepoStats
                         }
                     }
                 }
-                Ok(())
-            },
-        )?;
+                todo.extend(node.subtree.map(|t| (t, depth + 1)));
+            }
+        }
     }
     s.unique_blobs = seen.len() as u64;
     for p in repo.backend().list(FileKind::Pack)? {

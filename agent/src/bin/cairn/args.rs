@@ -76,6 +76,23 @@ pub enum RepairCommand {
     /// was lost or damaged): the next backup then stores the missing data
     /// again instead of deduplicating against it. Do not run while a prune runs.
     Index,
+    /// Write copies of the snapshots that lost data (those `cairn check`
+    /// names), without what was lost: a file that lost data keeps what is
+    /// left and is renamed NAME.repaired; a directory whose tree is lost
+    /// becomes an empty NAME.repaired. Copies are tagged `repaired`. Run
+    /// `repair index` first when index files were lost. If the lost files
+    /// still exist, a new backup is the better repair.
+    Snapshots {
+        /// Snapshots to repair (default: every snapshot).
+        snapshots: Vec<String>,
+        /// Remove each damaged snapshot once its copy is written (and those
+        /// whose root is lost); prune then frees what only they used.
+        #[arg(long)]
+        forget: bool,
+        /// Show what would be repaired; write nothing.
+        #[arg(long, short = 'n')]
+        dry_run: bool,
+    },
 }
 
 #[derive(Args)]

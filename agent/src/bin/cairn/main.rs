@@ -193,6 +193,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Repair {
             command: RepairCommand::Index,
         } => maintenance::repair_index(&cli),
+        Command::Repair {
+            command:
+                RepairCommand::Snapshots {
+                    snapshots,
+                    forget,
+                    dry_run,
+                },
+        } => maintenance::repair_snapshots(&cli, snapshots, *forget, *dry_run),
         Command::Forget(args) => maintenance::forget(&cli, args),
         Command::Copy(args) => maintenance::copy(&cli, args),
         Command::Agent { command } => Ok(agent::run(&cli, command)),

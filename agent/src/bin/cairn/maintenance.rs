@@ -192,6 +192,22 @@ pub fn check(cli: &Cli, args: &CheckArgs) -> Result<ExitCode> {
                 report.marked_packs
             );
         }
+        for d in &report.damaged_snapshots {
+            let more = d.damaged_files + d.damaged_dirs > d.examples.len() as u64;
+            println!(
+                "snapshot {} ({}, {}) cannot be restored whole: {} files lost data, {} directories are lost: {}{}",
+                &d.snapshot[..8],
+                d.hostname,
+                d.time,
+                d.damaged_files,
+                d.damaged_dirs,
+                d.examples.join(", "),
+                if more { ", ..." } else { "" }
+            );
+        }
+        if !report.damaged_snapshots.is_empty() {
+            println!("a backup of the same data stores what was lost again; `cairn repair snapshots` writes copies of these snapshots without what was lost");
+        }
         if report.problems.is_empty() {
             println!("no errors were found");
         }
@@ -269,6 +285,73 @@ pub fn copy(cli: &Cli, args: &CopyArgs) -> Result<ExitCode> {
             ""
         } else {
             "\nnote: the repositories do not share blob IDs, so every blob of a copied snapshot is read; create copy targets with `cairn init --from-repo SOURCE` for incremental copies"
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cairn repair snapshots`.
+pub fn repair_snapshots(
+    cli: &Cli,
+    snapshots: &[String],
+    forget: bool,
+    dry_run: bool,
+) -> Result<ExitCode> {
+    use cairn::commands::repair::{repair_snapshots, SnapshotRepairOptions};
+    let repo = open_repo(cli)?;
+    let ids = snapshots
+        .iter()
+        .map(|s| repo.find_snapshot(s).map(|(id, _)| id))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let report = repair_snapshots(
+        &repo,
+        &SnapshotRepairOptions {
+            snapshots: ids,
+            forget,
+            dry_run,
+        },
+    )?;
+    if cli.json {
+        print_json(&report)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let would = |done: &'static str, planned: &'static str| if dry_run { planned } else { done };
+    for r in &report.repaired {
+        let more = r.damaged_files + r.damaged_dirs > r.examples.len() as u64;
+        println!(
+            "snapshot {}: {} files lost data, {} directories are lost: {}{}",
+            r.snapshot.short(),
+            r.damaged_files,
+            r.damaged_dirs,
+            r.examples.join(", "),
+            if more { ", ..." } else { "" }
+        );
+        match r.repaired {
+            Some(new) => println!("  repaired copy: snapshot {}", new.short()),
+            None => println!("  would write a repaired copy"),
+        }
+    }
+    for id in &report.unrepairable {
+        println!(
+            "snapshot {}: its root tree is lost; nothing of it can be restored{}",
+            id.short(),
+            if forget {
+                would(" (removed)", " (would be removed)")
+            } else {
+                ""
+            }
+        );
+    }
+    println!(
+        "{} snapshots read; {} {} damaged; {} unrepairable{}",
+        report.snapshots,
+        would("repaired", "would repair"),
+        report.repaired.len(),
+        report.unrepairable.len(),
+        if forget && !dry_run {
+            format!("; {} removed", report.forgotten)
+        } else {
+            String::new()
         }
     );
     Ok(ExitCode::SUCCESS)
