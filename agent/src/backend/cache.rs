@@ -3,7 +3,11 @@
 //! and packs holding tree blobs. Every cached file is named by the hash of its
 //! contents and checked against it when read, and listings always come from
 //! the remote, so a stale, damaged or deleted cache costs downloads, never a
-//! wrong result.
+//! wrong result. Every listing also drops the cached files of its kind that
+//! the remote no longer has (a pack another host pruned, or one that was
+//! lost). `check` does not read through the cache at all
+//! ([`super::open_uncached`]): a pack the remote lost or damaged must not pass
+//! because this host still has a good copy.
 
 use std::collections::HashSet;
 use std::fs;
@@ -89,6 +93,39 @@ impl CachedBackend {
             tracing::warn!("discarding damaged cache file {}", p.display());
             let _ = fs::remove_file(&p);
             None
+        }
+    }
+
+    /// Remove the cached copies of files of `kind` that the remote no longer
+    /// lists (best effort). Packs lie one directory deeper (`data/ab/abcd…`).
+    fn drop_unlisted(&self, kind: FileKind, listed: &[FileInfo]) {
+        let names: HashSet<&str> = listed.iter().map(|f| f.name.as_str()).collect();
+        let top = match kind {
+            FileKind::Pack => self.dir.join("data"),
+            _ => match self.dir.join(kind.path("x")).parent() {
+                Some(d) => d.to_path_buf(),
+                None => return,
+            },
+        };
+        let mut dirs = vec![top];
+        let mut verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        while let Some(dir) = dirs.pop() {
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if kind == FileKind::Pack && e.file_type().is_ok_and(|t| t.is_dir()) {
+                    dirs.push(e.path());
+                } else if !n.starts_with(".tmp-") && !names.contains(n.as_str()) {
+                    tracing::debug!(
+                        "dropping cached {} {n}: the repository no longer has it",
+                        kind.name()
+                    );
+                    verified.remove(&n);
+                    let _ = fs::remove_file(e.path());
+                }
+            }
         }
     }
 
@@ -185,20 +222,8 @@ impl Backend for CachedBackend {
 
     fn list(&self, kind: FileKind) -> Result<Vec<FileInfo>> {
         let list = self.inner.list(kind)?;
-        if matches!(kind, FileKind::Snapshot | FileKind::Index) {
-            // Drop cached copies of files the repository no longer has.
-            if let Ok(entries) =
-                fs::read_dir(self.dir.join(kind.path("x")).parent().unwrap_or(&self.dir))
-            {
-                let names: std::collections::HashSet<&str> =
-                    list.iter().map(|f| f.name.as_str()).collect();
-                for e in entries.flatten() {
-                    let n = e.file_name().to_string_lossy().into_owned();
-                    if !names.contains(n.as_str()) {
-                        let _ = fs::remove_file(e.path());
-                    }
-                }
-            }
+        if matches!(kind, FileKind::Snapshot | FileKind::Index | FileKind::Pack) {
+            self.drop_unlisted(kind, &list);
         }
         Ok(list)
     }

@@ -206,11 +206,26 @@ pub fn open_group_shared(location: &str) -> Result<Box<dyn Backend>> {
 }
 
 /// Open the backend a repository location names: `s3:...` or a local path
-/// (optionally written `local:PATH`).
+/// (optionally written `local:PATH`). A remote repository is read through
+/// the local cache ([`cache`]) unless `CAIRN_NO_CACHE` is set.
 ///
 /// # Errors
 /// [`Error::InvalidInput`] for an empty or unsupported location.
 pub fn open(location: &str) -> Result<Box<dyn Backend>> {
+    open_with(location, true)
+}
+
+/// [`open`] without the local cache: every read goes to the repository.
+/// `check` uses it, so that it verifies the repository as other hosts see
+/// it, not a cached copy of packs the repository may have lost or damaged.
+///
+/// # Errors
+/// As [`open`].
+pub fn open_uncached(location: &str) -> Result<Box<dyn Backend>> {
+    open_with(location, false)
+}
+
+fn open_with(location: &str, cached: bool) -> Result<Box<dyn Backend>> {
     if location.is_empty() {
         return Err(Error::InvalidInput(
             "no repository given: use --repo or set CAIRN_REPOSITORY".into(),
@@ -223,7 +238,7 @@ pub fn open(location: &str) -> Result<Box<dyn Backend>> {
         let s3: Box<dyn Backend> = Box::new(S3Backend::new(S3Config::parse(location)?)?);
         let no_cache = std::env::var("CAIRN_NO_CACHE").is_ok_and(|v| !v.is_empty() && v != "0");
         return Ok(match cache::default_cache_root() {
-            Some(root) if !no_cache => cache::CachedBackend::wrap(s3, &root),
+            Some(root) if cached && !no_cache => cache::CachedBackend::wrap(s3, &root),
             _ => s3,
         });
     }

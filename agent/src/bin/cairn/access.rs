@@ -81,3 +81,10 @@ pub fn open_repo(cli: &Cli) -> Result<Repository> {
     let pw = password(cli, false)?;
     Ok(Repository::open(backend, &pw)?)
 }
+
+/// The repository without the local cache in front of it (`check`).
+pub fn open_repo_uncached(cli: &Cli) -> Result<Repository> {
+    let backend = backend::open_uncached(&cli.repo)?;
+    let pw = password(cli, false)?;
+    Ok(Repository::open(backend, &pw)?)
+}

@@ -12,7 +12,7 @@ use cairn::commands::forget::{Forgotten, GroupBy};
 use cairn::Repository;
 use cairn_protocol::duration::format_fixed;
 
-use crate::access::{open_repo, other_password};
+use crate::access::{open_repo, open_repo_uncached, other_password};
 use crate::args::{prune_options, retention_policy, CheckArgs, CopyArgs, ForgetArgs, PruneArgs};
 use crate::output::{human_bytes, print_json};
 use crate::Cli;
@@ -168,7 +168,8 @@ pub fn check(cli: &Cli, args: &CheckArgs) -> Result<ExitCode> {
         (None, true) => ReadData::All,
         (None, false) => ReadData::None,
     };
-    let repo = open_repo(cli)?;
+    // As every other host sees it: never a cached copy.
+    let repo = open_repo_uncached(cli)?;
     let report = check(&repo, read_data)?;
     if cli.json {
         print_json(&report)?;
