@@ -174,6 +174,72 @@ fn prune_marks_first_and_deletes_only_after_the_grace_period() {
     restore_check(&env, &kept, &src, "r");
 }
 
+/// A host whose clock runs two days ahead used to see every mark as two
+/// days old and delete marked packs at once, whatever the grace period (and
+/// one running behind made marks that a later prune aged too fast). Marks
+/// are now made and aged by the storage's clock (here the kernel's file
+/// times, which libfaketime does not shift), and a host whose clock is more
+/// than ten minutes off refuses to prune.
+#[test]
+fn prune_ages_marks_by_the_storage_clock_and_refuses_a_host_whose_clock_is_off() {
+    if std::process::Command::new("faketime")
+        .arg("-v")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("CAIRN_REQUIRE_FAKETIME").is_none(),
+            "faketime is not installed (scripts/test installs it)"
+        );
+        eprintln!("skipped: faketime is not installed");
+        return;
+    }
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a"), random_bytes(3 << 20, 51)).unwrap();
+    let s = src.to_str().unwrap();
+    env.ok(&["init"]);
+    env.ok(&["backup", s]);
+    fs::write(src.join("a"), random_bytes(3 << 20, 52)).unwrap();
+    env.ok(&["backup", s]);
+    env.ok(&["forget", "--keep-last", "1"]);
+    let first = env.json(&["prune"]);
+    assert!(first["packs_marked"].as_u64().unwrap() >= 1, "{first}");
+    let offset = first["storage_clock_offset_seconds"].as_i64().unwrap();
+    assert!(
+        offset.abs() <= 1,
+        "a local disk keeps this host's time: {first}"
+    );
+    let packs = pack_count(&env);
+
+    // cairn with this host's clock shifted (libfaketime; file times stay real).
+    let shifted = |shift: &str, args: &[&str]| {
+        std::process::Command::new("faketime")
+            .env("CAIRN_REPOSITORY", &env.location)
+            .env("CAIRN_PASSWORD", PASSWORD)
+            .env("NO_FAKE_STAT", "1")
+            .args(["-f", shift, env!("CARGO_BIN_EXE_cairn"), "--json"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    for shift in ["+2d", "-3h"] {
+        let out = shifted(shift, &["prune"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{shift}: {stderr}");
+        assert!(stderr.contains("fix this host's time"), "{shift}: {stderr}");
+        assert_eq!(pack_count(&env), packs, "{shift}: a pack was deleted");
+    }
+    // A small offset is tolerated, and marks stay young by the storage's clock.
+    let out = shifted("+5m", &["prune", "--grace", "1h"]);
+    assert_success(&out, &["prune", "with the clock 5 min ahead"]);
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["packs_deleted"], 0, "{r}");
+    assert_eq!(r["packs_waiting"], first["packs_marked"], "{r}");
+    assert_eq!(pack_count(&env), packs);
+}
+
 #[test]
 fn prune_removes_temporary_files_of_killed_writers_after_the_grace_period() {
     let env = Env::new();

@@ -157,8 +157,16 @@ impl Backend for CachedBackend {
         self.inner.max_read_run()
     }
 
-    fn remove_stale_temporaries(&self, age: std::time::Duration) -> Result<(u64, u64)> {
-        self.inner.remove_stale_temporaries(age)
+    fn remove_stale_temporaries(
+        &self,
+        age: std::time::Duration,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(u64, u64)> {
+        self.inner.remove_stale_temporaries(age, now)
+    }
+
+    fn clock(&self) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+        self.inner.clock()
     }
 
     fn create(&self) -> Result<()> {

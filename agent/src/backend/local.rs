@@ -266,7 +266,28 @@ impl Backend for LocalBackend {
         2 << 20
     }
 
-    fn remove_stale_temporaries(&self, age: std::time::Duration) -> Result<(u64, u64)> {
+    fn clock(&self) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+        let mut tag = [0u8; 8];
+        crate::crypto::fill_random(&mut tag);
+        let path = self.root.join(format!(".tmp-clock-{}", hex::encode(tag)));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| Error::io("create", &path, e))?;
+        let modified = file.metadata().and_then(|m| m.modified());
+        drop(file);
+        let _ = fs::remove_file(&path);
+        let modified = modified.map_err(|e| Error::io("stat", &path, e))?;
+        Ok(Some(modified.into()))
+    }
+
+    fn remove_stale_temporaries(
+        &self,
+        age: std::time::Duration,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(u64, u64)> {
         let (mut n, mut bytes) = (0, 0);
         for kind in FileKind::ALL {
             let dir = self.root.join(kind.dir());
@@ -286,7 +307,8 @@ impl Backend for LocalBackend {
                 let stale = meta
                     .modified()
                     .ok()
-                    .and_then(|t| t.elapsed().ok())
+                    .map(chrono::DateTime::<chrono::Utc>::from)
+                    .and_then(|t| (now - t).to_std().ok())
                     .is_some_and(|elapsed| elapsed >= age);
                 if !meta.is_file() || !stale {
                     continue;

@@ -99,14 +99,31 @@ pub trait Backend: Send + Sync {
     }
 
     /// Remove temporary files that writers left behind (a backup killed while
-    /// writing a pack) once they are older than `age`; returns how many were
-    /// removed and their bytes. Object stores have none: an upload is
-    /// visible whole or not at all.
+    /// writing a pack) once they are older than `age` at `now` (the storage's
+    /// clock, [`Backend::clock`]: the files' times are the storage's too);
+    /// returns how many were removed and their bytes. Object stores have
+    /// none: an upload is visible whole or not at all.
     ///
     /// # Errors
     /// Listing or removal failures.
-    fn remove_stale_temporaries(&self, _age: std::time::Duration) -> Result<(u64, u64)> {
+    fn remove_stale_temporaries(
+        &self,
+        _age: std::time::Duration,
+        _now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(u64, u64)> {
         Ok((0, 0))
+    }
+
+    /// The storage's own clock: the modification time it gives a probe file
+    /// written now (and removed at once). Prune ages its marks by it, so
+    /// hosts whose clocks disagree still agree on when a mark was made; on a
+    /// network filesystem it is the server's clock, which also stamps the
+    /// temporary files prune ages. `None` when the storage keeps no times.
+    ///
+    /// # Errors
+    /// Storage errors.
+    fn clock(&self) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+        Ok(None)
     }
 
     /// Prepare an empty location for a new repository.

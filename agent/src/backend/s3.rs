@@ -710,6 +710,46 @@ impl Backend for S3Backend {
         Ok(out)
     }
 
+    fn clock(&self) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+        let mut tag = [0u8; 8];
+        crate::crypto::fill_random(&mut tag);
+        let name = format!(".clock-{}", hex::encode(tag));
+        let key = if self.cfg.prefix.is_empty() {
+            name
+        } else {
+            format!("{}/{name}", self.cfg.prefix)
+        };
+        self.rt.block_on(async {
+            self.put(&key, bytes::Bytes::new(), false).await?;
+            count(&self.requests.head);
+            let head = self
+                .client
+                .head_object()
+                .bucket(&self.cfg.bucket)
+                .key(&key)
+                .send()
+                .await
+                .map_err(|e| self.error("stat", &key, e));
+            count(&self.requests.delete);
+            if let Err(e) = self
+                .client
+                .delete_object()
+                .bucket(&self.cfg.bucket)
+                .key(&key)
+                .send()
+                .await
+            {
+                tracing::warn!(
+                    "the clock probe {key} stays: {}",
+                    self.error("remove", &key, e)
+                );
+            }
+            Ok(head?
+                .last_modified()
+                .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())))
+        })
+    }
+
     fn remove(&self, kind: FileKind, name: &str) -> Result<()> {
         let key = self.key(kind, name);
         count(&self.requests.delete);

@@ -118,7 +118,15 @@ pub struct PruneReport {
     pub temporaries_removed: u64,
     /// Bytes of those files.
     pub temporary_bytes_removed: u64,
+    /// The storage's clock minus this host's, in seconds, when the storage
+    /// has a clock (marks are made and aged by the storage's clock).
+    pub storage_clock_offset_seconds: Option<i64>,
 }
+
+/// How far this host's clock may be from the storage's before prune refuses
+/// to run: marks made by hosts that aged them by their own clocks (older
+/// versions) are only as right as those clocks.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(600);
 
 /// A pack as the index files describe it, merged over all files.
 struct PackRecord {
@@ -276,6 +284,8 @@ pub struct PrunePlan<'r> {
     repo: IndexedRepository<'r>,
     report: PruneReport,
     started: Instant,
+    /// The storage's time when planning started.
+    clock: DateTime<Utc>,
     grace: Duration,
     records: BTreeMap<Id, PackRecord>,
     fates: BTreeMap<Id, Fate>,
@@ -303,6 +313,27 @@ pub fn plan<'r>(repo: &'r Repository, opts: &PruneOptions) -> Result<PrunePlan<'
         dry_run: opts.dry_run,
         grace_seconds: opts.grace.as_secs(),
         ..PruneReport::default()
+    };
+
+    // Time is the storage's: every host that prunes this repository then
+    // ages marks by the same clock. One whose own clock is far off refuses.
+    let host_now = Utc::now();
+    let clock = match repo.backend().clock()? {
+        Some(storage) => {
+            let offset = storage - host_now;
+            report.storage_clock_offset_seconds = Some(offset.num_seconds());
+            let skew = offset.abs().to_std().unwrap_or(Duration::MAX);
+            if !opts.grace.is_zero() && skew > MAX_CLOCK_SKEW {
+                return Err(Error::Refused(format!(
+                    "this host's clock is {} the storage's by {}; prune ages marks by the storage's clock and trusts no host whose clock is more than {} off: fix this host's time (NTP) and run prune again. Nothing was changed",
+                    if offset.num_seconds() > 0 { "behind" } else { "ahead of" },
+                    humantime(skew),
+                    humantime(MAX_CLOCK_SKEW),
+                )));
+            }
+            storage
+        }
+        None => host_now,
     };
 
     // 0. Snapshots are listed before the index: a backup writes its index
@@ -376,7 +407,7 @@ pub fn plan<'r>(repo: &'r Repository, opts: &PruneOptions) -> Result<PrunePlan<'
     report.pack_bytes = stored.values().sum();
 
     // 4. Per pack: the needed blobs it holds the chosen copy of.
-    let now = Utc::now();
+    let now = clock;
     let grace = chrono::Duration::from_std(opts.grace)
         .map_err(|_| Error::InvalidInput("grace period too long".into()))?;
     let mut fates: BTreeMap<Id, Fate> = BTreeMap::new();
@@ -482,6 +513,7 @@ pub fn plan<'r>(repo: &'r Repository, opts: &PruneOptions) -> Result<PrunePlan<'
         repo,
         report,
         started,
+        clock,
         grace: opts.grace,
         records,
         fates,
@@ -504,6 +536,7 @@ impl PrunePlan<'_> {
             repo,
             mut report,
             started,
+            clock,
             grace,
             records,
             fates,
@@ -535,7 +568,7 @@ impl PrunePlan<'_> {
         //    New marks take the time now, just before the index files that carry
         //    them are written: backups that load the index from here on no longer
         //    see these packs live (once the old files are removed, moments later).
-        let mark_time = Utc::now();
+        let mark_time = storage_time(clock, started);
         let mut out: Vec<IndexPack> = Vec::new();
         for (pack, fate) in &fates {
             let blobs = records
@@ -622,7 +655,9 @@ impl PrunePlan<'_> {
         })?;
         // Files a killed writer left half-written: no backup still running is
         // older than the grace period (the assumption all of prune rests on).
-        let (n, bytes) = repo.backend().remove_stale_temporaries(grace)?;
+        let (n, bytes) = repo
+            .backend()
+            .remove_stale_temporaries(grace, storage_time(clock, started))?;
         report.temporaries_removed = n;
         report.temporary_bytes_removed = bytes;
         tracing::info!(
@@ -633,6 +668,21 @@ impl PrunePlan<'_> {
             started.elapsed()
         );
         Ok(report)
+    }
+}
+
+/// The storage's time now, from its time when planning `started`.
+fn storage_time(clock: DateTime<Utc>, started: Instant) -> DateTime<Utc> {
+    clock + chrono::Duration::from_std(started.elapsed()).unwrap_or_default()
+}
+
+/// A duration for messages: `12 min 5 s`, `3 h 20 min`.
+fn humantime(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=59 => format!("{s} s"),
+        60..=3599 => format!("{} min {} s", s / 60, s % 60),
+        _ => format!("{} h {} min", s / 3600, s % 3600 / 60),
     }
 }
 
