@@ -318,7 +318,16 @@ pub fn plan<'r>(repo: &'r Repository, opts: &PruneOptions) -> Result<PrunePlan<'
     // Time is the storage's: every host that prunes this repository then
     // ages marks by the same clock. One whose own clock is far off refuses.
     let host_now = Utc::now();
-    let clock = match repo.backend().clock()? {
+    let storage_clock = match repo.backend().clock() {
+        // A dry run may look at a repository it cannot write (a read-only
+        // mount): it decides by this host's clock and says so.
+        Err(e) if opts.dry_run => {
+            tracing::warn!("dry run: cannot read the storage's clock ({e}); using this host's");
+            None
+        }
+        other => other?,
+    };
+    let clock = match storage_clock {
         Some(storage) => {
             let offset = storage - host_now;
             report.storage_clock_offset_seconds = Some(offset.num_seconds());
