@@ -764,7 +764,11 @@ impl Repository {
                     // stores them again, a restore reports the files that
                     // need them), not the whole repository. Prune and check
                     // read index files themselves and stop or report.
-                    Err(e) => tracing::warn!("skipping index {id}: {e}"),
+                    Err(e @ Error::Corrupt { .. }) => tracing::warn!("skipping index {id}: {e}"),
+                    // Anything else (a timeout, a refusal) says nothing about
+                    // the file: going on without it would make its blobs
+                    // look lost (stored again, or cut by a repair).
+                    Err(e) => return Err(e),
                 }
                 loaded.insert(f.name);
             }
@@ -784,7 +788,8 @@ impl Repository {
 
     /// This repository with an index assembled elsewhere (check and prune
     /// read index files themselves, to report or refuse bad ones).
-    pub fn with_index(&self, index: Index) -> IndexedRepository<'_> {
+    pub fn with_index(&self, mut index: Index) -> IndexedRepository<'_> {
+        index.finish();
         IndexedRepository {
             repo: Held::Borrowed(self),
             index,

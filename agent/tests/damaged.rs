@@ -422,6 +422,12 @@ fn check_names_the_damaged_snapshots_and_repair_snapshots_rewrites_them() {
         output(&text)
     );
 
+    // The index still lists the lost pack: repair refuses until it is rebuilt.
+    let out = env.run(&["repair", "snapshots"]);
+    assert_fails(&out, 1, "run `cairn repair index` first");
+    let out = env.run(&["repair", "index"]);
+    assert_eq!(out.status.code(), Some(3), "{}", output(&out));
+
     // A dry run writes nothing.
     let dry = env.json(&["repair", "snapshots", "--dry-run"]);
     assert_eq!(dry["repaired"].as_array().unwrap().len(), 1, "{dry}");
@@ -453,7 +459,7 @@ fn check_names_the_damaged_snapshots_and_repair_snapshots_rewrites_them() {
         fs::read(root.join("new/x.repaired")).unwrap(),
         b"I was here first"
     );
-    let x = fs::metadata(root.join("new/x.repaired.repaired")).unwrap();
+    let x = fs::metadata(root.join("new/x.repaired-2")).unwrap();
     assert_eq!(x.len(), 0, "x lost its only blob");
     assert!(!root.join("new/x").exists());
 

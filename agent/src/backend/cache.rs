@@ -108,7 +108,7 @@ impl CachedBackend {
             },
         };
         let mut dirs = vec![top];
-        let mut verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut dropped = Vec::new();
         while let Some(dir) = dirs.pop() {
             let Ok(entries) = fs::read_dir(&dir) else {
                 continue;
@@ -122,10 +122,15 @@ impl CachedBackend {
                         "dropping cached {} {n}: the repository no longer has it",
                         kind.name()
                     );
-                    verified.remove(&n);
                     let _ = fs::remove_file(e.path());
+                    dropped.push(n);
                 }
             }
+        }
+        // Readers hold this lock: take it only once the walk is done.
+        let mut verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        for n in dropped {
+            verified.remove(&n);
         }
     }
 

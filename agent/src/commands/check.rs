@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::backend::FileKind;
 use crate::blob::{decode_blob, BlobType};
-use crate::commands::damage::{display, Assessor, Damage};
+use crate::commands::damage::{Assessor, Damage};
 use crate::constants::MAX_TREE_DEPTH;
 use crate::error::{Error, Result};
 use crate::id::Id;
@@ -301,54 +301,15 @@ pub fn check(repo: &Repository, read_data: ReadData) -> Result<CheckReport> {
     };
     for (pack_id, _) in selected {
         report.packs_read += 1;
-        let object = format!("pack {pack_id}");
-        let bytes = match repo.backend().read(FileKind::Pack, &pack_id.to_hex()) {
-            Ok(b) => b,
-            Err(e) => {
-                report.problem(object, e);
-                continue;
-            }
-        };
-        if Id::of_stored(&bytes) != pack_id {
-            report.problem(
-                &object,
-                "content does not match its name (modified or truncated)",
-            );
+        let mut problems = Vec::new();
+        match read_pack_blobs(&repo, &pack_id, &mut damage, &mut |o, m| {
+            problems.push((o, m));
+        }) {
+            Ok(n) => report.blobs_read += n,
+            Err(e) => problems.push((format!("pack {pack_id}"), e)),
         }
-        let header = match pack::read_header(repo.key(), &pack_id, &bytes) {
-            Ok(h) => h,
-            Err(e) => {
-                report.problem(object, e);
-                continue;
-            }
-        };
-        for b in header {
-            let start = b.offset as usize;
-            let Some(stored) = bytes.get(start..start + b.length as usize) else {
-                match b.blob_type {
-                    BlobType::Data => damage.data.insert(b.id),
-                    BlobType::Tree => damage.trees.insert(b.id),
-                };
-                report.problem(
-                    format!("{} blob {} in pack {pack_id}", b.blob_type, b.id),
-                    "lies beyond the end of the pack",
-                );
-                continue;
-            };
-            report.blobs_read += 1;
-            let decoded = repo
-                .check_raw_length(b.blob_type, &b.id, b.raw_length)
-                .and_then(|()| decode_blob(repo.key(), b.blob_type, &b.id, stored, b.raw_length));
-            if let Err(e) = decoded {
-                match b.blob_type {
-                    BlobType::Data => damage.data.insert(b.id),
-                    BlobType::Tree => damage.trees.insert(b.id),
-                };
-                report.problem(
-                    format!("{} blob {} in pack {pack_id}", b.blob_type, b.id),
-                    e,
-                );
-            }
+        for (object, message) in problems {
+            report.problem(object, message);
         }
     }
 
@@ -377,11 +338,63 @@ pub fn check(repo: &Repository, read_data: ReadData) -> Result<CheckReport> {
                 hostname: s.hostname.clone(),
                 damaged_files: harm.files,
                 damaged_dirs: harm.dirs,
-                examples: harm.examples.iter().map(|p| display(p)).collect(),
+                examples: harm.paths(),
             });
         }
     }
     Ok(report)
+}
+
+/// Read a pack whole and decode every blob its header lists: the blobs that
+/// do not decode, or lie beyond its end, go to `damage`, and every problem
+/// found (those, a name that does not match the content) to `problem` as
+/// (object, message). Returns the blobs decoded, or, when the pack cannot be
+/// read or its header is damaged, why (nothing is then known of its blobs,
+/// and nothing goes to `damage`).
+pub(crate) fn read_pack_blobs(
+    repo: &Repository,
+    pack_id: &Id,
+    damage: &mut Damage,
+    problem: &mut dyn FnMut(String, String),
+) -> std::result::Result<u64, String> {
+    let object = format!("pack {pack_id}");
+    let bytes = repo
+        .backend()
+        .read(FileKind::Pack, &pack_id.to_hex())
+        .map_err(|e| e.to_string())?;
+    if Id::of_stored(&bytes) != *pack_id {
+        problem(
+            object.clone(),
+            "content does not match its name (modified or truncated)".into(),
+        );
+    }
+    let header = pack::read_header(repo.key(), pack_id, &bytes).map_err(|e| e.to_string())?;
+    let mut decoded_blobs = 0;
+    for b in header {
+        let start = b.offset as usize;
+        let decoded = match bytes.get(start..start + b.length as usize) {
+            None => Err("lies beyond the end of the pack".to_string()),
+            Some(stored) => repo
+                .check_raw_length(b.blob_type, &b.id, b.raw_length)
+                .and_then(|()| decode_blob(repo.key(), b.blob_type, &b.id, stored, b.raw_length))
+                .map(drop)
+                .map_err(|e| e.to_string()),
+        };
+        match decoded {
+            Ok(()) => decoded_blobs += 1,
+            Err(e) => {
+                match b.blob_type {
+                    BlobType::Data => damage.data.insert(b.id),
+                    BlobType::Tree => damage.trees.insert(b.id),
+                };
+                problem(
+                    format!("{} blob {} in pack {pack_id}", b.blob_type, b.id),
+                    e,
+                );
+            }
+        }
+    }
+    Ok(decoded_blobs)
 }
 
 /// Read and authenticate a pack's header (trailer, then the sealed header).
@@ -447,7 +460,10 @@ fn check_tree(
         let tree = match repo.load_tree(&id) {
             Ok(t) => t,
             Err(e) => {
-                unreadable.insert(id);
+                // Lost (not a timeout): what `damaged_snapshots` counts.
+                if matches!(e, Error::NotFound(_) | Error::Corrupt { .. }) {
+                    unreadable.insert(id);
+                }
                 report.problem(format!("tree {id} ({context})"), e);
                 continue;
             }

@@ -8,8 +8,9 @@
 //! are shared between snapshots and within one (two identical directories
 //! have one tree), so every result is kept per tree ID: a snapshot whose
 //! trees share subtrees exponentially (as a crafted one may) costs one visit
-//! per distinct tree, and each result names at most [`EXAMPLES`] paths while
-//! the counts saturate instead of overflowing.
+//! per distinct tree (per tree and depth where the depth limit cuts below
+//! it), each result names at most [`EXAMPLES`] paths, sharing their tails
+//! with the trees below, and the counts saturate instead of overflowing.
 
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
@@ -62,6 +63,34 @@ impl Damage {
     }
 }
 
+/// A damaged path, relative to the tree whose [`Harm`] holds it: a name, then
+/// the rest of the path below it. Shared between the trees above, so that a
+/// deep chain of long names costs one name per tree, not one path.
+#[derive(Debug)]
+pub struct PathLink {
+    name: Vec<u8>,
+    rest: Option<Rc<PathLink>>,
+}
+
+impl PathLink {
+    /// The path as `/a/b/c` (as `ls` shows it).
+    pub fn display(&self) -> String {
+        let mut out = Vec::new();
+        let mut at = Some(self);
+        while let Some(l) = at {
+            if !l.name.is_empty() {
+                out.push(b'/');
+                out.extend_from_slice(&l.name);
+            }
+            at = l.rest.as_deref();
+        }
+        if out.is_empty() {
+            out.push(b'/');
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
 /// The damage below one tree.
 #[derive(Debug, Default)]
 pub struct Harm {
@@ -70,7 +99,10 @@ pub struct Harm {
     /// Directories whose tree is lost (what was in them is not counted).
     pub dirs: u64,
     /// Up to [`EXAMPLES`] of the damaged paths, relative to the tree.
-    pub examples: Vec<Vec<u8>>,
+    pub examples: Vec<Rc<PathLink>>,
+    /// Whether the depth limit cut something below: then the result holds
+    /// only at the depth it was found at.
+    limited: bool,
 }
 
 impl Harm {
@@ -79,41 +111,49 @@ impl Harm {
         self.files == 0 && self.dirs == 0
     }
 
-    fn add(&mut self, prefix: &[u8], below: &Harm) {
+    /// The examples as paths (`/a/b`).
+    pub fn paths(&self) -> Vec<String> {
+        self.examples.iter().map(|e| e.display()).collect()
+    }
+
+    fn add(&mut self, name: &[u8], below: &Harm) {
         self.files = self.files.saturating_add(below.files);
         self.dirs = self.dirs.saturating_add(below.dirs);
+        self.limited |= below.limited;
         for e in &below.examples {
             if self.examples.len() >= EXAMPLES {
                 break;
             }
-            self.examples.push(join(prefix, e));
+            self.examples.push(Rc::new(PathLink {
+                name: name.to_vec(),
+                rest: Some(e.clone()),
+            }));
         }
     }
 
-    fn one(&mut self, path: &[u8], dir: bool) {
+    fn one(&mut self, name: &[u8], dir: bool) {
         if dir {
             self.dirs = self.dirs.saturating_add(1);
         } else {
             self.files = self.files.saturating_add(1);
         }
         if self.examples.len() < EXAMPLES {
-            self.examples.push(path.to_vec());
+            self.examples.push(Rc::new(PathLink {
+                name: name.to_vec(),
+                rest: None,
+            }));
         }
     }
-}
-
-fn join(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
-    let mut p = prefix.to_vec();
-    p.push(b'/');
-    p.extend_from_slice(rest);
-    p
 }
 
 /// Walks snapshots and remembers the harm below every tree it has seen.
 pub struct Assessor<'a, 'r> {
     repo: &'a IndexedRepository<'r>,
     damage: &'a Damage,
+    /// Per tree, where the depth limit played no part.
     memo: HashMap<Id, Rc<Harm>>,
+    /// Per tree and depth, where it did (bounded by trees × depth limit).
+    deep: HashMap<(Id, usize), Rc<Harm>>,
     clean: Rc<Harm>,
 }
 
@@ -124,6 +164,7 @@ impl<'a, 'r> Assessor<'a, 'r> {
             repo,
             damage,
             memo: HashMap::new(),
+            deep: HashMap::new(),
             clean: Rc::new(Harm::default()),
         }
     }
@@ -134,14 +175,13 @@ impl<'a, 'r> Assessor<'a, 'r> {
     /// # Errors
     /// Storage errors other than lost objects.
     pub fn snapshot(&mut self, root: &Id) -> Result<Rc<Harm>> {
-        match self.damage.load_tree(self.repo, root)? {
+        match self.tree(root, 0)? {
             None => {
                 let mut h = Harm::default();
-                h.one(b"/", true);
+                h.one(b"", true);
                 Ok(Rc::new(h))
             }
-            Some(tree) => {
-                let below = self.below(&tree, 0)?;
+            Some(below) => {
                 let mut h = Harm::default();
                 h.add(b"", &below);
                 Ok(Rc::new(h))
@@ -150,14 +190,18 @@ impl<'a, 'r> Assessor<'a, 'r> {
     }
 
     fn tree(&mut self, id: &Id, depth: usize) -> Result<Option<Rc<Harm>>> {
-        if let Some(h) = self.memo.get(id) {
+        if let Some(h) = self.memo.get(id).or_else(|| self.deep.get(&(*id, depth))) {
             return Ok(Some(h.clone()));
         }
         let Some(tree) = self.damage.load_tree(self.repo, id)? else {
             return Ok(None);
         };
         let h = self.below(&tree, depth)?;
-        self.memo.insert(*id, h.clone());
+        if h.limited {
+            self.deep.insert((*id, depth), h.clone());
+        } else {
+            self.memo.insert(*id, h.clone());
+        }
         Ok(Some(h))
     }
 
@@ -174,9 +218,11 @@ impl<'a, 'r> Assessor<'a, 'r> {
                 h.one(name, false);
             }
             let Some(sub) = node.subtree else { continue };
-            // Deeper than any reader goes: restore refuses it, so it is lost.
+            // Deeper than any reader goes: restore refuses it, so it is lost
+            // (here: the same tree may read fine where it sits higher up).
             if depth + 1 > MAX_TREE_DEPTH {
                 h.one(name, true);
+                h.limited = true;
                 continue;
             }
             match self.tree(&sub, depth + 1)? {
@@ -184,20 +230,10 @@ impl<'a, 'r> Assessor<'a, 'r> {
                 Some(below) => h.add(name, &below),
             }
         }
-        Ok(if h.is_clean() {
+        Ok(if h.is_clean() && !h.limited {
             self.clean.clone()
         } else {
             Rc::new(h)
         })
-    }
-}
-
-/// Display a path of raw name bytes (as `ls` does).
-pub fn display(path: &[u8]) -> String {
-    let p = String::from_utf8_lossy(path);
-    if p.starts_with('/') {
-        p.into_owned()
-    } else {
-        format!("/{p}")
     }
 }

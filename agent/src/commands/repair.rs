@@ -24,8 +24,8 @@ use std::collections::{HashMap, HashSet};
 
 use crate::backend::FileKind;
 use crate::blob::BlobType;
-use crate::commands::check::read_pack_header;
-use crate::commands::damage::{display, Assessor, Damage};
+use crate::commands::check::{read_pack_blobs, read_pack_header};
+use crate::commands::damage::{Assessor, Damage};
 use crate::constants::{INDEX_FLUSH_BLOBS, MAX_TREE_DEPTH};
 use crate::error::{Error, Result};
 use crate::id::Id;
@@ -184,6 +184,9 @@ pub struct SnapshotRepairOptions {
     pub forget: bool,
     /// Decide and report, write nothing.
     pub dry_run: bool,
+    /// Also read every pack whole and count the blobs that do not decode as
+    /// lost (what `check --read-data` finds inside packs that are present).
+    pub read_data: bool,
 }
 
 /// One snapshot `repair snapshots` rewrote.
@@ -220,6 +223,22 @@ pub struct SnapshotRepair {
 /// application a truncated file or an empty directory under its own name.
 pub const REPAIRED_SUFFIX: &[u8] = b".repaired";
 
+/// The longest entry name most filesystems take (NAME_MAX).
+const NAME_MAX: usize = 255;
+
+/// `STEM.repaired`, or `STEM.repaired-N` for `n` > 1, with the stem cut so
+/// that the whole is at most [`NAME_MAX`] bytes.
+fn repaired_name(stem: &[u8], n: u32) -> Vec<u8> {
+    let mut suffix = REPAIRED_SUFFIX.to_vec();
+    if n > 1 {
+        suffix.extend_from_slice(format!("-{n}").as_bytes());
+    }
+    let keep = stem.len().min(NAME_MAX.saturating_sub(suffix.len()));
+    let mut name = stem[..keep].to_vec();
+    name.extend_from_slice(&suffix);
+    name
+}
+
 /// The tag every repaired snapshot gets.
 pub const REPAIRED_TAG: &str = "repaired";
 
@@ -242,16 +261,9 @@ pub fn repair_snapshots(repo: &Repository, opts: &SnapshotRepairOptions) -> Resu
         dry_run: opts.dry_run,
         ..SnapshotRepair::default()
     };
-    let repo = repo.load_index()?;
-    let damage = Damage {
-        packs: repo
-            .backend()
-            .list(FileKind::Pack)?
-            .into_iter()
-            .filter_map(|f| f.name.parse::<Id>().ok())
-            .collect(),
-        ..Damage::default()
-    };
+    // Snapshots first: a backup writes its index files before its snapshot,
+    // so every snapshot listed here has its blobs in the index read below
+    // (one that finishes later is not touched).
     let snapshots: Vec<(Id, Snapshot)> = if opts.snapshots.is_empty() {
         repo.snapshots()?
     } else {
@@ -260,6 +272,69 @@ pub fn repair_snapshots(repo: &Repository, opts: &SnapshotRepairOptions) -> Resu
             .map(|id| Ok((*id, repo.load_json(FileKind::Snapshot, id)?)))
             .collect::<Result<_>>()?
     };
+    // Every index file, read strictly: a blob missing from an index file
+    // that merely failed to read is not lost, and must not be cut out.
+    let mut index = crate::index::Index::new();
+    for f in repo.backend().list(FileKind::Index)? {
+        let Ok(id) = f.name.parse::<Id>() else {
+            continue;
+        };
+        match repo.load_json::<IndexFile>(FileKind::Index, &id) {
+            Ok(file) => index.add_file(&file),
+            Err(Error::NotFound(_)) => {
+                return Err(Error::Refused(format!(
+                    "index {id} disappeared while it was read (is a prune running?): nothing was changed; run repair again when it is done"
+                )))
+            }
+            Err(e) => {
+                return Err(Error::Refused(format!(
+                    "index {id} cannot be read ({e}): nothing was changed; run `cairn repair index` first if it is damaged"
+                )))
+            }
+        }
+    }
+    index.finish();
+    let repo = repo.with_index(index);
+    let packs: HashSet<Id> = repo
+        .backend()
+        .list(FileKind::Pack)?
+        .into_iter()
+        .filter_map(|f| f.name.parse::<Id>().ok())
+        .collect();
+    // An index that still lists lost packs would make the repaired trees
+    // deduplicate against blobs that are gone: rebuild it first.
+    let missing: HashSet<Id> = repo
+        .index()
+        .iter()
+        .map(|(_, _, loc)| loc.pack)
+        .filter(|p| !packs.contains(p))
+        .collect();
+    if let Some(first) = missing.iter().next() {
+        return Err(Error::Refused(format!(
+            "the index lists {} packs that storage no longer holds (such as {first}): run `cairn repair index` first, then repair snapshots; nothing was changed",
+            missing.len()
+        )));
+    }
+    let mut damage = Damage {
+        packs,
+        ..Damage::default()
+    };
+    if opts.read_data {
+        let listed: std::collections::BTreeSet<Id> =
+            repo.index().iter().map(|(_, _, loc)| loc.pack).collect();
+        for pack in listed {
+            // A blob that does not decode is lost; a pack that cannot be read,
+            // or whose header is damaged, says nothing about its blobs.
+            read_pack_blobs(&repo, &pack, &mut damage, &mut |object, message| {
+                tracing::warn!("{object}: {message}");
+            })
+            .map_err(|why| {
+                Error::Refused(format!(
+                    "pack {pack} could not be verified ({why}): nothing was changed"
+                ))
+            })?;
+        }
+    }
     report.snapshots = snapshots.len() as u64;
     // Which snapshots are damaged, and where.
     let mut damaged = Vec::new();
@@ -279,7 +354,7 @@ pub fn repair_snapshots(repo: &Repository, opts: &SnapshotRepairOptions) -> Resu
                 repaired: None,
                 damaged_files: harm.files,
                 damaged_dirs: harm.dirs,
-                examples: harm.examples.iter().map(|p| display(p)).collect(),
+                examples: harm.paths(),
             });
             damaged.push(snap);
         }
@@ -295,10 +370,11 @@ pub fn repair_snapshots(repo: &Repository, opts: &SnapshotRepairOptions) -> Resu
             damage: &damage,
             writer,
             memo: HashMap::new(),
+            deep: HashMap::new(),
         };
         damaged
             .iter()
-            .map(|s| match rewriter.tree(&s.tree, 0)? {
+            .map(|s| match rewriter.tree(&s.tree, 0)?.0 {
                 Fate::Repaired(id) => Ok(id),
                 // Only a crafted snapshot whose trees recur at depths on
                 // both sides of the limit is assessed damaged and found whole.
@@ -337,12 +413,14 @@ pub fn repair_snapshots(repo: &Repository, opts: &SnapshotRepairOptions) -> Resu
     Ok(report)
 }
 
-/// Writes repaired trees, each distinct tree once.
+/// Writes repaired trees, each distinct tree once (once per depth where the
+/// depth limit cut something below it: the same tree may be whole higher up).
 struct Rewriter<'a, 'r, 'w> {
     repo: &'a IndexedRepository<'r>,
     damage: &'a Damage,
     writer: &'w Writer<'w, 'w>,
     memo: HashMap<Id, Fate>,
+    deep: HashMap<(Id, usize), Fate>,
 }
 
 /// What became of a tree.
@@ -357,28 +435,31 @@ enum Fate {
 }
 
 impl Rewriter<'_, '_, '_> {
-    /// The fate of a tree, each distinct one decided once.
-    fn tree(&mut self, id: &Id, depth: usize) -> Result<Fate> {
+    /// The fate of a tree at `depth`, and whether the depth limit cut
+    /// something below it.
+    fn tree(&mut self, id: &Id, depth: usize) -> Result<(Fate, bool)> {
         if let Some(done) = self.memo.get(id) {
-            return Ok(*done);
+            return Ok((*done, false));
+        }
+        if let Some(done) = self.deep.get(&(*id, depth)) {
+            return Ok((*done, true));
         }
         crate::interrupt::check()?;
-        // Deeper than any reader goes: restore refuses it, so it is lost.
-        let tree = if depth > MAX_TREE_DEPTH {
-            None
-        } else {
-            self.damage.load_tree(self.repo, id)?
-        };
-        let fate = match tree {
-            None => Fate::Lost,
+        let (fate, limited) = match self.damage.load_tree(self.repo, id)? {
+            None => (Fate::Lost, false),
             Some(tree) => self.rewrite(tree, depth)?,
         };
-        self.memo.insert(*id, fate);
-        Ok(fate)
+        if limited {
+            self.deep.insert((*id, depth), fate);
+        } else {
+            self.memo.insert(*id, fate);
+        }
+        Ok((fate, limited))
     }
 
-    fn rewrite(&mut self, mut tree: Tree, depth: usize) -> Result<Fate> {
+    fn rewrite(&mut self, mut tree: Tree, depth: usize) -> Result<(Fate, bool)> {
         let mut changed = false;
+        let mut limited = false;
         let mut lost = vec![false; tree.nodes.len()];
         for (node, lost) in tree.nodes.iter_mut().zip(&mut lost) {
             if node.node_type == NodeType::File
@@ -398,7 +479,17 @@ impl Rewriter<'_, '_, '_> {
                 *lost = true;
             }
             if let Some(sub) = node.subtree {
-                match self.tree(&sub, depth + 1)? {
+                // Deeper than any reader goes: restore refuses it, so it is
+                // lost here (decided per node: higher up it may read fine).
+                let fate = if depth + 1 > MAX_TREE_DEPTH {
+                    limited = true;
+                    Fate::Lost
+                } else {
+                    let (fate, lim) = self.tree(&sub, depth + 1)?;
+                    limited |= lim;
+                    fate
+                };
+                match fate {
                     Fate::Whole => {}
                     Fate::Repaired(new) => {
                         node.subtree = Some(new);
@@ -413,7 +504,8 @@ impl Rewriter<'_, '_, '_> {
         }
         if lost.contains(&true) {
             // Entries that lost nothing keep their names; a damaged one is
-            // renamed, and lengthened again while it meets a name in use.
+            // renamed NAME.repaired (NAME.repaired-2, ... while that is taken),
+            // its stem shortened to keep the name within 255 bytes.
             let mut names: HashSet<Vec<u8>> = tree
                 .nodes
                 .iter()
@@ -422,19 +514,22 @@ impl Rewriter<'_, '_, '_> {
                 .map(|(n, _)| n.name.0.clone())
                 .collect();
             for (node, _) in tree.nodes.iter_mut().zip(&lost).filter(|(_, l)| **l) {
-                node.name.0.extend_from_slice(REPAIRED_SUFFIX);
-                while !names.insert(node.name.0.clone()) {
-                    node.name.0.extend_from_slice(REPAIRED_SUFFIX);
-                }
+                let stem = std::mem::take(&mut node.name.0);
+                node.name.0 = (1..)
+                    .map(|n| repaired_name(&stem, n))
+                    .find(|name| !names.contains(name))
+                    .unwrap_or_default();
+                names.insert(node.name.0.clone());
             }
             tree.nodes.sort_by(|a, b| a.name.cmp(&b.name));
             changed = true;
         }
-        Ok(if changed {
+        let fate = if changed {
             Fate::Repaired(self.store(&tree)?)
         } else {
             Fate::Whole
-        })
+        };
+        Ok((fate, limited))
     }
 
     fn store(&self, tree: &Tree) -> Result<Id> {

@@ -92,6 +92,10 @@ pub enum RepairCommand {
         /// Show what would be repaired; write nothing.
         #[arg(long, short = 'n')]
         dry_run: bool,
+        /// Also read every pack and treat blobs that do not decode as lost
+        /// (what `check --read-data` reports inside packs that are present).
+        #[arg(long)]
+        read_data: bool,
     },
 }
 

@@ -297,9 +297,11 @@ pub fn repair_snapshots(
     snapshots: &[String],
     forget: bool,
     dry_run: bool,
+    read_data: bool,
 ) -> Result<ExitCode> {
     use cairn::commands::repair::{repair_snapshots, SnapshotRepairOptions};
-    let repo = open_repo(cli)?;
+    // What is lost is what every host sees lost, as for check.
+    let repo = open_repo_uncached(cli)?;
     let ids = snapshots
         .iter()
         .map(|s| repo.find_snapshot(s).map(|(id, _)| id))
@@ -310,6 +312,7 @@ pub fn repair_snapshots(
             snapshots: ids,
             forget,
             dry_run,
+            read_data,
         },
     )?;
     if cli.json {
