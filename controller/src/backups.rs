@@ -23,7 +23,7 @@ use crate::job_state::{job_finished, job_result, job_stuck};
 use crate::jobs;
 use crate::result::AgentResult;
 use crate::status::{apply_status, bounded_text, ready};
-use crate::volumes::{restore_running, rwo_node};
+use crate::volumes::{mover_running, rwo_node, Mover};
 
 /// Why a new backup Job must wait, if it must: the repository or the node
 /// already runs as many backup Jobs as allowed.
@@ -95,7 +95,6 @@ pub async fn reconcile(b: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Erro
     let ns = b
         .namespace()
         .ok_or_else(|| Error::Invalid("Backup without namespace".into()))?;
-    let name = b.name_any();
     let generation = b.meta().generation;
     let old = b.status.clone().unwrap_or_default();
     if old.phase.is_finished() {
@@ -120,7 +119,7 @@ pub async fn reconcile(b: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Erro
             msg,
         )
         .await;
-        apply_status(&ctx, &backups, &name, &old, &status).await?;
+        apply_status(&ctx, &backups, b.as_ref(), &old, &status).await?;
         ctx.metrics.backups_failed.inc();
         return Ok(Action::await_change());
     }
@@ -128,11 +127,11 @@ pub async fn reconcile(b: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Erro
     // The repository must exist; otherwise wait (it may be applied next).
     let repo = match repository(&ctx, &ns, &b.spec.repository.name).await? {
         Ok(r) => r,
-        Err(msg) => {
+        Err(why) => {
             status.phase = Phase::Pending;
-            status.conditions = vec![ready(false, "RepositoryNotFound", &msg, generation)];
-            warn_once(&ctx, b.as_ref(), &old.conditions, "RepositoryNotFound", msg).await;
-            apply_status(&ctx, &backups, &name, &old, &status).await?;
+            status.conditions = vec![ready(false, why.reason, &why.message, generation)];
+            warn_once(&ctx, b.as_ref(), &old.conditions, why.reason, why.message).await;
+            apply_status(&ctx, &backups, b.as_ref(), &old, &status).await?;
             return Ok(Action::requeue(Duration::from_secs(60)));
         }
     };
@@ -169,7 +168,7 @@ pub async fn reconcile(b: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Erro
         // Ready only once the snapshots exist: `kubectl wait
         // --for=condition=Ready` must not return while the data is not there.
         status.conditions = vec![ready(false, reason, &msg, generation)];
-        apply_status(&ctx, &backups, &name, &old, &status).await?;
+        apply_status(&ctx, &backups, b.as_ref(), &old, &status).await?;
         let wait = if progress.queued.is_empty() && progress.missing.is_empty() {
             60
         } else {
@@ -192,7 +191,7 @@ pub async fn reconcile(b: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Erro
         EventType::Warning
     };
     publish(&ctx, b.as_ref(), kind, out.reason, out.message).await;
-    apply_status(&ctx, &backups, &name, &old, &status).await?;
+    apply_status(&ctx, &backups, b.as_ref(), &old, &status).await?;
     // Counted once the finished status is stored: a failed write is retried
     // and must not count the same Backup twice.
     if succeeded {
@@ -305,9 +304,9 @@ async fn start_job(
         return Ok(Start::Queued(why));
     }
     // A backup taken while a restore writes would store a half-restored volume.
-    if let Some(job) = restore_running(&ctx.client, ns, pvc, None).await? {
+    if let Some(restore) = mover_running(&ctx.client, ns, pvc, Mover::Restore).await? {
         return Ok(Start::Queued(format!(
-            "restore Job {job} is writing to it; the backup starts when it ends"
+            "restore {restore} is writing to it; the backup starts when it ends"
         )));
     }
     let job = jobs::backup_job(b, repo, pvc, node, &ctx.jobs);

@@ -195,6 +195,9 @@ pub struct Metrics {
     pub status_writes: Counter,
     /// Status writes left out because the status had not changed.
     pub status_writes_skipped: Counter,
+    /// Status writes refused because the object changed since the
+    /// reconcile read it (a stale cache; retried on the newer version).
+    pub status_write_conflicts: Counter,
     /// Backups that finished successfully.
     pub backups_succeeded: Counter,
     /// Backups that failed (or partially failed).
@@ -235,6 +238,10 @@ impl Default for Metrics {
             status_writes_skipped: Counter::new(
                 "cairn_controller_status_writes_skipped_total",
                 "Reconciles whose status equalled the stored one, so nothing was written.",
+            ),
+            status_write_conflicts: Counter::new(
+                "cairn_controller_status_write_conflicts_total",
+                "Status writes refused (409) because the object had changed since it was read.",
             ),
             backups_succeeded: Counter::new(
                 "cairn_backups_succeeded_total",
@@ -323,6 +330,7 @@ impl Metrics {
             &self.api_requests,
             &self.status_writes,
             &self.status_writes_skipped,
+            &self.status_write_conflicts,
             &self.backups_succeeded,
             &self.backups_failed,
         ] {

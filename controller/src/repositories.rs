@@ -58,7 +58,7 @@ pub async fn reconcile(r: Arc<BackupRepository>, ctx: Arc<Context>) -> Result<Ac
             msg,
         )
         .await;
-        apply_status(&ctx, &api, &name, &old, &status).await?;
+        apply_status(&ctx, &api, r.as_ref(), &old, &status).await?;
         return Ok(Action::await_change());
     }
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
@@ -69,6 +69,26 @@ pub async fn reconcile(r: Arc<BackupRepository>, ctx: Arc<Context>) -> Result<Ac
         &[("namespace", ns.as_str()), ("repository", name.as_str())],
         if ready_now { 1.0 } else { 0.0 },
     );
+    if let Some(why) = crate::context::spec_problem(&r) {
+        // Stored before the API server checked the rule: no Job is built
+        // from it, and nothing changes until the spec does.
+        let msg = format!("the spec is invalid: {why}");
+        let status = BackupRepositoryStatus {
+            observed_generation: generation,
+            conditions: vec![ready(false, "InvalidSpec", &msg, generation)],
+            ..old.clone()
+        };
+        warn_once(
+            ctx.as_ref(),
+            r.as_ref(),
+            &old.conditions,
+            "InvalidSpec",
+            msg,
+        )
+        .await;
+        apply_status(&ctx, &api, r.as_ref(), &old, &status).await?;
+        return Ok(Action::await_change());
+    }
     if old.observed_generation == generation {
         let since = old
             .last_check_time
@@ -166,7 +186,7 @@ pub async fn reconcile(r: Arc<BackupRepository>, ctx: Arc<Context>) -> Result<Ac
                 generation,
             )],
         };
-        apply_status(&ctx, &api, &name, &old, &status).await?;
+        apply_status(&ctx, &api, r.as_ref(), &old, &status).await?;
         // A stuck Job (missing Secret, image, volume) waits for a person: its
         // Job's changes wake this anyway, so look again only now and then.
         let stuck = status
@@ -210,10 +230,14 @@ pub async fn reconcile(r: Arc<BackupRepository>, ctx: Arc<Context>) -> Result<Ac
         status.conditions = vec![ready(false, "Unreachable", &msg, generation)];
         warn_once(&ctx, r.as_ref(), &old.conditions, "Unreachable", msg).await;
     }
-    apply_status(&ctx, &api, &name, &old, &status).await?;
+    let written = apply_status(&ctx, &api, r.as_ref(), &old, &status).await?;
     if result.ok {
         let mut r = (*r).clone();
         r.status = Some(status);
+        if written.is_some() {
+            // maintain() may write again: from the version just stored.
+            r.metadata.resource_version = written;
+        }
         let wait = maintain_wait(&r, &ctx, Utc::now()).await?;
         return Ok(Action::requeue(wait.map_or(RECHECK, |w| w.min(RECHECK))));
     }
@@ -263,8 +287,10 @@ async fn maintain_wait(
     };
     let api: Api<BackupRepository> = Api::namespaced(ctx.client.clone(), &ns);
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
-    let old = r.status.clone().unwrap_or_default();
+    let mut old = r.status.clone().unwrap_or_default();
     let mut status = old.clone();
+    // What the last status write left: a second write starts from it.
+    let mut current = r.clone();
 
     // The outcome of the last run, once.
     if let (Some(job_name), None) = (&status.last_prune_job, &status.last_prune_result) {
@@ -296,7 +322,10 @@ async fn maintain_wait(
                 status.snapshot_count = result.snapshots.or(status.snapshot_count);
             }
             publish(ctx, r, kind, reason, msg).await;
-            apply_status(ctx, &api, &name, &old, &status).await?;
+            if let Some(rv) = apply_status(ctx, &api, &current, &old, &status).await? {
+                current.metadata.resource_version = Some(rv);
+                old = status.clone();
+            }
         }
     }
 
@@ -356,7 +385,7 @@ async fn maintain_wait(
         status.last_prune_time = Some(Time(
             Timestamp::from_second(due.timestamp()).unwrap_or(Timestamp::UNIX_EPOCH),
         ));
-        apply_status(ctx, &api, &name, &old, &status).await?;
+        apply_status(ctx, &api, &current, &old, &status).await?;
         return Ok(Some(Duration::from_secs(60)));
     }
     let wait = schedule

@@ -19,7 +19,7 @@ use crate::events::{publish, warn_once};
 use crate::job_state::{job_result, job_stuck};
 use crate::jobs;
 use crate::status::{apply_status, ready};
-use crate::volumes::{pod_using, restore_running};
+use crate::volumes::{mover_running, pod_using, Mover};
 
 /// Reconcile one `Restore`.
 ///
@@ -57,15 +57,15 @@ pub async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Err
             msg,
         )
         .await;
-        apply_status(&ctx, &api, &name, &old, &status).await?;
+        apply_status(&ctx, &api, r.as_ref(), &old, &status).await?;
         return Ok(Action::await_change());
     }
     let repo = match repository(&ctx, &ns, &r.spec.repository.name).await? {
         Ok(r) => r,
-        Err(msg) => {
-            status.conditions = vec![ready(false, "RepositoryNotFound", &msg, generation)];
-            warn_once(&ctx, r.as_ref(), &old.conditions, "RepositoryNotFound", msg).await;
-            apply_status(&ctx, &api, &name, &old, &status).await?;
+        Err(why) => {
+            status.conditions = vec![ready(false, why.reason, &why.message, generation)];
+            warn_once(&ctx, r.as_ref(), &old.conditions, why.reason, why.message).await;
+            apply_status(&ctx, &api, r.as_ref(), &old, &status).await?;
             return Ok(Action::requeue(Duration::from_secs(60)));
         }
     };
@@ -79,7 +79,7 @@ pub async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Err
                 let msg = format!("target PVC {existing:?} not found");
                 status.conditions = vec![ready(false, "TargetNotFound", &msg, generation)];
                 warn_once(&ctx, r.as_ref(), &old.conditions, "TargetNotFound", msg).await;
-                apply_status(&ctx, &api, &name, &old, &status).await?;
+                apply_status(&ctx, &api, r.as_ref(), &old, &status).await?;
                 return Ok(Action::requeue(Duration::from_secs(60)));
             }
             existing.clone()
@@ -118,7 +118,7 @@ pub async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Err
         (None, None) => {
             let msg = "spec.target names no PVC".to_string();
             status.conditions = vec![ready(false, "InvalidSpec", &msg, generation)];
-            apply_status(&ctx, &api, &name, &old, &status).await?;
+            apply_status(&ctx, &api, r.as_ref(), &old, &status).await?;
             return Ok(Action::await_change());
         }
     };
@@ -132,7 +132,7 @@ pub async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Err
             jobs::delete_stale(&jobs_api, &j).await?;
             let msg = format!("Job {job_name} of an earlier Restore named {name} is being deleted");
             status.conditions = vec![ready(false, "Queued", &msg, generation)];
-            apply_status(&ctx, &api, &name, &old, &status).await?;
+            apply_status(&ctx, &api, r.as_ref(), &old, &status).await?;
             return Ok(Action::requeue(Duration::from_secs(5)));
         }
         Some(j) => j,
@@ -151,27 +151,35 @@ pub async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Err
                 ),
             );
             publish(&ctx, r.as_ref(), EventType::Warning, "JobLost", msg).await;
-            apply_status(&ctx, &api, &name, &old, &status).await?;
+            apply_status(&ctx, &api, r.as_ref(), &old, &status).await?;
             return Ok(Action::await_change());
         }
         None => {
             // Restoring under a running application corrupts what it has
-            // open, and two restores into one volume would interleave their
-            // writes: wait until no pod uses the target and no other
-            // restore Job writes to it.
+            // open, a backup taken meanwhile would store a half-restored
+            // volume, and two restores into one volume would interleave
+            // their writes: wait until no pod uses the target and no backup
+            // or other restore (its Job, or a pod its deleted Job left
+            // running) is at work on it.
             let holder = match pod_using(&ctx.client, &ns, &target).await? {
                 Some(pod) => Some(format!(
                     "target PVC {target} is in use by pod {pod}: the restore waits until no pod \
                      mounts it (scale the application down)"
                 )),
-                None => restore_running(&ctx.client, &ns, &target, Some(&job_name))
-                    .await?
-                    .map(|other| {
-                        format!(
-                            "restore Job {other} is writing to target PVC {target}: this \
-                             restore waits until it ends"
-                        )
-                    }),
+                None => match mover_running(&ctx.client, &ns, &target, Mover::Backup).await? {
+                    Some(backup) => Some(format!(
+                        "backup {backup} is reading target PVC {target}: the restore waits \
+                         until it ends"
+                    )),
+                    None => mover_running(&ctx.client, &ns, &target, Mover::Restore)
+                        .await?
+                        .map(|other| {
+                            format!(
+                                "restore {other} is writing to target PVC {target}: this \
+                                 restore waits until it ends"
+                            )
+                        }),
+                },
             };
             if let Some(msg) = holder {
                 warn_once(
@@ -183,7 +191,7 @@ pub async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Err
                 )
                 .await;
                 status.conditions = vec![ready(false, "TargetInUse", &msg, generation)];
-                apply_status(&ctx, &api, &name, &old, &status).await?;
+                apply_status(&ctx, &api, r.as_ref(), &old, &status).await?;
                 return Ok(Action::requeue(Duration::from_secs(30)));
             }
             let job = jobs::restore_job(&r, &repo, &target, None, &ctx.jobs);
@@ -225,7 +233,7 @@ pub async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Err
                 generation,
             )],
         };
-        apply_status(&ctx, &api, &name, &old, &status).await?;
+        apply_status(&ctx, &api, r.as_ref(), &old, &status).await?;
         return Ok(Action::requeue(Duration::from_secs(60)));
     };
     status.completion_time = Some(Time(Timestamp::now()));
@@ -242,6 +250,6 @@ pub async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Err
         let msg = fail(&mut status, "Failed", msg);
         publish(&ctx, r.as_ref(), EventType::Warning, "Failed", msg).await;
     }
-    apply_status(&ctx, &api, &name, &old, &status).await?;
+    apply_status(&ctx, &api, r.as_ref(), &old, &status).await?;
     Ok(Action::await_change())
 }

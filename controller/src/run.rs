@@ -131,14 +131,28 @@ fn key_of<K: Resource>(obj: &K) -> String {
     )
 }
 
+/// How soon an object whose status write met a newer version of it is
+/// reconciled again.
+const STALE_RETRY: Duration = Duration::from_secs(1);
+
 /// After a failed reconcile: count it, log it, retry after the object's
-/// backoff.
+/// backoff; a stale read ([`Error::Stale`]) is retried soon, uncounted.
 fn error_policy<K: kube::Resource<DynamicType = ()>>(
     backoff: &ErrorBackoff,
     obj: &K,
     e: &Error,
     metrics: &Metrics,
 ) -> Action {
+    if let Error::Stale(what) = e {
+        // Not a failure: the write would have undone a newer status. The
+        // watch brings the newer version; look again soon in case it came
+        // before this reconcile ended (and was folded into it).
+        tracing::debug!(
+            "{} {what}: status not written, reconciling again",
+            K::kind(&())
+        );
+        return Action::requeue(STALE_RETRY);
+    }
     let delay = backoff.failed(&key_of(obj));
     tracing::warn!(
         "reconcile of {} {} failed (retry in {} s): {e}",

@@ -118,14 +118,14 @@ pub async fn reconcile_at(
             status.conditions = vec![ready(false, "InvalidSpec", &msg, generation)];
             status.next_schedule_time = None;
             warn_once(&ctx, s.as_ref(), &old.conditions, "InvalidSpec", msg).await;
-            apply_status(&ctx, &schedules, &name, &old, &status).await?;
+            apply_status(&ctx, &schedules, s.as_ref(), &old, &status).await?;
             return Ok(Action::await_change());
         }
     };
-    if let Err(msg) = repository(&ctx, &ns, &s.spec.repository.name).await? {
-        status.conditions = vec![ready(false, "RepositoryNotFound", &msg, generation)];
-        warn_once(&ctx, s.as_ref(), &old.conditions, "RepositoryNotFound", msg).await;
-        apply_status(&ctx, &schedules, &name, &old, &status).await?;
+    if let Err(why) = repository(&ctx, &ns, &s.spec.repository.name).await? {
+        status.conditions = vec![ready(false, why.reason, &why.message, generation)];
+        warn_once(&ctx, s.as_ref(), &old.conditions, why.reason, why.message).await;
+        apply_status(&ctx, &schedules, s.as_ref(), &old, &status).await?;
         return Ok(Action::requeue(Duration::from_secs(60)));
     }
 
@@ -166,7 +166,7 @@ pub async fn reconcile_at(
             generation,
         )];
         status.next_schedule_time = None;
-        apply_status(&ctx, &schedules, &name, &old, &status).await?;
+        apply_status(&ctx, &schedules, s.as_ref(), &old, &status).await?;
         return Ok(Action::await_change());
     }
     if let Some(due) = schedule.due(since, now) {
@@ -224,7 +224,7 @@ pub async fn reconcile_at(
         .next_after(now)
         .map(|n| n + chrono::Duration::seconds(jitter_seconds(&uid, n, jitter_max) as i64));
     status.next_schedule_time = next.map(to_time);
-    apply_status(&ctx, &schedules, &name, &old, &status).await?;
+    apply_status(&ctx, &schedules, s.as_ref(), &old, &status).await?;
     let wake = requeue_at
         .or(next)
         .unwrap_or(now + chrono::Duration::hours(1));

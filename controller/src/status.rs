@@ -48,7 +48,7 @@ pub fn bounded_text(mut note: String, limit: usize) -> String {
 /// apply): `kubectl get -o yaml --show-managed-fields` names it.
 pub const FIELD_MANAGER: &str = "cairn-controller";
 
-/// Write `status` into the object's status subresource with server-side
+/// Write `status` into `obj`'s status subresource with server-side
 /// apply, unless it equals `old`, the status the reconcile started from.
 ///
 /// Statuses are always built whole (from the old one), so the applied
@@ -60,46 +60,65 @@ pub const FIELD_MANAGER: &str = "cairn-controller";
 /// (a merge patch) removes them. That happens once per object, after which
 /// every write is one apply.
 ///
+/// The apply carries `obj`'s `resourceVersion` as a precondition: a
+/// reconcile that read `obj` from an informer cache that was behind would
+/// otherwise apply a status built from an old one, removing what a newer
+/// status held (a finished Backup's snapshots). The API server refuses it
+/// (409), and that is [`Error::Stale`]: not a failure, the newer version
+/// is reconciled next. So a reconcile that writes twice passes the second
+/// write an object with the `resourceVersion` the first returned.
+///
 /// Each condition keeps `old`'s `lastTransitionTime` while its `status`
 /// stays the same (the Kubernetes convention), so a reconcile that finds
 /// nothing new writes nothing: every write is a watch event, and writing
 /// on every reconcile made the controller wake itself up again.
 ///
+/// Returns the `resourceVersion` the write left (`None`: nothing written).
+///
 /// # Errors
-/// API failures.
+/// [`Error::Stale`] when `obj` is not the stored version; API failures.
 pub async fn apply_status<K, S>(
     ctx: &Context,
     api: &Api<K>,
-    name: &str,
+    obj: &K,
     old: &S,
     status: &S,
-) -> Result<(), Error>
+) -> Result<Option<String>, Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug,
     S: Serialize,
 {
     let Some(value) = status_update(old, status) else {
         ctx.metrics.status_writes_skipped.inc();
-        return Ok(());
+        return Ok(None);
     };
-    let body = serde_json::json!({
-        "apiVersion": K::api_version(&()),
-        "kind": K::kind(&()),
-        "metadata": { "name": name },
-        "status": value,
-    });
-    let stored = api
+    let name = obj.meta().name.as_deref().unwrap_or_default();
+    let body = apply_body::<K>(name, obj.meta().resource_version.as_deref(), &value);
+    let stored = match api
         .patch_status(
             name,
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(&body),
         )
-        .await?;
+        .await
+    {
+        Ok(stored) => stored,
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            ctx.metrics.status_write_conflicts.inc();
+            return Err(Error::Stale(format!("{} {name}", K::kind(&()))));
+        }
+        Err(e) => return Err(e.into()),
+    };
     ctx.metrics.status_writes.inc();
+    let mut version = stored.meta().resource_version.clone();
     let stored = serde_json::to_value(&stored).unwrap_or_default();
     if let Some(extra) = stale_fields(&stored["status"], &value) {
         tracing::debug!(name, ?extra, "removing status fields another manager left");
-        let patch = serde_json::json!({ "status": extra });
+        // On the version just written: a newer one is left alone.
+        let patch = serde_json::json!({
+            "metadata": { "resourceVersion": version },
+            "status": extra,
+        });
         // Best effort: the apply is written, and failing the reconcile now
         // would leave nothing for the retry to write (its status equals
         // the stored one), so the leftovers would stay all the same.
@@ -114,11 +133,36 @@ where
             )
             .await
         {
-            Ok(_) => ctx.metrics.status_writes.inc(),
+            Ok(repaired) => {
+                ctx.metrics.status_writes.inc();
+                version = repaired.meta().resource_version.clone();
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                tracing::debug!(name, "status changed before its leftovers were removed");
+            }
             Err(e) => tracing::warn!(name, "removing status fields another manager left: {e}"),
         }
     }
-    Ok(())
+    Ok(version)
+}
+
+/// The server-side apply body of a status write: `resourceVersion`, when
+/// known, makes it conditional on the object being the version read.
+pub fn apply_body<K: Resource<DynamicType = ()>>(
+    name: &str,
+    resource_version: Option<&str>,
+    status: &serde_json::Value,
+) -> serde_json::Value {
+    let mut metadata = serde_json::json!({ "name": name });
+    if let Some(rv) = resource_version {
+        metadata["resourceVersion"] = serde_json::json!(rv);
+    }
+    serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "metadata": metadata,
+        "status": status,
+    })
 }
 
 /// A merge patch that turns `stored` into `applied`, for what server-side

@@ -286,11 +286,30 @@ pub struct VolumeStorage {
     #[schemars(length(min = 1, max = 253))]
     pub claim_name: String,
     /// Directory inside the volume: a relative path without `..`
-    /// components (the agent must not reach outside it).
+    /// components or control characters (the agent must not reach outside
+    /// it; a NUL cuts the path short where the kernel reads it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
-    #[x_kube(validation = Rule::new("!self.startsWith('/') && !self.matches('(^|/)[.][.](/|$)')").message("subPath must be a relative path without .. components"))]
+    #[x_kube(validation = Rule::new("!self.startsWith('/') && !self.matches('(^|/)[.][.](/|$)') && !self.matches('[[:cntrl:]]')").message("subPath must be a relative path without .. components or control characters"))]
     pub sub_path: Option<String>,
+}
+
+/// What [`VolumeStorage::sub_path`]'s validation rule says, for the
+/// controller to say it too: objects stored before the rule existed (or
+/// before it was tightened) are not checked again by the API server.
+pub const SUB_PATH_RULE: &str =
+    "subPath must be a relative path without .. components or control characters";
+
+impl VolumeStorage {
+    /// Why `sub_path` breaks the CRD's rule (the [`SUB_PATH_RULE`] message
+    /// and the value), or `None` when it keeps it.
+    pub fn invalid_sub_path(&self) -> Option<String> {
+        let p = self.sub_path.as_deref()?;
+        let bad = p.starts_with('/')
+            || p.split('/').any(|c| c == "..")
+            || p.chars().any(|c| c.is_ascii_control());
+        bad.then(|| format!("{SUB_PATH_RULE} (got {p:?})"))
+    }
 }
 
 /// Observed state of a `BackupRepository`.

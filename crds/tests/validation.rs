@@ -125,3 +125,36 @@ fn duration_rules_accept_exactly_what_the_agent_and_controller_parse() {
         }
     }
 }
+
+/// The controller checks a stored repository's subPath itself (objects
+/// stored before the rule existed are not checked again): its check must
+/// say what the rule says, case for case.
+#[test]
+fn the_controllers_sub_path_check_agrees_with_the_rule() {
+    use cairn_crds::{VolumeStorage, SUB_PATH_RULE};
+    let volume = |obj: &Value| -> Option<VolumeStorage> {
+        let v = obj.pointer("/spec/volume")?;
+        Some(serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{e}: {v}")))
+    };
+    let mut checked = 0;
+    for (what, obj) in cases::valid() {
+        if let Some(v) = volume(&obj) {
+            assert_eq!(v.invalid_sub_path(), None, "{what}");
+            checked += 1;
+        }
+    }
+    for c in cases::invalid()
+        .into_iter()
+        .filter(|c| c.message == SUB_PATH_RULE)
+    {
+        let v = volume(&c.object).unwrap_or_else(|| panic!("{}: no volume", c.what));
+        let got = v.invalid_sub_path();
+        assert!(
+            got.as_deref().is_some_and(|m| m.contains(SUB_PATH_RULE)),
+            "{}: {got:?}",
+            c.what
+        );
+        checked += 1;
+    }
+    assert!(checked >= 5, "{checked} subPath cases");
+}

@@ -721,3 +721,221 @@ async fn a_restore_in_progress_holds_backups_and_restores_of_its_volume() {
     controller.stop().await;
     ns.delete().await;
 }
+
+/// The movers' holds without a pod and without a Job: a backup Job of a PVC
+/// that has no pod (suspended here; also before its pod is made, under a
+/// ResourceQuota refusal, between retries) holds a Restore into that PVC
+/// (TargetInUse, naming the Job), and a restore pod whose Job is gone
+/// (deleted with orphan propagation here; background propagation leaves it
+/// running the same way until it stops) holds both a Backup of the PVC
+/// (Queued) and a Restore into it (TargetInUse), naming the pod. Neither
+/// starts a Job meanwhile; once the holders are gone, both run and succeed.
+/// Before the fix the Restore started at once beside the backup Job, and
+/// both ran beside the orphaned restore pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kubernetes cluster in KUBECONFIG and the agent image (scripts/e2e)"]
+async fn movers_hold_a_volume_without_a_pod_and_without_a_job() {
+    use cairn_controller::jobs::{backup_job_name, labels, restore_job_name};
+    use k8s_openapi::api::batch::v1::Job;
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{DeleteParams, PropagationPolicy};
+    let Some(client) = cluster().await else {
+        return;
+    };
+    apply_crds(&client).await;
+    let ns = TestNamespace::create(&client, "movers").await;
+    let controller = InProcessController::start(&client, &ns.name).await;
+    setup(&client, &ns.name).await;
+    run_pod(&client, &ns.name, shell_pod("writer", WRITE, &["data"])).await;
+    let backups: Api<Backup> = Api::namespaced(client.clone(), &ns.name);
+    let restores: Api<Restore> = Api::namespaced(client.clone(), &ns.name);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns.name);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let finished = |b: &Backup| b.status.as_ref().is_some_and(|s| s.phase.is_finished());
+    let ready_of = |c: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>| {
+        c.map(|c| (c.reason.clone(), c.message.clone()))
+            .unwrap_or_default()
+    };
+    let backup = |name: &str| {
+        serde_json::json!({
+            "apiVersion": "cairn.dev/v1alpha1", "kind": "Backup",
+            "metadata": {"name": name},
+            "spec": {"repository": {"name": "local"}, "pvcs": ["data"]}
+        })
+    };
+    create::<Backup>(&client, &ns.name, backup("first")).await;
+    let b = wait_for(&backups, "first", "finished", FIVE_MIN, finished).await;
+    assert_eq!(b.status.map(|s| s.phase), Some(Phase::Succeeded));
+    let no_new_jobs = |names: Vec<String>| {
+        assert!(
+            !names.contains(&backup_job_name("during", "data"))
+                && !names.contains(&restore_job_name("second")),
+            "{names:?}"
+        );
+    };
+    let job_names = || async {
+        jobs.list(&ListParams::default())
+            .await
+            .expect("jobs")
+            .items
+            .into_iter()
+            .filter_map(|j| j.metadata.name)
+            .collect::<Vec<_>>()
+    };
+
+    // 1. A backup Job of data that has no pod.
+    let held_backup = "cairn-backup-earlier-data";
+    create::<Job>(
+        &client,
+        &ns.name,
+        serde_json::json!({
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": held_backup,
+                "labels": {(labels::BACKUP): "earlier", (labels::PVC): "data"}},
+            "spec": {"suspend": true, "template": {"spec": {
+                "restartPolicy": "Never",
+                "securityContext": {"runAsNonRoot": true, "runAsUser": 65532,
+                    "seccompProfile": {"type": "RuntimeDefault"}},
+                "containers": [{"name": "x", "image": "cairn.local/cairn:e2e",
+                    "securityContext": {"allowPrivilegeEscalation": false,
+                        "capabilities": {"drop": ["ALL"]}}}],
+                "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]
+            }}}
+        }),
+    )
+    .await;
+    create::<Restore>(
+        &client,
+        &ns.name,
+        serde_json::json!({
+            "apiVersion": "cairn.dev/v1alpha1", "kind": "Restore",
+            "metadata": {"name": "second"},
+            "spec": {
+                "repository": {"name": "local"},
+                "snapshot": {"latestOf": "data"},
+                "target": {"pvc": "data"}
+            }
+        }),
+    )
+    .await;
+    let r = wait_for(
+        &restores,
+        "second",
+        "held by the backup Job",
+        FIVE_MIN,
+        |r| {
+            r.status.as_ref().is_some_and(|s| {
+                s.phase.is_finished() || s.job_name.is_some() || {
+                    let (reason, msg) = ready_of(s.conditions.first());
+                    reason == "TargetInUse" && msg.contains(held_backup)
+                }
+            })
+        },
+    )
+    .await;
+    let rs = r.status.expect("status");
+    assert_eq!(rs.job_name, None, "the restore started beside a backup Job");
+    no_new_jobs(job_names().await);
+
+    // 2. A restore pod whose Job is gone.
+    let mut spec = shell_pod("mover", "sleep 3600", &["data"])["spec"].clone();
+    spec["restartPolicy"] = serde_json::json!("Never");
+    let mover_labels = serde_json::json!({(labels::RESTORE): "gone", (labels::PVC): "data"});
+    create::<Job>(
+        &client,
+        &ns.name,
+        serde_json::json!({
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": "cairn-restore-gone", "labels": mover_labels},
+            "spec": {"backoffLimit": 0, "template": {
+                "metadata": {"labels": mover_labels}, "spec": spec}}
+        }),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + FIVE_MIN;
+    let mover = loop {
+        let running = pods
+            .list(&ListParams::default().labels("batch.kubernetes.io/job-name=cairn-restore-gone"))
+            .await
+            .expect("pods")
+            .items
+            .into_iter()
+            .find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"));
+        if let Some(p) = running {
+            break p.metadata.name.expect("a pod name");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the mover pod never ran"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    jobs.delete(
+        "cairn-restore-gone",
+        &DeleteParams {
+            propagation_policy: Some(PropagationPolicy::Orphan),
+            ..DeleteParams::default()
+        },
+    )
+    .await
+    .expect("delete the mover's Job, leaving its pod");
+    let deadline = std::time::Instant::now() + FIVE_MIN;
+    while jobs
+        .get_opt("cairn-restore-gone")
+        .await
+        .expect("get")
+        .is_some()
+    {
+        assert!(std::time::Instant::now() < deadline, "the Job stays");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    // The backup Job goes: the orphaned pod holds the Restore now.
+    jobs.delete(held_backup, &DeleteParams::background())
+        .await
+        .expect("delete the backup Job");
+    create::<Backup>(&client, &ns.name, backup("during")).await;
+    let r = wait_for(&restores, "second", "held by the pod", FIVE_MIN, |r| {
+        r.status.as_ref().is_some_and(|s| {
+            s.phase.is_finished() || s.job_name.is_some() || {
+                let (reason, msg) = ready_of(s.conditions.first());
+                reason == "TargetInUse" && msg.contains(&mover)
+            }
+        })
+    })
+    .await;
+    let rs = r.status.expect("status");
+    assert_eq!(
+        rs.job_name, None,
+        "the restore started beside a restore pod"
+    );
+    let b = wait_for(&backups, "during", "queued behind the pod", FIVE_MIN, |b| {
+        finished(b)
+            || b.status.as_ref().is_some_and(|s| {
+                !s.job_names.is_empty() || {
+                    let (reason, msg) = ready_of(s.conditions.first());
+                    reason == "Queued" && msg.contains(&mover)
+                }
+            })
+    })
+    .await;
+    let bs = b.status.expect("status");
+    assert!(
+        bs.job_names.is_empty(),
+        "the backup started beside a restore pod"
+    );
+    no_new_jobs(job_names().await);
+
+    pods.delete(&mover, &DeleteParams::default().grace_period(0))
+        .await
+        .expect("delete the mover pod");
+    let b = wait_for(&backups, "during", "finished", FIVE_MIN, finished).await;
+    assert_eq!(b.status.map(|s| s.phase), Some(Phase::Succeeded));
+    let r = wait_for(&restores, "second", "finished", FIVE_MIN, |r| {
+        r.status.as_ref().is_some_and(|s| s.phase.is_finished())
+    })
+    .await;
+    let rs = r.status.expect("status");
+    assert_eq!(rs.phase, Phase::Succeeded, "{:?}", rs.message);
+    controller.stop().await;
+    ns.delete().await;
+}

@@ -262,7 +262,7 @@ pub fn invalid() -> Vec<Invalid> {
                 "volume",
                 json!({"claimName": "repo", "subPath": "backups/../../etc"}),
             ),
-            message: "subPath must be a relative path without .. components",
+            message: "subPath must be a relative path without .. components or control characters",
         },
         Invalid {
             what: "volume repository with an absolute subPath",
@@ -272,7 +272,27 @@ pub fn invalid() -> Vec<Invalid> {
                 "volume",
                 json!({"claimName": "repo", "subPath": "/etc"}),
             ),
-            message: "subPath must be a relative path without .. components",
+            message: "subPath must be a relative path without .. components or control characters",
+        },
+        Invalid {
+            what: "volume repository whose subPath holds a NUL",
+            object: set(
+                unset(repo.clone(), "/spec", "s3"),
+                "/spec",
+                "volume",
+                json!({"claimName": "repo", "subPath": "backups\u{0}/cairn"}),
+            ),
+            message: "subPath must be a relative path without .. components or control characters",
+        },
+        Invalid {
+            what: "volume repository whose subPath holds a newline",
+            object: set(
+                unset(repo.clone(), "/spec", "s3"),
+                "/spec",
+                "volume",
+                json!({"claimName": "repo", "subPath": "backups\ncairn"}),
+            ),
+            message: "subPath must be a relative path without .. components or control characters",
         },
         Invalid {
             what: "CA bundle key that leaves the CA mount",
