@@ -136,6 +136,29 @@ pub async fn reconcile(b: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Erro
         }
     };
 
+    // A deadline beyond prune's grace period breaks the assumption prune's
+    // safety rests on: refused before any Job exists (Jobs already started
+    // under an older spec run on).
+    if status.job_names.is_empty() {
+        if let Some(msg) = jobs::deadline_problem(b.spec.job.as_ref(), &repo, &ctx.jobs) {
+            status.phase = Phase::Failed;
+            status.message = Some(msg.clone());
+            status.completion_time = Some(Time(Timestamp::now()));
+            status.conditions = vec![ready(false, "DeadlineExceedsGrace", &msg, generation)];
+            publish(
+                &ctx,
+                b.as_ref(),
+                EventType::Warning,
+                "DeadlineExceedsGrace",
+                msg,
+            )
+            .await;
+            apply_status(&ctx, &backups, b.as_ref(), &old, &status).await?;
+            ctx.metrics.backups_failed.inc();
+            return Ok(Action::await_change());
+        }
+    }
+
     let mut progress = run_jobs(&b, &ctx, &ns, &repo).await?;
     status.job_names = std::mem::take(&mut progress.job_names);
     if status.start_time.is_none() {

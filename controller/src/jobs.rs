@@ -868,6 +868,43 @@ pub fn repository_job(repo: &BackupRepository, cfg: &JobConfig) -> Job {
     )
 }
 
+/// Why a backup Job with these overrides must not run against `repo`: its
+/// deadline is not shorter than the repository's prune grace period. Prune
+/// is safe only for backups that finish within the grace period (FORMAT.md
+/// §12); one allowed to run longer could write a snapshot whose data a
+/// prune has deleted meanwhile. A grace of 0 (delete at once) is the
+/// operator's explicit choice and is not checked.
+pub fn deadline_problem(
+    overrides: Option<&JobOverrides>,
+    repo: &BackupRepository,
+    cfg: &JobConfig,
+) -> Option<String> {
+    let deadline = overrides
+        .and_then(|o| o.active_deadline_seconds)
+        .unwrap_or(cfg.active_deadline_seconds);
+    let text = repo
+        .spec
+        .maintenance
+        .as_ref()
+        .and_then(|m| m.grace.clone())
+        .unwrap_or_else(|| DEFAULT_GRACE.into());
+    let grace = match cairn_protocol::duration::parse_fixed(&text) {
+        Ok(g) => g,
+        Err(e) => return Some(format!("maintenance.grace {text:?}: {e}")),
+    };
+    if grace.is_zero() || u64::try_from(deadline).is_ok_and(|d| d < grace.as_secs()) {
+        return None;
+    }
+    Some(format!(
+        "the backup Job's deadline ({deadline} s, job.activeDeadlineSeconds{}) is not shorter than the repository's prune grace period ({text}): a backup running that long could write a snapshot whose data prune deletes meanwhile. Lower the deadline or raise maintenance.grace",
+        if overrides.and_then(|o| o.active_deadline_seconds).is_some() {
+            ""
+        } else {
+            " defaulted by the controller"
+        }
+    ))
+}
+
 /// Name of the prune Job for the run scheduled at `run` (`YYYYMMDD-HHMM`).
 pub fn prune_job_name(repo: &str, run: &str) -> String {
     bounded_name(&format!("cairn-prune-{repo}-{run}"))

@@ -761,3 +761,37 @@ fn an_override_keeps_the_defaults_it_does_not_name_at_every_depth() {
     );
     assert_eq!(pod.run_as_user, Some(65532));
 }
+
+/// A backup deadline not shorter than the repository's prune grace is
+/// refused (FORMAT.md §12 assumes backups end within the grace period).
+#[test]
+fn a_backup_deadline_must_be_shorter_than_the_prune_grace() {
+    let mut repo: BackupRepository = example("repository-s3.yaml");
+    let cfg = JobConfig::default(); // 6 h
+    let hours = |h: i64| JobOverrides {
+        active_deadline_seconds: Some(h * 3600),
+        ..JobOverrides::default()
+    };
+    // The default grace, 24 h.
+    repo.spec.maintenance = None;
+    assert_eq!(jobs::deadline_problem(None, &repo, &cfg), None);
+    assert!(jobs::deadline_problem(Some(&hours(24)), &repo, &cfg).is_some());
+    // 2 h: the default deadline is too long, one of 1 h is fine.
+    repo.spec.maintenance = Some(
+        serde_json::from_value(serde_json::json!({"pruneSchedule": "0 3 * * 0", "grace": "2h"}))
+            .unwrap(),
+    );
+    let msg = jobs::deadline_problem(None, &repo, &cfg).expect("6 h >= 2 h");
+    assert!(
+        msg.contains("defaulted by the controller") && msg.contains("2h"),
+        "{msg}"
+    );
+    assert_eq!(jobs::deadline_problem(Some(&hours(1)), &repo, &cfg), None);
+    assert!(jobs::deadline_problem(Some(&hours(2)), &repo, &cfg).is_some());
+    // 0: delete at once, the operator's explicit choice.
+    repo.spec.maintenance = Some(
+        serde_json::from_value(serde_json::json!({"pruneSchedule": "0 3 * * 0", "grace": "0"}))
+            .unwrap(),
+    );
+    assert_eq!(jobs::deadline_problem(Some(&hours(100)), &repo, &cfg), None);
+}

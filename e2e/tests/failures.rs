@@ -299,3 +299,83 @@ async fn a_selector_matching_300_pvcs_makes_backups_the_api_accepts() {
     controller.stop().await;
     ns.delete().await;
 }
+
+/// Prune is safe only for backups that finish within its grace period. A
+/// Backup whose Job deadline (its own, or the controller's default of 6 h)
+/// is not shorter than the repository's grace fails at once with
+/// DeadlineExceedsGrace and a Warning, and no Job is made; one below it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kubernetes cluster in KUBECONFIG and the agent image (scripts/e2e)"]
+async fn a_backup_deadline_beyond_the_prune_grace_is_refused() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    apply_crds(&client).await;
+    let ns = TestNamespace::create(&client, "grace").await;
+    let controller = InProcessController::start(&client, &ns.name).await;
+    password_secret(&client, &ns.name, "pw", "e2e-correct-horse-battery").await;
+    create::<PersistentVolumeClaim>(&client, &ns.name, pvc("repo", "1Gi")).await;
+    create::<PersistentVolumeClaim>(&client, &ns.name, pvc("data", "1Gi")).await;
+    create::<BackupRepository>(
+        &client,
+        &ns.name,
+        serde_json::json!({
+            "apiVersion": "cairn.dev/v1alpha1", "kind": "BackupRepository",
+            "metadata": {"name": "short-grace"},
+            "spec": {
+                "volume": {"claimName": "repo"},
+                "passwordSecretRef": {"name": "pw", "key": "password"},
+                "maintenance": {"pruneSchedule": "0 3 * * 0", "grace": "2h"}
+            }
+        }),
+    )
+    .await;
+    let backups: Api<Backup> = Api::namespaced(client.clone(), &ns.name);
+    for (name, job) in [
+        (
+            "own-deadline",
+            serde_json::json!({"activeDeadlineSeconds": 7200}),
+        ),
+        ("default-deadline", serde_json::json!({})),
+    ] {
+        create_backup(&client, &ns.name, name, "short-grace", &["data"], job).await;
+        let b = finished_backup(&client, &ns.name, name).await;
+        let st = b.status.expect("status");
+        assert_eq!(st.phase, Phase::Failed, "{name}");
+        let msg = &st.conditions[0].message;
+        assert_eq!(
+            st.conditions[0].reason, "DeadlineExceedsGrace",
+            "{name}: {msg}"
+        );
+        assert!(msg.contains("2h"), "{name}: {msg}");
+        assert!(st.job_names.is_empty(), "{name}: a Job was made");
+        assert_eq!(
+            warnings(&client, &ns.name, name, "DeadlineExceedsGrace").await,
+            1
+        );
+    }
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), &ns.name);
+    assert!(
+        jobs.list(&ListParams::default().labels("cairn.dev/backup"))
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "no backup Job may exist"
+    );
+    create_backup(
+        &client,
+        &ns.name,
+        "within",
+        "short-grace",
+        &["data"],
+        serde_json::json!({"activeDeadlineSeconds": 3600}),
+    )
+    .await;
+    let b = finished_backup(&client, &ns.name, "within").await;
+    let st = b.status.expect("status");
+    assert_eq!(st.phase, Phase::Succeeded, "{:?}", st.conditions);
+    let _ = condition(&backups, "within", "Succeeded", FIVE_MIN).await;
+    controller.stop().await;
+    ns.delete().await;
+}
