@@ -868,8 +868,13 @@ pub fn repository_job(repo: &BackupRepository, cfg: &JobConfig) -> Job {
     )
 }
 
+/// How much shorter than the prune grace a backup deadline must be: prune's
+/// own run and twice the clock skew prune tolerates (10 minutes per host).
+pub const DEADLINE_MARGIN: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
 /// Why a backup Job with these overrides must not run against `repo`: its
-/// deadline is not shorter than the repository's prune grace period. Prune
+/// deadline is not [`DEADLINE_MARGIN`] shorter than the repository's prune
+/// grace period. Prune
 /// is safe only for backups that finish within the grace period (FORMAT.md
 /// §12); one allowed to run longer could write a snapshot whose data a
 /// prune has deleted meanwhile. A grace of 0 (delete at once) is the
@@ -892,11 +897,16 @@ pub fn deadline_problem(
         Ok(g) => g,
         Err(e) => return Some(format!("maintenance.grace {text:?}: {e}")),
     };
-    if grace.is_zero() || u64::try_from(deadline).is_ok_and(|d| d < grace.as_secs()) {
+    // Room for prune's own run and for the clock skew it tolerates on each
+    // of two hosts (FORMAT.md §12: backups must end within G - s).
+    let margin = DEADLINE_MARGIN.as_secs();
+    if grace.is_zero()
+        || u64::try_from(deadline).is_ok_and(|d| d.saturating_add(margin) <= grace.as_secs())
+    {
         return None;
     }
     Some(format!(
-        "the backup Job's deadline ({deadline} s, job.activeDeadlineSeconds{}) is not shorter than the repository's prune grace period ({text}): a backup running that long could write a snapshot whose data prune deletes meanwhile. Lower the deadline or raise maintenance.grace",
+        "the backup Job's deadline ({deadline} s, job.activeDeadlineSeconds{}) is not at least 30 minutes shorter than the repository's prune grace period ({text}): a backup running that long could write a snapshot whose data prune deletes meanwhile. Lower the deadline or raise maintenance.grace",
         if overrides.and_then(|o| o.active_deadline_seconds).is_some() {
             ""
         } else {

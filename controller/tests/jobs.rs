@@ -788,6 +788,12 @@ fn a_backup_deadline_must_be_shorter_than_the_prune_grace() {
     );
     assert_eq!(jobs::deadline_problem(Some(&hours(1)), &repo, &cfg), None);
     assert!(jobs::deadline_problem(Some(&hours(2)), &repo, &cfg).is_some());
+    // A margin for prune's run and clock skew: 1 h 31 min is too close to 2 h.
+    let close = JobOverrides {
+        active_deadline_seconds: Some(91 * 60),
+        ..JobOverrides::default()
+    };
+    assert!(jobs::deadline_problem(Some(&close), &repo, &cfg).is_some());
     // 0: delete at once, the operator's explicit choice.
     repo.spec.maintenance = Some(
         serde_json::from_value(serde_json::json!({"pruneSchedule": "0 3 * * 0", "grace": "0"}))

@@ -744,9 +744,13 @@ impl Backend for S3Backend {
                     self.error("remove", &key, e)
                 );
             }
-            Ok(head?
+            let time = head?
                 .last_modified()
-                .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())))
+                .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos()));
+            if time.is_none() {
+                tracing::warn!("the store gave the clock probe {key} no modification time: prune uses this host's clock");
+            }
+            Ok(time)
         })
     }
 

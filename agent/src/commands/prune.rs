@@ -318,14 +318,12 @@ pub fn plan<'r>(repo: &'r Repository, opts: &PruneOptions) -> Result<PrunePlan<'
     // Time is the storage's: every host that prunes this repository then
     // ages marks by the same clock. One whose own clock is far off refuses.
     let host_now = Utc::now();
-    let storage_clock = match repo.backend().clock() {
-        // A dry run may look at a repository it cannot write (a read-only
-        // mount): it decides by this host's clock and says so.
-        Err(e) if opts.dry_run => {
-            tracing::warn!("dry run: cannot read the storage's clock ({e}); using this host's");
-            None
-        }
-        other => other?,
+    // A dry run writes nothing, not even the clock probe (it may look at a
+    // repository it cannot write): it decides by this host's clock.
+    let storage_clock = if opts.dry_run {
+        None
+    } else {
+        repo.backend().clock()?
     };
     let clock = match storage_clock {
         Some(storage) => {
@@ -334,7 +332,7 @@ pub fn plan<'r>(repo: &'r Repository, opts: &PruneOptions) -> Result<PrunePlan<'
             let skew = offset.abs().to_std().unwrap_or(Duration::MAX);
             if !opts.grace.is_zero() && skew > MAX_CLOCK_SKEW {
                 return Err(Error::Refused(format!(
-                    "this host's clock is {} the storage's by {}; prune ages marks by the storage's clock and trusts no host whose clock is more than {} off: fix this host's time (NTP) and run prune again. Nothing was changed",
+                    "this host's clock ({host_now}) is {} the storage's ({storage}) by {}; prune ages marks by the storage's clock and runs only where the two agree within {}: fix the clock that is wrong (this host's, or the storage server's) and run prune again. Nothing was changed",
                     if offset.num_seconds() > 0 { "behind" } else { "ahead of" },
                     humantime(skew),
                     humantime(MAX_CLOCK_SKEW),
