@@ -94,6 +94,8 @@ struct Sealed {
 
 enum Input {
     Blob(Sealed),
+    /// Blobs one caller gathered in a [`Batch`], in the order it saved them.
+    Blobs(Vec<Sealed>),
     /// Close the open packs now (for [`Writer::flush`]).
     Flush,
 }
@@ -447,6 +449,104 @@ impl Writer<'_, '_> {
     }
 }
 
+/// A batch is handed to the packer once it holds this many blobs...
+const BATCH_BLOBS: usize = 64;
+/// ...or this many sealed bytes (a single chunk of file data is usually
+/// more, so large blobs still go one by one).
+const BATCH_BYTES: usize = 256 << 10;
+
+/// Blobs saved by one thread and handed to the packer in groups instead of
+/// one at a time. For a caller that stores many small blobs (a copy of
+/// 200 000 tiny files), waking the packer for each blob was most of the
+/// CPU time the writer added (channel spinning, futex wake-ups and context
+/// switches: about 8 % of the copy's samples).
+///
+/// The blobs keep their tickets, so the order rule and the claims are
+/// unchanged; a blob not yet handed over is simply not in a pack yet.
+/// [`Batch::flush`] hands over what is gathered before [`Writer::flush`];
+/// dropping the batch hands it over too, so that every claimed blob reaches
+/// the packer (an interrupted body's blobs are then uploaded and indexed by
+/// the session like any other).
+pub struct Batch<'a, 's, 'r> {
+    writer: &'a Writer<'s, 'r>,
+    blobs: Vec<Sealed>,
+    bytes: usize,
+}
+
+impl<'s, 'r> Writer<'s, 'r> {
+    /// A batch of saves for the calling thread.
+    pub fn batch(&self) -> Batch<'_, 's, 'r> {
+        Batch {
+            writer: self,
+            blobs: Vec::new(),
+            bytes: 0,
+        }
+    }
+}
+
+impl<'s, 'r> Batch<'_, 's, 'r> {
+    /// The writer the batch saves to.
+    pub fn writer(&self) -> &Writer<'s, 'r> {
+        self.writer
+    }
+
+    /// [`Writer::save`], handed to the packer with the next full batch.
+    ///
+    /// # Errors
+    /// The writer failed or stopped.
+    pub fn save(&mut self, ticket: Ticket, t: BlobType, id: Id, plain: &[u8]) -> Result<()> {
+        let w = self.writer;
+        let buf = blob_buffer(plain);
+        let raw_len = u32::try_from(plain.len())
+            .map_err(|_| Error::Internal(format!("blob {id} larger than 4 GiB")))?;
+        let encoded = encode_blob_buf(w.state.repo.key(), t, &id, buf, w.level);
+        self.bytes += encoded.len();
+        self.blobs.push(Sealed {
+            blob_type: t,
+            id,
+            encoded,
+            raw_len,
+            seq: ticket.0,
+        });
+        if self.blobs.len() >= BATCH_BLOBS || self.bytes >= BATCH_BYTES {
+            self.send()?;
+        }
+        Ok(())
+    }
+
+    /// Hand the gathered blobs to the packer.
+    ///
+    /// # Errors
+    /// The writer stopped.
+    pub fn send(&mut self) -> Result<()> {
+        if self.blobs.is_empty() {
+            return Ok(());
+        }
+        self.bytes = 0;
+        let blobs = std::mem::take(&mut self.blobs);
+        self.writer
+            .input
+            .send(Input::Blobs(blobs))
+            .map_err(|_| Error::Internal("pack writer stopped".into()))
+    }
+
+    /// Hand over the gathered blobs, then [`Writer::flush`].
+    ///
+    /// # Errors
+    /// As [`Writer::flush`].
+    pub fn flush(&mut self) -> Result<()> {
+        self.send()?;
+        self.writer.flush()
+    }
+}
+
+impl Drop for Batch<'_, '_, '_> {
+    fn drop(&mut self) {
+        // Claimed blobs must reach the packer, or the session waits for them.
+        let _ = self.send();
+    }
+}
+
 /// A pack being assembled, with the sequence numbers of its blobs.
 struct OpenPack {
     pack: PackBody,
@@ -527,17 +627,8 @@ fn pack_blobs(state: &State<'_>, input: Receiver<Input>, packs: Sender<ReadyPack
             }
         }
     };
-    for msg in input {
-        if state.failed() {
-            continue; // drain, so that the callers can finish
-        }
-        let b = match msg {
-            Input::Blob(b) => b,
-            Input::Flush => {
-                close(&mut open);
-                continue;
-            }
-        };
+    // Adds one blob; false when the uploaders are gone.
+    let add = |open: &mut [Option<OpenPack>; 2], b: Sealed| -> bool {
         match b.blob_type {
             BlobType::Data => c.data_blobs.fetch_add(1, Ordering::Relaxed),
             BlobType::Tree => c.tree_blobs.fetch_add(1, Ordering::Relaxed),
@@ -556,13 +647,35 @@ fn pack_blobs(state: &State<'_>, input: Receiver<Input>, packs: Sender<ReadyPack
             slot.take().map(|full| full.finish(key)).transpose()
         })();
         match step {
-            Ok(Some(ready)) => {
-                if packs.send(ready).is_err() {
+            Ok(Some(ready)) => packs.send(ready).is_ok(),
+            Ok(None) => true,
+            Err(e) => {
+                state.fail(e);
+                true
+            }
+        }
+    };
+    for msg in input {
+        if state.failed() {
+            continue; // drain, so that the callers can finish
+        }
+        match msg {
+            Input::Blob(b) => {
+                if !add(&mut open, b) {
                     return;
                 }
             }
-            Ok(None) => {}
-            Err(e) => state.fail(e),
+            Input::Blobs(blobs) => {
+                for b in blobs {
+                    if state.failed() {
+                        break;
+                    }
+                    if !add(&mut open, b) {
+                        return;
+                    }
+                }
+            }
+            Input::Flush => close(&mut open),
         }
     }
     if !state.failed() {
@@ -947,6 +1060,39 @@ mod tests {
             Ok(())
         })
         .unwrap();
+    }
+
+    /// Blobs saved through a batch are stored and indexed by its flush, in
+    /// packs like any other, and a batch dropped with blobs still gathered
+    /// hands them over (the session would otherwise report them claimed and
+    /// never stored).
+    #[test]
+    fn a_batch_hands_over_its_blobs_on_flush_and_on_drop() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = repo(tmp.path());
+        let repo = repo.load_index().unwrap();
+        let blob = |i: u32| {
+            let plain = i.to_le_bytes().repeat(50);
+            (repo.key().blob_id(&plain), plain)
+        };
+        let (_, report) = write_session(&repo, Indexing::Write, |w| {
+            let mut batch = w.batch();
+            for i in 0..(BATCH_BLOBS as u32 * 2 + 5) {
+                let (id, plain) = blob(i);
+                let t = w.claim(BlobType::Data, id).unwrap();
+                batch.save(t, BlobType::Data, id, &plain)?;
+            }
+            batch.flush()?;
+            let indexed = index_files(&repo).concat();
+            assert_eq!(indexed.len(), BATCH_BLOBS * 2 + 5, "all indexed by flush");
+            let (id, plain) = blob(10_000);
+            let t = w.claim(BlobType::Data, id).unwrap();
+            batch.save(t, BlobType::Data, id, &plain)?;
+            Ok(()) // dropped with one blob gathered
+        })
+        .unwrap();
+        assert_eq!(report.data_blobs, BATCH_BLOBS as u64 * 2 + 6);
+        assert_eq!(index_files(&repo).concat().len(), BATCH_BLOBS * 2 + 6);
     }
 
     /// A panicking body (a bug) ends the session with the panic instead of

@@ -30,7 +30,7 @@ use crate::id::Id;
 use crate::repository::IndexedRepository;
 use crate::snapshot::Snapshot;
 use crate::tree::{NodeType, Tree};
-use crate::writer::{write_session, Indexing, Writer};
+use crate::writer::{write_session, Batch, Indexing, Writer};
 
 /// Largest run of adjacent blobs fetched with one read.
 const MAX_READ_RUN: u64 = 16 << 20;
@@ -59,7 +59,9 @@ pub struct CopyReport {
 
 struct Copier<'a, 'w> {
     src: &'a IndexedRepository<'a>,
-    dst: &'w Writer<'w, 'w>,
+    /// Saves to the target's writer, handed over in batches (many tiny
+    /// files are many tiny blobs).
+    out: Batch<'w, 'w, 'w>,
     same_ids: bool,
     /// Source blob ID → target blob ID (different-key mode), or blobs known
     /// present (same-key mode, mapping to themselves).
@@ -68,18 +70,22 @@ struct Copier<'a, 'w> {
     report: CopyReport,
 }
 
-impl Copier<'_, '_> {
+impl<'w> Copier<'_, 'w> {
+    fn dst(&self) -> &Writer<'w, 'w> {
+        self.out.writer()
+    }
+
     fn has(&self, t: BlobType, id: &Id) -> bool {
-        self.dst.has(t, id)
+        self.dst().has(t, id)
     }
 
     fn store(&mut self, t: BlobType, id: Id, plain: &[u8]) -> Result<()> {
-        let Some(ticket) = self.dst.claim(t, id) else {
+        let Some(ticket) = self.dst().claim(t, id) else {
             return Ok(());
         };
         self.report.blobs_stored += 1;
         self.report.bytes_stored += plain.len() as u64;
-        self.dst.save(ticket, t, id, plain)
+        self.out.save(ticket, t, id, plain)
     }
 
     /// Map a file's content to target IDs, storing what the target lacks.
@@ -103,7 +109,7 @@ impl Copier<'_, '_> {
             src.read_data_blobs(&to_read, MAX_READ_RUN, |plain| {
                 // A large file is many blobs: stop within it, not after it.
                 crate::interrupt::check()?;
-                if self.dst.failed() {
+                if self.dst().failed() {
                     return Err(Error::Internal("writing to the target failed".into()));
                 }
                 let sid = to_read[next];
@@ -112,7 +118,7 @@ impl Copier<'_, '_> {
                 let tid = if self.same_ids {
                     sid
                 } else {
-                    self.dst.repo().key().blob_id(plain)
+                    self.dst().repo().key().blob_id(plain)
                 };
                 if !self.has(BlobType::Data, &tid) {
                     self.store(BlobType::Data, tid, plain)?;
@@ -138,7 +144,7 @@ impl Copier<'_, '_> {
             return Ok(*t);
         }
         crate::interrupt::check()?;
-        if self.dst.failed() {
+        if self.dst().failed() {
             // The writer's own error is what the session reports.
             return Err(Error::Internal("writing to the target failed".into()));
         }
@@ -154,7 +160,7 @@ impl Copier<'_, '_> {
             }
         }
         let bytes = tree.to_bytes();
-        let tid = self.dst.repo().key().blob_id(&bytes);
+        let tid = self.dst().repo().key().blob_id(&bytes);
         if !self.has(BlobType::Tree, &tid) {
             self.store(BlobType::Tree, tid, &bytes)?;
         }
@@ -191,7 +197,7 @@ pub fn copy(
     let (report, stored) = write_session(dst, Indexing::Write, |writer| {
         let mut c = Copier {
             src,
-            dst: writer,
+            out: writer.batch(),
             same_ids,
             data_map: HashMap::new(),
             tree_map: HashMap::new(),
@@ -207,7 +213,7 @@ pub fn copy(
                 continue;
             }
             let tree = c.copy_tree(&snap.tree)?;
-            writer.flush()?; // the index before the snapshot that needs it
+            c.out.flush()?; // the index before the snapshot that needs it
             let copy = Snapshot {
                 tree,
                 original: Some(original),
