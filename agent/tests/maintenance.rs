@@ -228,7 +228,10 @@ fn prune_ages_marks_by_the_storage_clock_and_refuses_a_host_whose_clock_is_off()
         let out = shifted(shift, &["prune"]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{shift}: {stderr}");
-        assert!(stderr.contains("fix the clock that is wrong"), "{shift}: {stderr}");
+        assert!(
+            stderr.contains("fix the clock that is wrong"),
+            "{shift}: {stderr}"
+        );
         assert_eq!(pack_count(&env), packs, "{shift}: a pack was deleted");
     }
     // A small offset is tolerated, and marks stay young by the storage's clock.
