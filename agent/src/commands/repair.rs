@@ -248,14 +248,15 @@ pub const REPAIRED_TAG: &str = "repaired";
 /// empty directory `NAME.repaired`. The copy is tagged `repaired`, and its
 /// `original` names the damaged snapshot. The damaged snapshot itself stays
 /// unless `forget` is set. Lost means what `check` reports as lost: a blob in
-/// no index or in a pack storage no longer holds, a tree that does not read
-/// (run `repair index` first when index files were lost). Data blobs are not
-/// read: damage inside a pack that is present is what `check --read-data`
-/// finds.
+/// no index, a tree that does not read, and with `read_data` a blob that
+/// does not decode inside a pack that is present. The index must be whole
+/// first: the repair refuses while an index file cannot be read or the index
+/// lists packs that storage no longer holds (`repair index` rebuilds it).
 ///
 /// # Errors
-/// Storage errors (nothing lost is mistaken for one: a timeout stops the
-/// repair instead of cutting a directory out).
+/// [`Error::Refused`] for the cases above (nothing changed); storage errors
+/// (nothing lost is mistaken for one: a timeout stops the repair instead of
+/// cutting a directory out).
 pub fn repair_snapshots(repo: &Repository, opts: &SnapshotRepairOptions) -> Result<SnapshotRepair> {
     let mut report = SnapshotRepair {
         dry_run: opts.dry_run,
