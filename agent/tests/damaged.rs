@@ -5,15 +5,9 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use common::*;
-
-fn files_in(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<_> = walk(dir).into_iter().filter(|p| p.is_file()).collect();
-    v.sort();
-    v
-}
 
 /// Two snapshots of different data with their own index files.
 fn two_backups(env: &Env) -> (String, String, Vec<PathBuf>, Vec<PathBuf>) {
@@ -83,15 +77,6 @@ fn a_damaged_snapshot_costs_that_snapshot_only() {
         "{}",
         output(&out)
     );
-}
-
-/// What a command printed, both streams.
-fn output(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 #[test]
@@ -350,26 +335,6 @@ fn repair_index_keeps_the_entries_of_a_pack_whose_header_is_damaged() {
     assert_same_tree(&src, &env.path("r").join(src.strip_prefix("/").unwrap()));
 }
 
-/// The packs in the repository, each with the blob type it holds.
-fn packs_by_type(env: &Env) -> Vec<(String, String)> {
-    files_in(&env.repo().join("data"))
-        .into_iter()
-        .map(|p| {
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            let header = env.json(&["cat", "pack", &name]);
-            let t = header[0]["type"].as_str().unwrap().to_string();
-            (name, t)
-        })
-        .collect()
-}
-
-fn pack_path(env: &Env, name: &str) -> PathBuf {
-    files_in(&env.repo().join("data"))
-        .into_iter()
-        .find(|p| p.file_name().unwrap().to_string_lossy() == name)
-        .unwrap()
-}
-
 /// A lost pack used to be reported as "data blob X referenced by f in tree
 /// T", once, whichever snapshot met it first; now check names every
 /// snapshot that lost data and the paths in it, and `repair snapshots`
@@ -402,7 +367,7 @@ fn check_names_the_damaged_snapshots_and_repair_snapshots_rewrites_them() {
         .filter(|p| !first.contains(p))
         .collect();
     let (x_pack, _) = second.iter().find(|(_, t)| t == "data").unwrap();
-    fs::remove_file(pack_path(&env, x_pack)).unwrap();
+    fs::remove_file(x_pack).unwrap();
 
     // check: exit 1, and S2 is named with the file it lost; S1 is whole.
     let out = env.run(&["--json", "check"]);
@@ -466,7 +431,7 @@ fn check_names_the_damaged_snapshots_and_repair_snapshots_rewrites_them() {
     // Now the trees of S1 are lost too: S1 has no root left; S2 and the
     // copy lose `keep` (its tree is S1's, unchanged since).
     let (tree_pack, _) = first.iter().find(|(_, t)| t == "tree").unwrap();
-    fs::remove_file(pack_path(&env, tree_pack)).unwrap();
+    fs::remove_file(tree_pack).unwrap();
     let out = env.run(&["--json", "check"]);
     assert_eq!(out.status.code(), Some(1), "{}", output(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -7,7 +7,7 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 
 use cairn::backend::{Backend, FileInfo, FileKind, LocalBackend, StagedFile};
@@ -168,21 +168,6 @@ impl Backend for Hooked {
     }
 }
 
-fn files_in(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<_> = walk(dir).into_iter().filter(|p| p.is_file()).collect();
-    v.sort();
-    v
-}
-
-fn output(out: &std::process::Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 fn snapshot_ids(env: &Env) -> Vec<String> {
     let mut v: Vec<String> = env
         .json(&["snapshots"])
@@ -193,19 +178,6 @@ fn snapshot_ids(env: &Env) -> Vec<String> {
         .collect();
     v.sort();
     v
-}
-
-/// Packs with the type of blobs they hold.
-fn packs_by_type(env: &Env) -> Vec<(PathBuf, String)> {
-    files_in(&env.repo().join("data"))
-        .into_iter()
-        .map(|p| {
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            let header = env.json(&["cat", "pack", &name]);
-            let t = header[0]["type"].as_str().unwrap().to_string();
-            (p, t)
-        })
-        .collect()
 }
 
 /// Run `f` on a thread with a main-thread-sized stack (the CLI's), so that

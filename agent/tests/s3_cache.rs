@@ -5,25 +5,10 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use cairn::backend::{Backend, FileKind, S3Backend, S3Config};
 use common::*;
-
-fn files_below(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        if p.is_dir() {
-            for e in fs::read_dir(&p).unwrap() {
-                stack.push(e.unwrap().path());
-            }
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
 
 /// A tree pack cached on this host, then damaged and later lost in the
 /// repository. Check used to read it from the cache and pass, while every
@@ -45,7 +30,7 @@ fn check_sees_the_repository_not_the_cache_and_lost_packs_leave_the_cache() {
     env.ok(&["init"]);
     env.ok(&["backup", src.to_str().unwrap()]);
     env.ok(&["ls", "latest"]); // caches the tree pack
-    let cached: Vec<PathBuf> = files_below(&cache)
+    let cached: Vec<PathBuf> = files_in(&cache)
         .into_iter()
         .filter(|p| p.components().any(|c| c.as_os_str() == "data"))
         .collect();

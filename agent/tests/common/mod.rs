@@ -132,6 +132,37 @@ pub fn walk(root: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Every file below `dir`, sorted.
+pub fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<_> = walk(dir).into_iter().filter(|p| p.is_file()).collect();
+    v.sort();
+    v
+}
+
+/// Exit code and both streams of a command, for assertion messages.
+pub fn output(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The packs of a local repository, each with the type of blobs it holds
+/// (from `cairn cat pack`).
+pub fn packs_by_type(env: &Env) -> Vec<(PathBuf, String)> {
+    files_in(&env.repo().join("data"))
+        .into_iter()
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            let header = env.json(&["cat", "pack", &name]);
+            let t = header[0]["type"].as_str().unwrap().to_string();
+            (p, t)
+        })
+        .collect()
+}
+
 /// The one file below `dir`.
 pub fn only_file(dir: &Path) -> PathBuf {
     let files: Vec<_> = walk(dir).into_iter().filter(|p| p.is_file()).collect();
